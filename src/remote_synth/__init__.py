@@ -1,0 +1,93 @@
+"""remote-synth: NSS-compatible synthetic table generation against a remote vLLM server."""
+
+from ._backend import GeneratorBackend
+from ._batch import Batch, error_statistics, normalize_dataframe
+from ._config import GenerateParameters, ValidationParameters
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BackendStateError,
+    BadRequestError,
+    ConfigError,
+    GenerationError,
+    NotFoundError,
+    RemoteSynthError,
+    RunDirError,
+    ServerCheckError,
+    ServerError,
+    ServerStartError,
+    UnsupportedSchemaError,
+)
+from ._processors import GroupedDataProcessor, Processor, TabularDataProcessor, create_processor
+from ._prompt import DEFAULT_INSTRUCTION, build_prompt
+from ._records import ParsedResponse, RecordValidator, extract_records
+from ._results import (
+    GenerateJobResults,
+    GenerationBatches,
+    GenerationStatus,
+    GenerationStopCondition,
+    RunningStatistics,
+)
+from ._rundir import AdapterConfig, ModelMetadata, NSSConfig, PromptConfig, RunDirectory
+from ._structured import build_json_based_regex, build_record_regex, structured_outputs_payload
+
+__all__ = [
+    "DEFAULT_INSTRUCTION",
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AdapterConfig",
+    "AuthenticationError",
+    "BackendStateError",
+    "BadRequestError",
+    "Batch",
+    "ConfigError",
+    "GenerateJobResults",
+    "GenerateParameters",
+    "GenerationBatches",
+    "GenerationError",
+    "GenerationStatus",
+    "GenerationStopCondition",
+    "GeneratorBackend",
+    "GroupedDataProcessor",
+    "ModelMetadata",
+    "NSSConfig",
+    "NotFoundError",
+    "ParsedResponse",
+    "Processor",
+    "PromptConfig",
+    "RecordValidator",
+    "RemoteSynthError",
+    "RunDirError",
+    "RunDirectory",
+    "RunningStatistics",
+    "ServerCheckError",
+    "ServerError",
+    "ServerStartError",
+    "TabularDataProcessor",
+    "UnsupportedSchemaError",
+    "ValidationParameters",
+    "build_json_based_regex",
+    "build_prompt",
+    "build_record_regex",
+    "create_processor",
+    "error_statistics",
+    "extract_records",
+    "normalize_dataframe",
+    "structured_outputs_payload",
+]
+
+__version__ = "0.1.0"
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__") and not isinstance(_obj, str):
+        try:
+            _obj.__module__ = "remote_synth"
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj

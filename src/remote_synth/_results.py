@@ -1,0 +1,282 @@
+"""The batch loop's state: status, stopping, prompt counts, results (NSS ``results.py``).
+
+``GenerationBatches`` keeps running totals and one normalised frame per batch,
+so adding a batch costs the same whether it is the 2nd or the 2,000th; the
+final frame is concatenated once. The one exception is the contract of
+``data_actions_fn``, whose second argument is every record accepted so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+import pandas as pd
+
+from ._batch import Batch, normalize_dataframe
+from ._exceptions import ConfigError, GenerationError
+
+__all__ = [
+    "MAX_NUM_PROMPTS_PER_BATCH",
+    "NUM_PROMPT_BUFFER",
+    "DataActionsFn",
+    "GenerateJobResults",
+    "GenerationBatches",
+    "GenerationStatus",
+    "GenerationStopCondition",
+    "RunningStatistics",
+]
+
+logger = logging.getLogger("remote_synth.results")
+
+MAX_NUM_PROMPTS_PER_BATCH = 100
+NUM_PROMPT_BUFFER = 10
+_EPS = 1e-15
+IDX = "__nss__idx"
+REJECT_REASON = "__nss_reject_reason"
+
+DataActionsFn = Callable[[pd.DataFrame, pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]]
+"""``fn(batch_df, accumulated_df) -> (valid_df, rejected_df)``, keyed by ``__nss__idx``."""
+
+
+class GenerationStatus(StrEnum):
+    """Where a generation job stands."""
+
+    COMPLETE = "complete"
+    """The target was reached (or there was none)."""
+    INCOMPLETE = "incomplete"
+    """The loop ended below the target without a stop condition."""
+    IN_PROGRESS = "in_progress"
+    """Still generating."""
+    STOP_NO_RECORDS = "stop_no_records"
+    """The first batch had no valid record (or, without a stop condition, any batch)."""
+    STOP_METRIC_REACHED = "stop_metric_reached"
+    """The running invalid fraction stayed at or above the threshold for ``patience`` batches."""
+
+
+class RunningStatistics:
+    """Welford's running count, mean, sample deviation, min and max (cumulative, equal weights)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self.sum_sq_diffs = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def update(self, value: float) -> None:
+        self.count += 1
+        delta = value - self.mean
+        self.mean += delta / self.count
+        self.sum_sq_diffs += delta * (value - self.mean)
+        self.min = min(self.min, value)
+        self.max = max(self.max, value)
+
+    @property
+    def stddev(self) -> float:
+        return math.sqrt(self.sum_sq_diffs / (self.count - 1)) if self.count > 1 else 0.0
+
+
+class GenerationStopCondition:
+    """Reached after ``patience`` consecutive values at or above ``threshold``.
+
+    ``update`` records a value; ``reached`` only answers (NSS's
+    ``has_been_reached`` did both).
+    """
+
+    def __init__(self, threshold: float, patience: int) -> None:
+        self.threshold = threshold
+        self.patience = patience
+        self.counter = 0
+        self.last_value: float | None = None
+
+    def update(self, value: float) -> None:
+        self.last_value = value
+        self.counter = self.counter + 1 if value >= self.threshold else 0
+
+    @property
+    def reached(self) -> bool:
+        return self.counter >= self.patience
+
+
+@dataclass
+class GenerateJobResults:
+    """What ``generate()`` returns: NSS's eight fields, same meanings."""
+
+    df: pd.DataFrame
+    """Valid records, schema columns in order; truncated to the target for tabular runs."""
+    status: GenerationStatus
+    num_valid_records: int
+    """After data actions, before truncation (so it can exceed ``len(df)``)."""
+    num_invalid_records: int
+    num_prompts: int
+    """Completions requested and parsed."""
+    valid_record_fraction: float
+    batch_valid_record_fractions: list[float] = field(default_factory=list)
+    elapsed_time: float = 0.0
+
+    @classmethod
+    def from_batches(
+        cls,
+        batches: GenerationBatches,
+        columns: list[str],
+        max_num_records: int | None = None,
+        elapsed_time: float = 0.0,
+    ) -> GenerateJobResults:
+        return cls(
+            df=batches.to_dataframe(columns, max_num_records),
+            status=batches.status,
+            num_valid_records=batches.num_valid_records,
+            num_invalid_records=batches.num_invalid_records,
+            num_prompts=batches.num_prompts,
+            valid_record_fraction=batches.valid_record_fraction,
+            batch_valid_record_fractions=list(batches.batch_valid_record_fractions),
+            elapsed_time=elapsed_time,
+        )
+
+
+class GenerationBatches:
+    """Accumulates batches and decides how many prompts come next and when to stop.
+
+    ```python
+    batches = GenerationBatches(target_num_records=1000, invalid_fraction_threshold=0.8, patience=3)
+    while batches.num_valid_records < 1000 and batches.status is GenerationStatus.IN_PROGRESS:
+        batches.add_batch(run_one_batch(batches.get_next_num_prompts()))
+    batches.job_complete()
+    batches.raise_for_status()
+    ```
+    """
+
+    def __init__(
+        self,
+        target_num_records: int | None = None,
+        max_num_prompts_per_batch: int = MAX_NUM_PROMPTS_PER_BATCH,
+        invalid_fraction_threshold: float | None = None,
+        patience: int | None = None,
+        data_actions_fn: DataActionsFn | None = None,
+    ) -> None:
+        if (invalid_fraction_threshold is None) != (patience is None):
+            raise ConfigError("invalid_fraction_threshold and patience must be given together")
+        self.target_num_records = target_num_records
+        self.max_num_prompts_per_batch = max_num_prompts_per_batch
+        self.stop_condition = (
+            GenerationStopCondition(invalid_fraction_threshold, patience)
+            if invalid_fraction_threshold is not None and patience is not None
+            else None
+        )
+        self.data_actions_fn = data_actions_fn
+        self.status = GenerationStatus.IN_PROGRESS
+        self.running = RunningStatistics()
+        self.num_batches = 0
+        self.num_valid_records = 0
+        self.num_invalid_records = 0
+        self.num_prompts = 0
+        self.batch_valid_record_fractions: list[float] = []
+        self._frames: list[pd.DataFrame] = []
+        self._accepted: pd.DataFrame | None = None
+
+    @property
+    def valid_record_fraction(self) -> float:
+        total = self.num_valid_records + self.num_invalid_records
+        return 0.0 if total == 0 else self.num_valid_records / total
+
+    def add_batch(self, batch: Batch) -> None:
+        """Apply data actions, update totals and the stop status (NSS ``add_batch``)."""
+        frame = self._apply_data_actions(batch) if self.data_actions_fn else batch.to_dataframe()
+        self.running.update(batch.stopping_metric)
+        first = self.num_batches == 0
+        if batch.num_valid_records == 0 and (first or self.stop_condition is None):
+            self.status = GenerationStatus.STOP_NO_RECORDS
+        elif self.stop_condition is not None:
+            self.stop_condition.update(self.running.mean)
+            if self.stop_condition.reached:
+                self.status = GenerationStatus.STOP_METRIC_REACHED
+        self.num_batches += 1
+        self.num_valid_records += batch.num_valid_records
+        self.num_invalid_records += batch.num_invalid_records
+        self.num_prompts += batch.num_prompts
+        self.batch_valid_record_fractions.append(batch.valid_record_fraction)
+        if frame is not None:
+            self._frames.append(frame)
+
+    def get_next_num_prompts(self) -> int:
+        """100 until records arrive, then enough for the rest at the observed yield, plus 10."""
+        if self.target_num_records is None or self.num_valid_records == 0:
+            return self.max_num_prompts_per_batch
+        remaining = self.target_num_records - self.num_valid_records
+        per_prompt = self.num_valid_records / self.num_prompts
+        needed = round(remaining / (per_prompt + _EPS))
+        return min(self.max_num_prompts_per_batch, needed + NUM_PROMPT_BUFFER)
+
+    @property
+    def is_stopped(self) -> bool:
+        return self.status in (GenerationStatus.STOP_NO_RECORDS, GenerationStatus.STOP_METRIC_REACHED)
+
+    def job_complete(self) -> GenerationStatus:
+        """Turn IN_PROGRESS into COMPLETE or INCOMPLETE; STOP_* statuses stay."""
+        if self.status is GenerationStatus.IN_PROGRESS:
+            done = self.target_num_records is None or self.num_valid_records >= self.target_num_records
+            self.status = GenerationStatus.COMPLETE if done else GenerationStatus.INCOMPLETE
+        return self.status
+
+    def raise_for_status(self) -> None:
+        """Raise ``GenerationError`` for the STOP_* statuses; log the others."""
+        if self.status is GenerationStatus.STOP_NO_RECORDS:
+            raise GenerationError(
+                "Generation stopped prematurely due to no valid records. Please consider increasing the "
+                "'num_input_records_to_sample' parameter (training), lowering the temperature, or turning "
+                "on structured generation."
+            )
+        if self.status is GenerationStatus.STOP_METRIC_REACHED and self.stop_condition is not None:
+            raise GenerationError(
+                "Generation stopped prematurely because the average fraction of invalid records was at or above "
+                f"{self.stop_condition.threshold:.2%} for {self.stop_condition.patience} batches in a row "
+                f"(last {self.stop_condition.last_value or 0:.2%}). Please consider increasing the "
+                "'num_input_records_to_sample' parameter (training), lowering the temperature, or turning "
+                "on structured generation."
+            )
+        if self.status is GenerationStatus.INCOMPLETE:
+            logger.warning("generation ended with %d of %s records", self.num_valid_records, self.target_num_records)
+        else:
+            logger.info("generation %s: %d valid records", self.status.value, self.num_valid_records)
+
+    def to_dataframe(self, columns: list[str], max_num_records: int | None = None) -> pd.DataFrame:
+        """Every batch's valid records in schema column order; ``max_num_records`` 0/None = all.
+
+        A nullable column that never appeared is all-NaN instead of NSS's KeyError.
+        """
+        if self.num_valid_records == 0 or not self._frames:
+            return pd.DataFrame(columns=columns)
+        df = pd.concat(self._frames, ignore_index=True).reindex(columns=columns)
+        return df.head(max_num_records or len(df))
+
+    def _apply_data_actions(self, batch: Batch) -> pd.DataFrame | None:
+        """Run ``data_actions_fn`` and move its rejections to the batch's invalid records."""
+        records = batch.valid_records()
+        if not records:
+            return None
+        batch_df = normalize_dataframe(pd.DataFrame.from_records([{**r, IDX: i} for i, r in enumerate(records)]))
+        accumulated = self._accepted if self._accepted is not None else batch_df.iloc[0:0]
+        assert self.data_actions_fn is not None
+        valid_df, rejected_df = self.data_actions_fn(batch_df, accumulated)
+        ids = list(valid_df[IDX]) + list(rejected_df[IDX])
+        if sorted(ids) != list(range(len(records))):
+            raise ConfigError("data_actions_fn must map every record of the batch to exactly one valid or rejected row")
+        self._accepted = valid_df if self._accepted is None else pd.concat([self._accepted, valid_df], ignore_index=True)
+        _replace_records(batch, valid_df, rejected_df)
+        return normalize_dataframe(valid_df.drop(columns=IDX)) if len(valid_df) else None
+
+
+def _replace_records(batch: Batch, valid_df: pd.DataFrame, rejected_df: pd.DataFrame) -> None:
+    """The batch now holds the transformed valid rows, and the rejected rows as invalid ones."""
+    rejected = rejected_df.drop(columns=IDX).to_dict("records")
+    batch.replace_valid_records(
+        valid_df.drop(columns=IDX).to_dict("records"),
+        invalid=[str(r) for r in rejected],
+        errors=[(f"Failed data_config validation due to [{r.get(REJECT_REASON)}]",) * 2 for r in rejected],
+    )

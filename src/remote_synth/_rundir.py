@@ -1,0 +1,251 @@
+"""Reading an NSS run directory as NSS writes it, without transformers or torch.
+
+Layout (NSS ``cli/artifact_structure.py``)::
+
+    <run>/safe-synthesizer-config.json          (newer NSS) or
+    <run>/train/safe-synthesizer-config.json    (older NSS)
+    <run>/train/adapter/{adapter_config.json, adapter_model.safetensors,
+                         metadata_v2.json, dataset_schema.json}
+    <run>/generate/synthetic_data.csv           (NSS's default output)
+
+A generation-only run keeps no ``train/``; its ``generate/info.json`` names the
+training run ("Adapter Source" / "Run directory"), whose artifacts are read.
+A project directory (``<config>---<dataset>``) resolves to its newest run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ._exceptions import ConfigError, RunDirError
+
+__all__ = ["AdapterConfig", "ModelMetadata", "NSSConfig", "PromptConfig", "RunDirectory"]
+
+MAX_ROPE_SCALING_FACTOR = 6.0
+CONFIG_NAME = "safe-synthesizer-config.json"
+
+
+class _Lenient(BaseModel):
+    """Files written by other NSS versions may carry more keys: keep what we know."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class PromptConfig(_Lenient):
+    """NSS ``LLMPromptConfig``: the prompt template and special tokens."""
+
+    template: str
+    add_bos_token_to_prompt: bool = True
+    add_eos_token_to_prompt: bool = True
+    bos_token: str
+    bos_token_id: int
+    eos_token: str
+    eos_token_id: int
+
+
+class RopeScaling(_Lenient):
+    rope_type: str | None = None
+    factor: float = 1.0
+    theta: float | None = None
+
+
+class ModelMetadata(_Lenient):
+    """The parts of NSS ``ModelMetadata`` (``metadata_v2.json``) generation needs."""
+
+    model_name_or_path: str
+    prompt_config: PromptConfig
+    base_max_seq_length: int = Field(2048, ge=1)
+    rope_scaling: RopeScaling | None = None
+    max_sequences_per_example: int | None = None
+    is_adapter: bool = True
+    instruction: str = "Generate a JSONL dataset with the following columns: "
+    initial_prefill: dict[str, str] | str | None = None
+
+    @property
+    def max_seq_length(self) -> int:
+        """NSS: base length times the rope factor (clamped to 6) when the factor is > 1."""
+        factor = self.rope_scaling.factor if self.rope_scaling else 1.0
+        if factor > 1:
+            return int(self.base_max_seq_length * min(factor, MAX_ROPE_SCALING_FACTOR))
+        return self.base_max_seq_length
+
+
+class AdapterConfig(_Lenient):
+    """The parts of peft's ``adapter_config.json`` a server launch needs."""
+
+    r: int = Field(ge=1)
+    lora_alpha: float | None = None
+    base_model_name_or_path: str | None = None
+    target_modules: list[str] | str | None = None
+    modules_to_save: list[str] | None = None
+
+
+class _DataSection(_Lenient):
+    group_training_examples_by: str | None = None
+    order_training_examples_by: str | None = None
+    max_sequences_per_example: int | str | None = None
+
+
+class _TrainingSection(_Lenient):
+    pretrained_model: str | None = None
+    lora_r: int | None = None
+
+
+class _TimeSeriesSection(_Lenient):
+    is_timeseries: bool = False
+
+
+class NSSConfig(_Lenient):
+    """The parts of ``safe-synthesizer-config.json`` generation needs; ``generation`` is kept raw."""
+
+    generation: dict[str, Any] = Field(default_factory=dict)
+    data: _DataSection = Field(default_factory=_DataSection)
+    training: _TrainingSection = Field(default_factory=_TrainingSection)
+    time_series: _TimeSeriesSection = Field(default_factory=_TimeSeriesSection)
+
+    @property
+    def max_sequences_per_example(self) -> int | None:
+        value = self.data.max_sequences_per_example
+        return value if isinstance(value, int) else None
+
+
+@dataclass(frozen=True)
+class RunDirectory:
+    """An NSS run directory; ``source`` is where the trained artifacts live.
+
+    ```python
+    run = RunDirectory.open("runs/cfg---data/2026-01-01T00:00:00")
+    run.schema["properties"], run.metadata.prompt_config.template, run.adapter_config.r
+    ```
+    """
+
+    path: Path
+    source: Path
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDirectory:
+        """Find the run (and its training source) or fail naming what is missing."""
+        root = Path(path).expanduser()
+        if not root.is_dir():
+            raise RunDirError(root, "run directory does not exist (pass an NSS run directory that has train/adapter/)")
+        run = _newest_run(root) if not _has_adapter(root) and not _parent_from_info(root) else root
+        source = run if _has_adapter(run) else _parent_from_info(run)
+        if source is None or not _has_adapter(source):
+            raise RunDirError(
+                root / "train" / "adapter",
+                "missing: not an NSS run directory (expected train/adapter/ with the trained adapter)",
+            )
+        return cls(path=run.resolve(), source=source.resolve())
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.source / "train" / "adapter"
+
+    @property
+    def output_file(self) -> Path:
+        """NSS's default output location, in the run (not the parent) directory."""
+        return self.path / "generate" / "synthetic_data.csv"
+
+    @property
+    def config_file(self) -> Path:
+        for candidate in (self.source / CONFIG_NAME, self.source / "train" / CONFIG_NAME):
+            if candidate.is_file():
+                return candidate
+        return self.source / "train" / CONFIG_NAME
+
+    @cached_property
+    def schema(self) -> dict[str, Any]:
+        path = self.adapter_dir / "dataset_schema.json"
+        schema = _read_json(path)
+        if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict) or not schema["properties"]:
+            raise RunDirError(path, "not a record schema: expected an object with a non-empty 'properties' mapping")
+        _check_schema(path, schema)
+        return schema
+
+    @cached_property
+    def metadata(self) -> ModelMetadata:
+        return _parse(ModelMetadata, self.adapter_dir / "metadata_v2.json")
+
+    @cached_property
+    def adapter_config(self) -> AdapterConfig:
+        return _parse(AdapterConfig, self.adapter_dir / "adapter_config.json")
+
+    @cached_property
+    def config(self) -> NSSConfig:
+        return _parse(NSSConfig, self.config_file)
+
+    @property
+    def columns(self) -> list[str]:
+        """Schema column order, which is the prompt's and the output's column order."""
+        return list(self.schema["properties"])
+
+    def check(self) -> RunDirectory:
+        """Read every artifact now, so a corrupt file fails before a server starts."""
+        _ = (self.schema, self.metadata, self.adapter_config, self.config)
+        weights = [p for p in self.adapter_dir.glob("adapter_model.*") if p.suffix in (".safetensors", ".bin")]
+        if not weights:
+            raise RunDirError(self.adapter_dir / "adapter_model.safetensors", "missing: the adapter weights are not there")
+        if self.config.time_series.is_timeseries:
+            raise ConfigError(f"{self.config_file}: time-series runs are not supported yet by remote-synth")
+        return self
+
+
+def _has_adapter(run: Path) -> bool:
+    return (run / "train" / "adapter" / "adapter_config.json").is_file()
+
+
+def _parent_from_info(run: Path) -> Path | None:
+    info = run / "generate" / "info.json"
+    if not info.is_file():
+        return None
+    try:
+        parent = json.loads(info.read_text())["Adapter Source"]["Run directory"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Path(parent)
+
+
+def _newest_run(project: Path) -> Path:
+    runs = sorted((p for p in project.iterdir() if p.is_dir() and _has_adapter(p)), key=lambda p: p.name)
+    return runs[-1] if runs else project
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunDirError(path, "missing: the run directory is incomplete (was training finished?)") from None
+    except OSError as exc:
+        raise RunDirError(path, f"cannot be read: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise RunDirError(path, f"corrupt JSON ({exc}); restore the file from the training run") from None
+
+
+def _parse(model: type[_Lenient], path: Path) -> Any:
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise RunDirError(path, f"expected a JSON object, found {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RunDirError(path, f"{where}: {first['msg']}") from None
+
+
+def _check_schema(path: Path, schema: dict[str, Any]) -> None:
+    from jsonschema import exceptions, validators
+
+    cls = validators.validator_for(schema, default=validators.Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except exceptions.SchemaError as exc:
+        raise RunDirError(path, f"invalid JSON schema: {exc.message}") from None

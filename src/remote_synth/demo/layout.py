@@ -1,0 +1,75 @@
+"""Writing an NSS-layout run directory (what NSS's training leaves behind), torch-free.
+
+Used by the demo builder and by tests that need run directories of other shapes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TINYLLAMA_TEMPLATE", "write_run_dir"]
+
+TINYLLAMA_TEMPLATE = "[INST] {instruction} {schema} [/INST]{prefill}"
+
+
+def write_run_dir(
+    run: Path,
+    schema: dict[str, Any],
+    *,
+    base_model: str,
+    lora_r: int = 8,
+    template: str = TINYLLAMA_TEMPLATE,
+    bos: tuple[str, int] = ("<s>", 1),
+    eos: tuple[str, int] = ("</s>", 2),
+    base_max_seq_length: int = 2048,
+    generation: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    adapter_weights: bytes | None = b"",
+) -> Path:
+    """Write ``train/adapter/*`` metadata and ``safe-synthesizer-config.json`` as NSS does.
+
+    The adapter weights themselves are written by peft (the demo) or, for tests,
+    as ``adapter_weights`` bytes (None: no weights file).
+    """
+    adapter = run / "train" / "adapter"
+    adapter.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "model_name_or_path": base_model,
+        "prompt_config": {
+            "template": template,
+            "add_bos_token_to_prompt": True,
+            "add_eos_token_to_prompt": True,
+            "bos_token": bos[0],
+            "bos_token_id": bos[1],
+            "eos_token": eos[0],
+            "eos_token_id": eos[1],
+        },
+        "base_max_seq_length": base_max_seq_length,
+        "rope_scaling": None,
+        "max_sequences_per_example": None,
+        "workdir": {"base_path": str(run.parent), "config_name": "demo", "dataset_name": "demo", "run_name": run.name},
+        "is_adapter": True,
+        "instruction": "Generate a JSONL dataset with the following columns: ",
+        "rope_parameters_location": "autoconfig",
+        "initial_prefill": None,
+    }
+    config = {
+        "data": {"group_training_examples_by": None, "order_training_examples_by": None, **(data or {})},
+        "training": {"pretrained_model": base_model, "lora_r": lora_r},
+        "generation": {"num_records": 1000, **(generation or {})},
+        "time_series": {"is_timeseries": False},
+    }
+    _write(adapter / "metadata_v2.json", metadata)
+    _write(adapter / "dataset_schema.json", schema)
+    _write(run / "train" / "safe-synthesizer-config.json", config)
+    if not (adapter / "adapter_config.json").exists():
+        _write(adapter / "adapter_config.json", {"r": lora_r, "lora_alpha": 2 * lora_r, "base_model_name_or_path": base_model})
+    if adapter_weights is not None and not (adapter / "adapter_model.safetensors").exists():
+        (adapter / "adapter_model.safetensors").write_bytes(adapter_weights)
+    return run
+
+
+def _write(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,113 @@
+"""Reading NSS run directories: layouts, parents, and one clear error per broken file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from remote_synth import ConfigError, RunDirError, RunDirectory
+from remote_synth.demo.layout import write_run_dir
+
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"enum": ["x"]}}, "required": ["a"]}
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    return write_run_dir(tmp_path / "cfg---data" / "2026-01-01T00-00-00", SCHEMA, base_model="TinyLlama/x", lora_r=32)
+
+
+def test_reads_everything(run: Path) -> None:
+    rd = RunDirectory.open(run).check()
+    assert rd.columns == ["a", "b"]
+    assert rd.metadata.prompt_config.template.startswith("[INST]")
+    assert rd.metadata.max_seq_length == 2048
+    assert rd.adapter_config.r == 32
+    assert rd.config.training.lora_r == 32
+    assert rd.output_file == run.resolve() / "generate" / "synthetic_data.csv"
+
+
+def test_rope_factor_scales_and_is_clamped(run: Path) -> None:
+    meta_file = run / "train" / "adapter" / "metadata_v2.json"
+    meta = json.loads(meta_file.read_text())
+    meta["base_max_seq_length"] = 12288
+    meta["rope_scaling"] = {"rope_type": "linear", "factor": 2.0, "theta": None}
+    meta_file.write_text(json.dumps(meta))
+    assert RunDirectory.open(run).metadata.max_seq_length == 24576
+    meta["rope_scaling"]["factor"] = 10
+    meta_file.write_text(json.dumps(meta))
+    assert RunDirectory.open(run).metadata.max_seq_length == 12288 * 6
+
+
+def test_project_dir_resolves_to_newest_run(run: Path) -> None:
+    newer = write_run_dir(run.parent / "2026-02-01T00-00-00", SCHEMA, base_model="m")
+    assert RunDirectory.open(run.parent).path == newer.resolve()
+
+
+def test_generation_only_run_reads_its_parent(run: Path, tmp_path: Path) -> None:
+    child = tmp_path / "child"
+    (child / "generate").mkdir(parents=True)
+    info = {"Adapter Source": {"Run directory": str(run), "Adapter path": str(run / "train" / "adapter")}}
+    (child / "generate" / "info.json").write_text(json.dumps(info))
+    rd = RunDirectory.open(child)
+    assert rd.source == run.resolve() and rd.path == child.resolve()
+    assert rd.output_file == child.resolve() / "generate" / "synthetic_data.csv"
+    assert rd.columns == ["a", "b"]
+
+
+def test_root_level_config_wins(run: Path) -> None:
+    (run / "safe-synthesizer-config.json").write_text(json.dumps({"generation": {"temperature": 0.3}}))
+    assert RunDirectory.open(run).config.generation == {"temperature": 0.3}
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(RunDirError, match="does not exist"):
+        RunDirectory.open(tmp_path / "nope")
+    with pytest.raises(RunDirError, match="not an NSS run directory"):
+        RunDirectory.open(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("dataset_schema.json", "{not json", "corrupt JSON"),
+        ("dataset_schema.json", '{"type": "object"}', "non-empty 'properties'"),
+        ("dataset_schema.json", '{"properties": {"a": {"type": 5}}}', "invalid JSON schema"),
+        ("metadata_v2.json", '{"model_name_or_path": "m"}', "prompt_config"),
+        ("metadata_v2.json", "[]", "expected a JSON object"),
+        ("adapter_config.json", '{"r": 0}', "r:"),
+        ("adapter_config.json", '{"r": "big"}', "r:"),
+    ],
+)
+def test_corrupt_files_name_the_file_and_problem(run: Path, name: str, content: str, message: str) -> None:
+    (run / "train" / "adapter" / name).write_text(content)
+    with pytest.raises(RunDirError, match=message) as info:
+        RunDirectory.open(run).check()
+    assert name in str(info.value)
+
+
+def test_missing_file_and_weights(run: Path) -> None:
+    (run / "train" / "adapter" / "metadata_v2.json").unlink()
+    with pytest.raises(RunDirError, match="metadata_v2.json: missing"):
+        RunDirectory.open(run).check()
+
+
+def test_missing_weights(tmp_path: Path) -> None:
+    run = write_run_dir(tmp_path / "r", SCHEMA, base_model="m", adapter_weights=None)
+    with pytest.raises(RunDirError, match="adapter weights"):
+        RunDirectory.open(run).check()
+
+
+def test_time_series_runs_are_refused_clearly(run: Path) -> None:
+    cfg = run / "train" / "safe-synthesizer-config.json"
+    cfg.write_text(json.dumps({"time_series": {"is_timeseries": True}}))
+    with pytest.raises(ConfigError, match="time-series"):
+        RunDirectory.open(run).check()
+
+
+def test_unknown_keys_from_other_nss_versions_are_ignored(run: Path) -> None:
+    meta_file = run / "train" / "adapter" / "metadata_v2.json"
+    meta = json.loads(meta_file.read_text()) | {"future_field": 1}
+    meta_file.write_text(json.dumps(meta))
+    assert RunDirectory.open(run).metadata.model_name_or_path == "TinyLlama/x"
