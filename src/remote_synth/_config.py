@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._exceptions import ConfigError
 
-__all__ = ["ENV_PREFIX", "GenerateParameters", "ValidationParameters", "format_validation_error"]
+__all__ = ["ENV_PREFIX", "GenerateParameters", "RemoteSettings", "ValidationParameters", "format_validation_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,3 +147,34 @@ def format_validation_error(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "value"
         parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
     return "invalid parameter " + "; ".join(parts)
+
+
+class RemoteSettings(BaseSettings):
+    """Where and how to reach the server; every field also reads ``REMOTE_SYNTH_<FIELD>``.
+
+    With no ``base_url`` the backend launches (and later stops) a local server.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_assignment=True)
+
+    base_url: str | None = None
+    """A running server (``http://gpu-host:8000``); None launches one."""
+    api_key: SecretStr | None = None
+    adapter_name: str | None = None
+    """The adapter's name on the server; default: derived from the adapter's files."""
+    base_model: str | None = None
+    """Base model path or id for a launched server; default: the run's metadata."""
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=1, le=65535)
+    max_concurrency: int = Field(4, ge=1)
+    """Requests in flight at once."""
+    prompts_per_request: int = Field(25, ge=1, le=1024)
+    """Prompts carried by one request (vLLM's default cap is 1024)."""
+    request_timeout: float = Field(900.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    startup_timeout: float = Field(900.0, gt=0)
+    max_model_len: int | None = Field(None, ge=16)
+    dtype: str = "auto"
+    server_log: Path | None = None
+    use_detailed_logs: bool = False
+    """Detailed validation messages (they quote record values) in logs and error tables."""

@@ -1,0 +1,49 @@
+"""Write the demo tables the repo ships (seeded; run once, output committed).
+
+    python scripts/make_demo_tables.py
+
+customers.csv is the demo table (what the adapter learns); products.csv is the other
+table the base model learns, so the base knows JSON lines but not the demo's.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "src" / "remote_synth" / "demo" / "data"
+CITIES = ["Berlin", "Lagos", "Lima", "Oslo", "Paris", "Pune", "Seoul", "Tokyo"]
+CATEGORIES = ["books", "garden", "games", "kitchen", "music", "sports"]
+
+
+def customers(rng: random.Random, n: int) -> list[dict]:
+    rows = []
+    for _ in range(n):
+        age = rng.randint(18, 90)
+        city = rng.choice(CITIES)
+        income = int(rng.gauss(30000 + 900 * min(age, 60), 9000))
+        rows.append({"age": age, "city": city, "income": max(12000, min(income, 150000))})
+    return rows
+
+
+def products(rng: random.Random, n: int) -> list[dict]:
+    return [
+        {"sku": f"P{rng.randint(1000, 9999)}", "category": rng.choice(CATEGORIES), "stock": rng.randint(0, 500)}
+        for _ in range(n)
+    ]
+
+
+def write(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    rng = random.Random(20261126)
+    OUT.mkdir(parents=True, exist_ok=True)
+    write(OUT / "customers.csv", customers(rng, 1200))
+    write(OUT / "products.csv", products(rng, 1200))
+    print(f"wrote {OUT}/customers.csv and products.csv")

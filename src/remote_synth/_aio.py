@@ -1,0 +1,72 @@
+"""Running our async core from synchronous callers, including ones inside an event loop.
+
+NSS's contract is synchronous, and notebooks already run an event loop, so
+``asyncio.run`` is not an option: the backend owns one loop on a daemon thread
+and hands it coroutines. Cancelling means cancelling the tasks on that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["LoopThread"]
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop on its own thread; ``run(coro)`` blocks until the coroutine is done."""
+
+    def __init__(self, name: str = "remote-synth-loop") -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+        self._pending: set[concurrent.futures.Future[Any]] = set()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    @property
+    def closed(self) -> bool:
+        return self._loop.is_closed()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop; KeyboardInterrupt here cancels it there."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        self._pending.add(future)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            self._pending.discard(future)
+
+    def cancel_all(self, timeout: float = 5.0) -> int:
+        """Cancel every task on the loop and wait for them to finish; returns how many."""
+        if self.closed or not self._thread.is_alive():
+            return 0
+
+        async def _cancel() -> int:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return len(tasks)
+
+        return asyncio.run_coroutine_threadsafe(_cancel(), self._loop).result(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the loop and its thread; idempotent."""
+        if self.closed:
+            return
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+        if not self._loop.is_running():
+            self._loop.close()

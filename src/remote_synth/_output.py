@@ -1,0 +1,69 @@
+"""Writing results: CSV (NSS's format), JSON lines or Parquet, chosen by the file's suffix.
+
+The target is checked before generation starts, and written atomically, so a
+bad path costs nothing and a failed write never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from ._exceptions import ConfigError
+
+__all__ = ["FORMATS", "OutputFile"]
+
+FORMATS = (".csv", ".jsonl", ".parquet")
+
+
+class OutputFile:
+    """Where results go; ``check()`` before generating, ``write(df)`` after."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        if self.path.suffix.lower() not in FORMATS:
+            raise ConfigError(f"--output {self.path}: unknown format; use a file ending in {', '.join(FORMATS)}")
+
+    @property
+    def partial_path(self) -> Path:
+        """Where rows go when generation stops before the target."""
+        return self.path.with_name(f"{self.path.stem}.partial{self.path.suffix}")
+
+    def check(self) -> OutputFile:
+        """Fail now, not after an hour of generation, if the file cannot be written."""
+        if self.path.is_dir():
+            raise ConfigError(f"--output {self.path}: is a directory; name a file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.path.parent, prefix=".remote-synth-check-"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"--output {self.path}: cannot write there ({exc.strerror}); choose another path") from None
+        if self.path.suffix.lower() == ".parquet":
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise ConfigError("--output: parquet needs pyarrow (pip install pyarrow)") from None
+        return self
+
+    def write(self, df: pd.DataFrame, path: Path | None = None) -> Path:
+        target = path or self.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            suffix = target.suffix.lower()
+            if suffix == ".csv":
+                df.to_csv(tmp, index=False)
+            elif suffix == ".jsonl":
+                df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+            else:
+                df.to_parquet(tmp, index=False)
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target

@@ -1,0 +1,282 @@
+"""Owning a vLLM OpenAI-compatible server process: launch, readiness, stop.
+
+Building a ``VllmServer`` only computes the command and environment; ``start``
+spawns it in its own process group with its output in a log file;
+``wait_ready`` polls until ``/health`` is 200 **and** the adapter is listed in
+``/v1/models``, failing at once (with the log's tail) if the process exits;
+``stop`` sends SIGTERM to the group, waits, then SIGKILLs the group and checks
+that nothing of it is left and the port is free. This module knows processes
+and HTTP probes, not records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from ._exceptions import ConfigError, ServerStartError
+
+__all__ = ["ServerSettings", "VllmServer", "free_port", "lora_rank_limit"]
+
+logger = logging.getLogger("remote_synth.server")
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+LOG_TAIL_LINES = 40
+
+
+def lora_rank_limit(r: int) -> int:
+    """The smallest ``--max-lora-rank`` value vLLM accepts that holds rank ``r``."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= r:
+            return allowed
+    raise ConfigError(f"LoRA rank {r} is above vLLM's largest --max-lora-rank ({VLLM_LORA_RANKS[-1]})")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How to launch vLLM for one adapter."""
+
+    model: str
+    """Base model: a local path or a hub id the host can resolve."""
+    adapter_name: str
+    adapter_path: Path
+    max_lora_rank: int = 16
+    max_model_len: int | None = None
+    host: str = "127.0.0.1"
+    port: int | None = None
+    """None: a free port."""
+    api_key: str | None = field(default=None, repr=False)
+    """None: a random key (the server is ours alone)."""
+    python: str = sys.executable
+    dtype: str = "auto"
+    structured_outputs_backend: str = "auto"
+    offline: bool = True
+    """HF_HUB_OFFLINE: never reach a hub (the base model must be local or cached)."""
+    log_file: Path | None = None
+    startup_timeout: float = 900.0
+    stop_timeout: float = 30.0
+    extra_args: tuple[str, ...] = ()
+    extra_env: tuple[tuple[str, str], ...] = ()
+
+
+class VllmServer:
+    """A vLLM server process we own.
+
+    ```python
+    with VllmServer(settings) as server:      # start() + wait_ready(); stop() on exit
+        client = InferenceClient(server.base_url, api_key=server.api_key)
+    ```
+    """
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.port = settings.port or free_port(settings.host)
+        self.api_key = settings.api_key or secrets.token_urlsafe(24)
+        self.log_file = settings.log_file or Path(tempfile.gettempdir()) / f"remote-synth-vllm-{self.port}.log"
+        self.command = self._command()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stopped = False
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host  # noqa: S104
+        return f"http://{host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def _command(self) -> list[str]:
+        s = self.settings
+        modules = json.dumps({"name": s.adapter_name, "path": str(s.adapter_path), "base_model_name": s.model})
+        cmd = [
+            s.python, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", s.model,
+            "--enable-lora",
+            "--lora-modules", modules,
+            "--max-lora-rank", str(lora_rank_limit(s.max_lora_rank)),
+            "--host", s.host,
+            "--port", str(self.port),
+            "--dtype", s.dtype,
+            "--structured-outputs-config", json.dumps(self._structured_outputs_config()),
+            "--disable-uvicorn-access-log",
+        ]  # fmt: skip
+        if s.max_model_len:
+            cmd += ["--max-model-len", str(s.max_model_len)]
+        return cmd + list(s.extra_args)
+
+    def _structured_outputs_config(self) -> dict[str, Any]:
+        """Compact JSON where the backend can do it: a record must stay on one line to be parsed."""
+        backend = self.settings.structured_outputs_backend
+        config: dict[str, Any] = {"backend": backend}
+        if backend in ("xgrammar", "guidance"):
+            config["disable_any_whitespace"] = True
+        return config
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["VLLM_API_KEY"] = self.api_key  # not on the command line, where `ps` would show it
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if self.settings.offline:
+            env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        env.update(dict(self.settings.extra_env))
+        return env
+
+    def start(self) -> VllmServer:
+        """Spawn the server in its own process group; does not wait."""
+        if self._process is not None:
+            raise RuntimeError("this server was already started; create a new VllmServer")
+        if importlib.util.find_spec("vllm") is None and self.settings.python == sys.executable:
+            raise ConfigError(
+                "vLLM is not installed here: install remote-synth[cpu] (or [gpu]) to launch a local server, "
+                "or pass --base-url to use a running one"
+            )
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        logger.info("starting vLLM on %s (log: %s)", self.base_url, self.log_file)
+        with self.log_file.open("ab") as log:
+            self._process = subprocess.Popen(  # noqa: S603 - an argument list, never a shell
+                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self._env(), start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    def wait_ready(
+        self,
+        timeout: float | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Block until /health is 200 and the adapter is listed; fail fast if the process dies."""
+        if self._process is None:
+            raise RuntimeError("start() the server first")
+        budget = timeout if timeout is not None else self.settings.startup_timeout
+        deadline = clock() + budget
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        with httpx.Client(base_url=self.base_url, headers=headers, timeout=5.0) as http:
+            while True:
+                self._raise_if_exited()
+                if self._ready(http):
+                    logger.info("vLLM ready on %s serving %r", self.base_url, self.settings.adapter_name)
+                    return
+                if clock() > deadline:
+                    raise ServerStartError(
+                        f"vLLM did not become ready within {budget:.0f} s; "
+                        f"command: {' '.join(self.command)}",
+                        log_tail=self.log_tail(),
+                    )
+                sleep(1.0)
+
+    def _ready(self, http: httpx.Client) -> bool:
+        try:
+            if http.get("/health").status_code != 200:
+                return False
+            models = http.get("/v1/models").json().get("data", [])
+        except (httpx.HTTPError, ValueError):
+            return False
+        return any(m.get("id") == self.settings.adapter_name for m in models)
+
+    def _raise_if_exited(self) -> None:
+        assert self._process is not None
+        code = self._process.poll()
+        if code is not None:
+            raise ServerStartError(
+                f"vLLM exited with code {code} before it was ready; command: {' '.join(self.command)}",
+                log_tail=self.log_tail(),
+                returncode=code,
+            )
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM the group, wait, SIGKILL what is left; idempotent."""
+        if self._process is None or self._stopped:
+            return
+        self._stopped = True
+        pgid = self._process.pid  # start_new_session: the leader's pid is the group id
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            self._process.wait(self.settings.stop_timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("vLLM did not stop within %.0f s; killing it", self.settings.stop_timeout)
+        _signal_group(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(10)
+        _wait_group_gone(pgid, timeout=10)
+        logger.info("vLLM on %s stopped", self.base_url)
+
+    def group_alive(self) -> bool:
+        """Whether any process of the server's group remains."""
+        return self._process is not None and _group_exists(self._process.pid)
+
+    def __enter__(self) -> VllmServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while _group_exists(pgid) and time.monotonic() < deadline:
+        _signal_group(pgid, signal.SIGKILL)
+        time.sleep(0.1)

@@ -1,0 +1,302 @@
+"""Build the demo NSS run directory: a tiny Llama, its tokenizer, and a LoRA adapter.
+
+Everything is trained here, seeded, in about two minutes on two CPU cores; no hub
+download. The base model learns another table as JSON lines (``products``) and
+the demo table (``customers``) as CSV under another instruction, so it knows
+every token of the demo rows but not the demo's JSON lines: only the adapter
+writes valid demo records, which makes "the adapter is really served" testable.
+(A LoRA cannot teach tokens the base never saw: their embeddings stay random
+and the tied output layer is frozen.)
+
+Prompt and records are tokenized separately and their ids joined, as NSS does:
+tokenized as one string, ``[/INST]`` + ``{`` merge into a token the model never
+sees at generation time. The prompt is tokenized with the tokenizer's defaults
+(BOS first), exactly as vLLM tokenizes it at generation time.
+
+The result is cached under ``~/.cache/remote-synth/demo/<digest>/`` and rebuilt
+when the tables, this recipe or this file change. Needs the ``cpu`` (or ``gpu``)
+extra: torch, transformers, peft, tokenizers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .._prompt import build_prompt
+from .layout import TINYLLAMA_TEMPLATE, write_run_dir
+
+__all__ = ["Recipe", "build_demo_run", "cache_root", "ensure_demo_run", "infer_schema"]
+
+logger = logging.getLogger("remote_synth.demo")
+
+DATA = Path(__file__).parent / "data"
+CSV_INSTRUCTION = "Generate a CSV dataset with the following columns: "
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every number that shapes the demo; part of the cache key."""
+
+    seed: int = 1126
+    vocab_size: int = 512
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 2
+    context: int = 512
+    base_steps: int = 300
+    base_lr: float = 3e-3
+    lora_r: int = 16
+    lora_steps: int = 500
+    lora_lr: float = 3e-3
+    batch_size: int = 16
+    records_per_example: tuple[int, int] = (2, 6)
+    temperature: float = 0.3
+
+
+def cache_root() -> Path:
+    if env := os.environ.get("REMOTE_SYNTH_CACHE_DIR"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "remote-synth"
+
+
+def ensure_demo_run(recipe: Recipe = Recipe(), root: Path | None = None) -> Path:
+    """The cached demo run directory, built first if missing or stale."""
+    root = root or cache_root() / "demo"
+    digest = _digest(recipe)
+    run = root / digest / "run"
+    if (root / digest / "DONE").exists():
+        return run
+    root.mkdir(parents=True, exist_ok=True)
+    with _lock(root / ".lock"):
+        if not (root / digest / "DONE").exists():
+            logger.info("building the demo run (about 2 minutes, once) into %s", root / digest)
+            tmp = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))
+            try:
+                build_demo_run(tmp, recipe)
+                _relocate(tmp, root / digest)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            (root / digest / "DONE").write_text(json.dumps(asdict(recipe)))
+    return run
+
+
+def build_demo_run(out: Path, recipe: Recipe = Recipe()) -> Path:
+    """Train base + adapter into ``out/base`` and write the NSS run ``out/run``."""
+    import torch
+
+    started = time.monotonic()
+    torch.manual_seed(recipe.seed)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    rng = random.Random(recipe.seed)
+    customers, products = _read(DATA / "customers.csv"), _read(DATA / "products.csv")
+    schema, other_schema = infer_schema(customers), infer_schema(products)
+    demo_prompt = build_prompt(list(schema["properties"]), TINYLLAMA_TEMPLATE)
+    other_prompt = build_prompt(list(other_schema["properties"]), TINYLLAMA_TEMPLATE)
+    # The demo's own schema fragment under another instruction: the base sees the demo keys' tokens
+    # (so their embeddings, tied to the output layer, are trained) but only ever answers in CSV.
+    csv_prompt = build_prompt(list(schema["properties"]), TINYLLAMA_TEMPLATE, instruction=CSV_INSTRUCTION)
+
+    base_corpus = [(other_prompt, _jsonl(rng, products, recipe)) for _ in range(600)]
+    base_corpus += [(csv_prompt, _csv(rng, customers, recipe)) for _ in range(600)]
+    tokenizer = _train_tokenizer(base_corpus, recipe)
+    model = _new_model(tokenizer, recipe)
+    _train(model, tokenizer, base_corpus, recipe.base_steps, recipe.base_lr, recipe, rng)
+    base_dir = out / "base"
+    model.save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    logger.info("demo base model trained in %.0f s", time.monotonic() - started)
+
+    adapter_corpus = [(demo_prompt, _jsonl(rng, customers, recipe)) for _ in range(800)]
+    peft_model = _add_lora(model, recipe)
+    _train(peft_model, tokenizer, adapter_corpus, recipe.lora_steps, recipe.lora_lr, recipe, rng)
+    run = out / "run"
+    peft_model.save_pretrained(run / "train" / "adapter")
+    _fix_adapter_base(run / "train" / "adapter" / "adapter_config.json", base_dir)
+    write_run_dir(
+        run,
+        schema,
+        base_model=str(base_dir),
+        lora_r=recipe.lora_r,
+        base_max_seq_length=recipe.context,
+        generation={"temperature": recipe.temperature, "num_records": 100},
+        adapter_weights=None,
+    )
+    logger.info("demo run built in %.0f s", time.monotonic() - started)
+    return run
+
+
+def infer_schema(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """NSS's schema inference for the simple columns the demo has (reference 2.4)."""
+    n = len(rows)
+    properties: dict[str, Any] = {}
+    for name in rows[0]:
+        values = [r[name] for r in rows]
+        counts: dict[Any, int] = {}
+        for v in values:
+            counts[v] = counts.get(v, 0) + 1
+        singletons = sum(1 for c in counts.values() if c == 1)
+        if len(counts) <= n**0.5 and singletons <= n ** (1 / 3):
+            properties[name] = {"enum": sorted(counts)}
+        elif all(isinstance(v, int) for v in values):
+            properties[name] = {"type": "integer", "minimum": float(min(values)), "maximum": float(max(values))}
+        else:
+            lengths = [len(str(v)) for v in values]
+            properties[name] = {
+                "type": "string",
+                "minLength": round(min(lengths) / 1.5),
+                "maxLength": round(1.5 * max(lengths)),
+            }
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    with path.open(newline="") as fh:
+        return [{k: int(v) if v.lstrip("-").isdigit() else v for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _jsonl(rng: random.Random, rows: list[dict[str, Any]], recipe: Recipe) -> str:
+    """Training text as NSS writes it (pandas to_json lines: compact, one record a line)."""
+    k = rng.randint(*recipe.records_per_example)
+    return "".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n" for r in rng.sample(rows, k))
+
+
+def _csv(rng: random.Random, rows: list[dict[str, Any]], recipe: Recipe) -> str:
+    k = rng.randint(*recipe.records_per_example)
+    return "".join(",".join(str(v) for v in r.values()) + "\n" for r in rng.sample(rows, k))
+
+
+def _train_tokenizer(corpus: list[tuple[str, str]], recipe: Recipe) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=recipe.vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator((p + "\n" + t for p, t in corpus), trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
+
+
+def _new_model(tokenizer: Any, recipe: Recipe) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden,
+        intermediate_size=4 * recipe.hidden,
+        num_hidden_layers=recipe.layers,
+        num_attention_heads=recipe.heads,
+        num_key_value_heads=recipe.heads,
+        max_position_embeddings=recipe.context,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _add_lora(model: Any, recipe: Recipe) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=recipe.lora_r,
+        lora_alpha=2 * recipe.lora_r,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def _encode(tokenizer: Any, prompt: str, text: str) -> tuple[list[int], list[int]]:
+    """Prompt ids (with BOS, as vLLM adds it) + record ids + EOS; loss on the records only."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    text_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt_ids + text_ids, [-100] * len(prompt_ids) + text_ids
+
+
+def _train(
+    model: Any, tokenizer: Any, corpus: list[tuple[str, str]], steps: int, lr: float, recipe: Recipe, rng: random.Random
+) -> None:
+    import torch
+
+    examples = [_encode(tokenizer, p, t) for p, t in corpus]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    model.train()
+    for _ in range(steps):
+        batch = rng.sample(examples, recipe.batch_size)
+        width = max(len(ids) for ids, _ in batch)
+        pad = tokenizer.eos_token_id
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    model.eval()
+    logger.debug("last training loss %.3f", float(loss))
+
+
+def _fix_adapter_base(config_file: Path, base_dir: Path) -> None:
+    data = json.loads(config_file.read_text())
+    data["base_model_name_or_path"] = str(base_dir)
+    config_file.write_text(json.dumps(data, indent=2))
+
+
+def _relocate(tmp: Path, final: Path) -> None:
+    """Move a finished build into place; paths inside its files point at the final place."""
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for name in ("adapter/adapter_config.json", "adapter/metadata_v2.json", "safe-synthesizer-config.json"):
+        path = final / "run" / "train" / name
+        path.write_text(path.read_text().replace(str(tmp), str(final)))
+
+
+def _digest(recipe: Recipe) -> str:
+    h = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode())
+    for path in sorted([*DATA.glob("*.csv"), Path(__file__), Path(__file__).with_name("layout.py")]):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(level=logging.INFO)
+    print(ensure_demo_run())
