@@ -58,7 +58,9 @@ def value_for(draw: st.DrawFn, schema: dict[str, Any]) -> Any:
     if kind == "boolean":
         return draw(st.booleans())
     if kind == ["array"]:
-        return draw(st.lists(st.one_of(st.integers(-99, 99), st.text(TEXT_CHARS, max_size=4), st.booleans()), max_size=3))
+        return draw(
+            st.lists(st.one_of(st.integers(-99, 99), st.text(TEXT_CHARS, max_size=4), st.booleans()), max_size=3)
+        )
     return draw(st.one_of(st.none(), st.text(TEXT_CHARS, max_size=10)))
 
 

@@ -2,7 +2,8 @@
 
 from ._backend import GeneratorBackend
 from ._batch import Batch, error_statistics, normalize_dataframe
-from ._config import GenerateParameters, ValidationParameters
+from ._client import InferenceClient, RetryPolicy, TimeoutPolicy
+from ._config import GenerateParameters, RemoteSettings, ValidationParameters
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -24,6 +25,7 @@ from ._exceptions import (
 from ._processors import GroupedDataProcessor, Processor, TabularDataProcessor, create_processor
 from ._prompt import DEFAULT_INSTRUCTION, build_prompt
 from ._records import ParsedResponse, RecordValidator, extract_records
+from ._remote import Progress, RemoteBackend
 from ._results import (
     GenerateJobResults,
     GenerationBatches,
@@ -32,6 +34,7 @@ from ._results import (
     RunningStatistics,
 )
 from ._rundir import AdapterConfig, ModelMetadata, NSSConfig, PromptConfig, RunDirectory
+from ._server import ServerSettings, VllmServer
 from ._structured import build_json_based_regex, build_record_regex, structured_outputs_payload
 
 __all__ = [
@@ -54,23 +57,31 @@ __all__ = [
     "GenerationStopCondition",
     "GeneratorBackend",
     "GroupedDataProcessor",
+    "InferenceClient",
     "ModelMetadata",
     "NSSConfig",
     "NotFoundError",
     "ParsedResponse",
     "Processor",
+    "Progress",
     "PromptConfig",
     "RecordValidator",
+    "RemoteBackend",
+    "RemoteSettings",
     "RemoteSynthError",
+    "RetryPolicy",
     "RunDirError",
     "RunDirectory",
     "RunningStatistics",
     "ServerCheckError",
     "ServerError",
+    "ServerSettings",
     "ServerStartError",
     "TabularDataProcessor",
+    "TimeoutPolicy",
     "UnsupportedSchemaError",
     "ValidationParameters",
+    "VllmServer",
     "build_json_based_regex",
     "build_prompt",
     "build_record_regex",

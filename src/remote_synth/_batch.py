@@ -87,9 +87,7 @@ class Batch:
         self.num_invalid_records += len(response.invalid_records)
         return response
 
-    def replace_valid_records(
-        self, valid: list[dict[str, Any]], invalid: list[str], errors: list[ErrorTuple]
-    ) -> None:
+    def replace_valid_records(self, valid: list[dict[str, Any]], invalid: list[str], errors: list[ErrorTuple]) -> None:
         """Swap in what a data action kept; its rejections become invalid records."""
         self._actions = ParsedResponse(valid_records=valid, invalid_records=invalid, errors=errors)
         for response in self._responses:
@@ -164,7 +162,9 @@ class Batch:
         stats = self.error_statistics(detailed_errors)
         if not stats.empty:
             shares = {str(k): round(float(v), 2) for k, v in stats["Percentage"].items()}
-            logger.info("batch errors: %s", "; ".join(f"{k}: {v:.0%}" for k, v in shares.items()), extra={"errors": shares})
+            logger.info(
+                "batch errors: %s", "; ".join(f"{k}: {v:.0%}" for k, v in shares.items()), extra={"errors": shares}
+            )
 
 
 def error_statistics(errors: Iterable[ErrorTuple], detailed_errors: bool) -> pd.DataFrame:

@@ -38,6 +38,7 @@ def main() -> None:
     """Console entry point."""
     try:
         cli.main(standalone_mode=False)
+        sys.exit(EXIT_OK)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -160,7 +161,11 @@ def _stop_on_signals(on_signal: Callable[[], None]) -> Iterator[None]:
 @click.option("--adapter-name", help="The adapter's name on the server (default: derived from its files).")
 @click.option("--base-model", help="Base model path or id for a launched server.")
 @click.option("--num-records", type=int, help="Valid records to generate (default: the run's num_records).")
-@click.option("--output", type=click.Path(path_type=Path), help="Output .csv, .jsonl or .parquet.  [default: RUN_DIR/generate/synthetic_data.csv]")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Output .csv, .jsonl or .parquet.  [default: RUN_DIR/generate/synthetic_data.csv]",
+)
 @click.option("--temperature", type=float)
 @click.option("--top-p", type=float)
 @click.option("--repetition-penalty", type=float)
@@ -168,12 +173,21 @@ def _stop_on_signals(on_signal: Callable[[], None]) -> Iterator[None]:
 @click.option("--invalid-fraction-threshold", type=float)
 @click.option("--use-structured-generation/--no-use-structured-generation", default=None)
 @click.option("--structured-generation-schema-method", type=click.Choice(["regex", "json_schema"]))
-@click.option("--structured-generation-backend", type=click.Choice(["auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer"]))
-@click.option("--structured-generation-use-single-sequence/--no-structured-generation-use-single-sequence", default=None)
-@click.option("--max-new-tokens", type=int, help="Tokens per completion (default: NSS's max_seq_length, fitted to the server).")
+@click.option(
+    "--structured-generation-backend",
+    type=click.Choice(["auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer"]),
+)
+@click.option(
+    "--structured-generation-use-single-sequence/--no-structured-generation-use-single-sequence", default=None
+)
+@click.option(
+    "--max-new-tokens", type=int, help="Tokens per completion (default: NSS's max_seq_length, fitted to the server)."
+)
 @click.option("--max-concurrency", type=int, help="Requests in flight at once.  [default: 4]")
 @click.option("--prompts-per-request", type=int, help="Prompts carried by one request.  [default: 25]")
-@click.option("--detailed-errors", is_flag=True, default=None, help="Detailed validation messages (they quote record values).")
+@click.option(
+    "--detailed-errors", is_flag=True, default=None, help="Detailed validation messages (they quote record values)."
+)
 def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None, adapter_name: str | None,
              base_model: str | None, output: Path | None, max_new_tokens: int | None, max_concurrency: int | None,
              prompts_per_request: int | None, detailed_errors: bool | None, **params: Any) -> None:  # fmt: skip
@@ -194,7 +208,7 @@ def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None
             if max_new_tokens is not None:
                 backend.prepare_params(max_new_tokens=max_new_tokens)
             results = backend.generate()
-        except (GenerationError, APIError, KeyboardInterrupt) as exc:
+        except (GenerationError, APIError, KeyboardInterrupt):
             _save_partial(backend.gen_results, target)
             raise
         finally:
@@ -207,7 +221,9 @@ def _demo_run() -> RunDirectory:
     try:
         from .demo.build import ensure_demo_run
     except ImportError:
-        raise ConfigError("the bundled demo needs the cpu extra (pip install 'remote-synth[cpu]'); or pass RUN_DIR") from None
+        raise ConfigError(
+            "the bundled demo needs the cpu extra (pip install 'remote-synth[cpu]'); or pass RUN_DIR"
+        ) from None
     try:
         return RunDirectory.open(ensure_demo_run())
     except ImportError as exc:
@@ -241,7 +257,9 @@ class _ProgressBar:
 
     def update(self, progress: Any) -> None:
         self._bar.update(min(progress.valid, self._bar.total) - self._bar.n)
-        self._bar.set_postfix(valid_fraction=f"{progress.valid_fraction:.2f}", rec_s=f"{progress.records_per_second:.0f}")
+        self._bar.set_postfix(
+            valid_fraction=f"{progress.valid_fraction:.2f}", rec_s=f"{progress.records_per_second:.0f}"
+        )
 
     def __enter__(self) -> _ProgressBar:
         return self

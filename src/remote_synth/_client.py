@@ -128,7 +128,11 @@ class InferenceClient:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, timeout=self.timeouts.httpx(), limits=limits, transport=self.transport
+            base_url=self.base_url,
+            headers=headers,
+            timeout=self.timeouts.httpx(),
+            limits=limits,
+            transport=self.transport,
         )
         self._semaphore = asyncio.Semaphore(self.max_concurrency)
 
@@ -172,7 +176,9 @@ class InferenceClient:
 
     async def complete_many(self, model: str, prompts: Sequence[str], params: dict[str, Any]) -> list[Completion]:
         """All prompts, as concurrent requests of ``prompts_per_request`` prompts each, in order."""
-        chunks = [list(prompts[i : i + self.prompts_per_request]) for i in range(0, len(prompts), self.prompts_per_request)]
+        chunks = [
+            list(prompts[i : i + self.prompts_per_request]) for i in range(0, len(prompts), self.prompts_per_request)
+        ]
         bodies = [{**params, "model": model, "prompt": chunk, "n": 1} for chunk in chunks]
         results = await asyncio.gather(*(self.complete(b) for b in bodies))
         return [c for chunk in results for c in chunk]

@@ -41,7 +41,9 @@ class OutputFile:
             with tempfile.NamedTemporaryFile(dir=self.path.parent, prefix=".remote-synth-check-"):
                 pass
         except OSError as exc:
-            raise ConfigError(f"--output {self.path}: cannot write there ({exc.strerror}); choose another path") from None
+            raise ConfigError(
+                f"--output {self.path}: cannot write there ({exc.strerror}); choose another path"
+            ) from None
         if self.path.suffix.lower() == ".parquet":
             try:
                 import pyarrow  # noqa: F401

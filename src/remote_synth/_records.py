@@ -247,7 +247,8 @@ def _compile_fast_path(required: tuple[str, ...], props: list[tuple[str, _Check]
         namespace[f"q{j}"] = name
         conditions.append(f"q{j} in r")
     source = (
-        "def fast(r):\n    try:\n        return bool(" + (" and ".join(conditions) or "True")
+        "def fast(r):\n    try:\n        return bool("
+        + (" and ".join(conditions) or "True")
         + ")\n    except (KeyError, TypeError):\n        return False\n"
     )
     exec(compile(source, "<remote_synth record check>", "exec"), namespace)  # noqa: S102 - built from our own names

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import httpx
 from pydantic import BaseModel
 
 from ._aio import LoopThread
@@ -55,6 +56,7 @@ PASSTHROUGH_FIELDS = frozenset(
 #: NSS names that map onto other fields (``_get_api_param_mapping``).
 MAPPED_FIELDS = frozenset({"max_new_tokens", "temperature", "do_sample", "num_beams", "early_stopping", "eos_token_id"})
 PROBE_REGEX = "remote-synth-probe-[0-9]{4}"
+PROBE_VALUE = "rs-probe"
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,9 @@ class RemoteBackend(GeneratorBackend):
         settings: RemoteSettings | None = None,
         use_detailed_logs: bool | None = None,
         on_batch: Callable[[Progress], None] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        self.transport = transport  # a test seam: a fake transport instead of the network
         self.run = _run_directory(workdir).check()
         self.workdir = self.run.path
         self.settings = settings if settings is not None else RemoteSettings()
@@ -161,6 +165,7 @@ class RemoteBackend(GeneratorBackend):
                 retry=RetryPolicy(max_attempts=self.settings.max_attempts),
                 max_concurrency=self.settings.max_concurrency,
                 prompts_per_request=self.settings.prompts_per_request,
+                transport=self.transport,
             )
             self._check_server()
             self.gen_method = self._complete
@@ -222,7 +227,9 @@ class RemoteBackend(GeneratorBackend):
         self.initialize()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.teardown()
 
     def __del__(self) -> None:
@@ -243,7 +250,8 @@ class RemoteBackend(GeneratorBackend):
             adapter_name=self.adapter_name,
             adapter_path=self.run.adapter_dir,
             max_lora_rank=self.run.adapter_config.r,
-            max_model_len=s.max_model_len or _fitting_context(s.base_model or self.model_metadata.model_name_or_path, self.model_metadata),
+            max_model_len=s.max_model_len
+            or _fitting_context(s.base_model or self.model_metadata.model_name_or_path, self.model_metadata),
             host=s.host,
             port=s.port,
             api_key=s.api_key.get_secret_value() if s.api_key else None,
@@ -278,7 +286,9 @@ class RemoteBackend(GeneratorBackend):
         try:
             models = self._loop.run(client.models())
         except APIConnectionError as exc:
-            raise type(exc)(f"cannot reach a server at {client.base_url} ({exc}); check --base-url and that it runs") from None
+            raise type(exc)(
+                f"cannot reach a server at {client.base_url} ({exc}); check --base-url and that it runs"
+            ) from None
         except AuthenticationError as exc:
             raise AuthenticationError(
                 f"the server at {client.base_url} refused the API key (HTTP {exc.status_code}); "
@@ -308,29 +318,28 @@ class RemoteBackend(GeneratorBackend):
         assert self._client is not None and self._loop is not None
         json_method = "json" in (self.structured_outputs or {})
         probe: dict[str, Any] = (
-            {"json": {"type": "object", "properties": {"probe": {"enum": ["remote-synth-probe"]}}, "required": ["probe"]}}
+            {"json": {"type": "object", "properties": {"probe": {"enum": [PROBE_VALUE]}}, "required": ["probe"]}}
             if json_method
             else {"regex": PROBE_REGEX}
         )
-        base = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_tokens": 24, "skip_special_tokens": True}
+        base = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_tokens": self._clamp_max_tokens(64)}
         try:
-            text = self._probe({**base, "structured_outputs": probe})
+            answer = self._probe({**base, "structured_outputs": probe})
             self._probe({**base, "max_tokens": 1, "structured_outputs": self.structured_outputs})
         except BadRequestError as exc:
             raise ServerCheckError(
                 f"the server rejected the structured-output constraint ({exc}); "
                 "try structured_generation_schema_method='json_schema' or turn structured generation off"
             ) from None
-        if not _obeys_probe(text, json_method):
+        if not _obeys_probe(answer, json_method):
             raise ServerCheckError(
                 f"the server at {self._client.base_url} ignored `structured_outputs` (vLLM older than 0.12, or a "
                 "gateway that drops unknown fields): upgrade the server or turn structured generation off"
             )
 
-    def _probe(self, params: dict[str, Any]) -> str:
+    def _probe(self, params: dict[str, Any]) -> Completion:
         assert self._client is not None and self._loop is not None
-        choices = self._loop.run(self._client.complete_many(self.adapter_name, [self.prompt], params))
-        return choices[0].text
+        return self._loop.run(self._client.complete_many(self.adapter_name, [self.prompt], params))[0]
 
     # -- requests --------------------------------------------------------------------------
 
@@ -383,7 +392,13 @@ class RemoteBackend(GeneratorBackend):
             return wanted
         room = self.server_context - self.prompt_tokens
         if wanted > room:
-            logger.info("max_tokens %d clamped to %d (server context %d, prompt %d tokens)", wanted, room, self.server_context, self.prompt_tokens)
+            logger.info(
+                "max_tokens %d clamped to %d (server context %d, prompt %d tokens)",
+                wanted,
+                room,
+                self.server_context,
+                self.prompt_tokens,
+            )
             return room
         return wanted
 
@@ -409,7 +424,10 @@ class RemoteBackend(GeneratorBackend):
             elapsed=time.monotonic() - started,
         )
         logger.info(
-            "progress: %d/%d valid records, %.0f records/s", progress.valid, progress.target, progress.records_per_second
+            "progress: %d/%d valid records, %.0f records/s",
+            progress.valid,
+            progress.target,
+            progress.records_per_second,
         )
         if self.on_batch is not None:
             self.on_batch(progress)
@@ -497,10 +515,12 @@ def _fitting_context(model: str, metadata: ModelMetadata) -> int | None:
     return min(native, metadata.max_seq_length)
 
 
-def _obeys_probe(text: str, json_method: bool) -> bool:
+def _obeys_probe(answer: Completion, json_method: bool) -> bool:
+    """A constrained answer is the probe's (or, cut by max_tokens, its beginning); a free one is not."""
     if not json_method:
-        return re.fullmatch(PROBE_REGEX, text.strip()) is not None
-    try:
-        return json.loads(text) == {"probe": "remote-synth-probe"}
-    except ValueError:
-        return False
+        return re.fullmatch(PROBE_REGEX, answer.text.strip()) is not None
+    compact = re.sub(r"\s+", "", answer.text)
+    expected = json.dumps({"probe": PROBE_VALUE}, separators=(",", ":"))
+    return compact == expected or (
+        answer.finish_reason == "length" and len(compact) > 1 and expected.startswith(compact)
+    )

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+
 import pandas as pd
 
 from ._batch import Batch, normalize_dataframe
@@ -267,7 +268,9 @@ class GenerationBatches:
         ids = list(valid_df[IDX]) + list(rejected_df[IDX])
         if sorted(ids) != list(range(len(records))):
             raise ConfigError("data_actions_fn must map every record of the batch to exactly one valid or rejected row")
-        self._accepted = valid_df if self._accepted is None else pd.concat([self._accepted, valid_df], ignore_index=True)
+        self._accepted = (
+            valid_df if self._accepted is None else pd.concat([self._accepted, valid_df], ignore_index=True)
+        )
         _replace_records(batch, valid_df, rejected_df)
         return normalize_dataframe(valid_df.drop(columns=IDX)) if len(valid_df) else None
 

@@ -190,7 +190,9 @@ class RunDirectory:
         _ = (self.schema, self.metadata, self.adapter_config, self.config)
         weights = [p for p in self.adapter_dir.glob("adapter_model.*") if p.suffix in (".safetensors", ".bin")]
         if not weights:
-            raise RunDirError(self.adapter_dir / "adapter_model.safetensors", "missing: the adapter weights are not there")
+            raise RunDirError(
+                self.adapter_dir / "adapter_model.safetensors", "missing: the adapter weights are not there"
+            )
         if self.config.time_series.is_timeseries:
             raise ConfigError(f"{self.config_file}: time-series runs are not supported yet by remote-synth")
         return self

@@ -194,8 +194,7 @@ class VllmServer:
                     return
                 if clock() > deadline:
                     raise ServerStartError(
-                        f"vLLM did not become ready within {budget:.0f} s; "
-                        f"command: {' '.join(self.command)}",
+                        f"vLLM did not become ready within {budget:.0f} s; command: {' '.join(self.command)}",
                         log_tail=self.log_tail(),
                     )
                 sleep(1.0)
@@ -256,7 +255,9 @@ class VllmServer:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 

@@ -110,7 +110,10 @@ def _key(name: str) -> str:
 def _object_with_properties(schema: dict[str, Any]) -> str:
     properties: dict[str, Any] = schema["properties"]
     required = set(schema.get("required", []))
-    parts = [_key(name) + ("null" if sub == {"enum": [None]} else build_record_regex(sub)) for name, sub in properties.items()]
+    parts = [
+        _key(name) + ("null" if sub == {"enum": [None]} else build_record_regex(sub))
+        for name, sub in properties.items()
+    ]
     flags = [name in required for name in properties]
     if any(flags):
         last = max(i for i, flag in enumerate(flags) if flag)

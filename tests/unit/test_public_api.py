@@ -7,7 +7,9 @@ def test_all_matches_the_public_namespace() -> None:
 
 
 def test_exceptions_form_one_tree() -> None:
-    errors = [getattr(remote_synth, n) for n in remote_synth.__all__ if n.endswith("Error") and n != "BackendStateError"]
+    errors = [
+        getattr(remote_synth, n) for n in remote_synth.__all__ if n.endswith("Error") and n != "BackendStateError"
+    ]
     assert all(issubclass(e, remote_synth.RemoteSynthError) for e in errors)
     assert not issubclass(remote_synth.BackendStateError, remote_synth.RemoteSynthError)
     assert issubclass(remote_synth.ConfigError, ValueError)

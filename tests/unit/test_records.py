@@ -103,7 +103,11 @@ def test_summary_mode_reports_the_category_without_quoting_values() -> None:
 def test_draft_2020_semantics() -> None:
     v = RecordValidator(
         {
-            "properties": {"i": {"type": "integer"}, "e": {"enum": [0, 1, None]}, "n": {"type": "number", "maximum": 5}},
+            "properties": {
+                "i": {"type": "integer"},
+                "e": {"enum": [0, 1, None]},
+                "n": {"type": "number", "maximum": 5},
+            },
             "required": ["i"],
         }
     )

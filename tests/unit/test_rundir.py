@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from remote_synth import ConfigError, RunDirError, RunDirectory
+from remote_synth import ConfigError, RunDirectory, RunDirError
 from remote_synth.demo.layout import write_run_dir
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"enum": ["x"]}}, "required": ["a"]}

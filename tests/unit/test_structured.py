@@ -64,7 +64,11 @@ def test_payload_methods() -> None:
         ({"type": "string", "pattern": "^ab"}, ['"abzz"'], ['"zab"']),
         ({"type": "string", "format": "uuid"}, ['"123e4567-e89b-12d3-a456-426614174000"'], ['"nope"']),
         ({"type": ["array"]}, ["[]", '[1,"a\\/b",true,null]'], ["[", "[1,]"]),
-        ({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "maxItems": 2}, ["[1,2]"], ["[1,2,3]"]),
+        (
+            {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "maxItems": 2},
+            ["[1,2]"],
+            ["[1,2,3]"],
+        ),
         ({"type": ["object"]}, ['{"k":1}', "{}"], ['{"k":{"n":1}}']),
         ({"type": "object", "additionalProperties": {"type": "boolean"}}, ['{"k":true}'], ['{"k":1}']),
         ({"type": ["number", "null"]}, ["1.5", "null", "-2e+10"], ['"1"']),

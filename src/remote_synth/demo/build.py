@@ -262,7 +262,7 @@ def _train(
         schedule.step()
         optimizer.zero_grad()
     model.eval()
-    logger.debug("last training loss %.3f", float(loss))
+    logger.debug("last training loss %.3f", float(loss.detach()))
 
 
 def _fix_adapter_base(config_file: Path, base_dir: Path) -> None:

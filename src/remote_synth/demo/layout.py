@@ -65,7 +65,10 @@ def write_run_dir(
     _write(adapter / "dataset_schema.json", schema)
     _write(run / "train" / "safe-synthesizer-config.json", config)
     if not (adapter / "adapter_config.json").exists():
-        _write(adapter / "adapter_config.json", {"r": lora_r, "lora_alpha": 2 * lora_r, "base_model_name_or_path": base_model})
+        _write(
+            adapter / "adapter_config.json",
+            {"r": lora_r, "lora_alpha": 2 * lora_r, "base_model_name_or_path": base_model},
+        )
     if adapter_weights is not None and not (adapter / "adapter_model.safetensors").exists():
         (adapter / "adapter_model.safetensors").write_bytes(adapter_weights)
     return run

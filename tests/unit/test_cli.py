@@ -1,0 +1,79 @@
+"""CLI wiring and exit codes, without a server (the end-to-end runs are integration tests)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from remote_synth._cli import EXIT_BAD_INPUT, main
+from remote_synth._server import free_port
+from remote_synth.demo.layout import write_run_dir
+
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["remote-synth", *args])
+    with pytest.raises(SystemExit) as info:
+        main()
+    return int(info.value.code or 0), capsys.readouterr().err
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    return write_run_dir(tmp_path / "run", SCHEMA, base_model="m")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "/no/such/run"], "run directory does not exist"),
+        (["generate", "{run}", "--output", "{tmp}/x.txt"], "unknown format"),
+        (["generate", "{run}", "--num-records", "0", "--base-url", "http://127.0.0.1:1"], "num_records"),
+        (["generate", "{run}", "--temperature", "-1", "--base-url", "http://127.0.0.1:1"], "temperature"),
+        (
+            ["generate", "{run}", "--base-url", "http://127.0.0.1:{port}", "--output", "{tmp}/x.csv"],
+            "cannot reach a server",
+        ),
+        (["generate", "{run}", "--base-url", "nonsense", "--output", "{tmp}/x.csv"], "base URL"),
+        (["generate", "{run}", "--output", "/proc/forbidden/x.csv"], "cannot write there"),
+        (["generate", "{run}", "--api-key-env", "NOT_SET_ANYWHERE_42"], "NOT_SET_ANYWHERE_42"),
+        (["generate", "{run}", "--num-records", "abc"], "abc"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    run: Path,
+    tmp_path: Path,
+    args: list[str],
+    message: str,
+) -> None:
+    monkeypatch.delenv("NOT_SET_ANYWHERE_42", raising=False)
+    filled = [a.format(run=run, tmp=tmp_path, port=free_port()) for a in args]
+    code, err = run_main(monkeypatch, capsys, *filled)
+    assert code == EXIT_BAD_INPUT
+    assert message in err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1 or "Usage:" in err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_corrupt_run_dir_names_the_file(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path
+) -> None:
+    (run / "train" / "adapter" / "dataset_schema.json").write_text("{oops")
+    code, err = run_main(monkeypatch, capsys, "generate", str(run))
+    assert code == EXIT_BAD_INPUT and "dataset_schema.json: corrupt JSON" in err
+
+
+def test_help_lists_nss_names(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["remote-synth", "generate", "--help"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    for flag in ("--num-records", "--temperature", "--use-structured-generation", "--base-url", "--api-key-env"):
+        assert flag in out

@@ -1,0 +1,198 @@
+"""RemoteBackend logic against a fake server (the real-server tests are in tests/integration)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from remote_synth import (
+    BackendStateError,
+    ConfigError,
+    GenerationError,
+    GenerationStatus,
+    NotFoundError,
+    RemoteBackend,
+    RemoteSettings,
+    ServerCheckError,
+)
+from remote_synth.demo.layout import write_run_dir
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}, "c": {"enum": ["x", "y"]}},
+    "required": ["n", "c"],
+}
+GOOD = '{"n":1,"c":"x"}\n{"n":2,"c":"y"}\n'
+
+
+class FakeVllm:
+    """Routes like vLLM's server; ``text(prompt_index)`` decides each completion."""
+
+    def __init__(self, text: Callable[[dict], str] = lambda body: GOOD, context: int = 300, prompt_tokens: int = 40):
+        self.text = text
+        self.context = context
+        self.prompt_tokens = prompt_tokens
+        self.bodies: list[dict] = []
+        self.adapters = ["nss-adapter"]
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            data = [{"id": "base", "max_model_len": self.context}] + [
+                {"id": a, "parent": "base"} for a in self.adapters
+            ]
+            return httpx.Response(200, json={"data": data})
+        if request.url.path == "/tokenize":
+            return httpx.Response(200, json={"count": self.prompt_tokens})
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        texts = [self.text(body) for _ in body["prompt"]]
+        return httpx.Response(200, json={"choices": [{"index": i, "text": t} for i, t in enumerate(texts)]})
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    return write_run_dir(
+        tmp_path / "run", SCHEMA, base_model="base", base_max_seq_length=1024, generation={"temperature": 0.5}
+    )
+
+
+def backend(run: Path, fake: FakeVllm, config: dict | None = None, **settings: object) -> RemoteBackend:
+    s = RemoteSettings(base_url="http://fake:8000", adapter_name="nss-adapter", **settings)
+    return RemoteBackend(run, config, settings=s, transport=httpx.MockTransport(fake))
+
+
+def test_request_body_has_every_sampling_field(run: Path) -> None:
+    fake = FakeVllm()
+    with backend(run, fake, {"num_records": 3}) as b:
+        b.generate()
+    body = fake.bodies[-1]
+    assert body["model"] == "nss-adapter" and body["n"] == 1
+    assert body["prompt"][0] == b.prompt and len(set(body["prompt"])) == 1
+    expected = {"temperature": 0.5, "top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0,
+                "skip_special_tokens": True, "include_stop_str_in_output": False, "ignore_eos": False}  # fmt: skip
+    assert {k: body[k] for k in expected} == expected
+    assert body["max_tokens"] == 300 - 40  # NSS sends max_seq_length (1024): clamped to the server's room
+    assert "stop" not in body and "stop_token_ids" not in body and "seed" not in body
+    assert "structured_outputs" not in body
+
+
+def test_grouped_runs_keep_special_tokens(tmp_path: Path) -> None:
+    run = write_run_dir(tmp_path / "g", SCHEMA, base_model="base", data={"group_training_examples_by": "c"})
+    fake = FakeVllm(lambda body: '<s>{"n":1,"c":"x"}\n{"n":2,"c":"x"}\n</s>')
+    with backend(run, fake, {"num_records": 4}) as b:
+        results = b.generate()
+    assert fake.bodies[-1]["skip_special_tokens"] is False
+    assert fake.bodies[-1]["include_stop_str_in_output"] is True
+    assert len(results.df) == results.num_valid_records  # grouped output is not truncated
+    assert results.num_valid_records >= 4
+
+
+def test_generate_reaches_exactly_the_target(run: Path) -> None:
+    with backend(run, FakeVllm(), {"num_records": 7}) as b:
+        results = b.generate()
+    assert results.status is GenerationStatus.COMPLETE and len(results.df) == 7
+    assert list(results.df.columns) == ["n", "c"]
+    assert results.num_prompts == 100 and b.gen_results is results
+
+
+def test_prepare_params_values_are_used(run: Path) -> None:
+    fake = FakeVllm()
+    with backend(run, fake, {"num_records": 2}) as b:
+        b.prepare_params(temperature=0, top_p=0.5, max_new_tokens=64, eos_token_id=2, num_beams=1, early_stopping=True)
+        b.generate()
+    body = fake.bodies[-1]
+    assert (body["temperature"], body["top_p"], body["max_tokens"], body["stop_token_ids"]) == (0.0, 0.5, 64, [2])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tempreture": 0.1}, "unknown sampling parameter"),
+        ({"do_sample": False, "temperature": 0.7}, "nonzero temperature"),
+        ({"num_beams": 4}, "beam search"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 2.0}, "top_p"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+    ],
+)
+def test_bad_sampling_parameters(run: Path, kwargs: dict, message: str) -> None:
+    b = backend(run, FakeVllm())
+    with pytest.raises(ConfigError, match=message):
+        b.prepare_params(**kwargs)
+
+
+def test_do_sample_false_means_greedy(run: Path) -> None:
+    fake = FakeVllm()
+    with backend(run, fake, {"num_records": 2}) as b:
+        b.prepare_params(do_sample=False)
+        b.generate()
+    assert fake.bodies[-1]["temperature"] == 0.0
+
+
+def test_first_empty_batch_raises_and_keeps_what_it_has(run: Path) -> None:
+    with backend(run, FakeVllm(lambda body: "no records here\n"), {"num_records": 5}) as b:
+        with pytest.raises(GenerationError, match="stopped prematurely"):
+            b.generate()
+        assert b.gen_results is not None and b.gen_results.status is GenerationStatus.STOP_NO_RECORDS
+
+
+def test_structured_outputs_payload_and_probe(run: Path) -> None:
+    def answer(body: dict) -> str:
+        if body.get("structured_outputs", {}).get("regex", "").startswith("remote-synth-probe"):
+            return "remote-synth-probe-1234"
+        return GOOD
+
+    fake = FakeVllm(answer)
+    with backend(run, fake, {"num_records": 2, "use_structured_generation": True}) as b:
+        b.generate()
+    assert fake.bodies[-1]["structured_outputs"]["regex"].startswith('(\\{"n":')
+
+
+def test_server_that_ignores_structured_outputs_is_caught(run: Path) -> None:
+    b = backend(run, FakeVllm(), {"use_structured_generation": True})
+    with pytest.raises(ServerCheckError, match="ignored `structured_outputs`"):
+        b.initialize()
+
+
+def test_missing_adapter_lists_what_is_served(run: Path) -> None:
+    fake = FakeVllm()
+    fake.adapters = ["tenant-1", "tenant-2"]
+    with pytest.raises(NotFoundError, match="it serves: base, tenant-1, tenant-2"):
+        backend(run, fake).initialize()
+
+
+def test_prompt_longer_than_context(run: Path) -> None:
+    with pytest.raises(ServerCheckError, match="does not fit"):
+        backend(run, FakeVllm(context=40, prompt_tokens=40)).initialize()
+
+
+def test_lifecycle_rules(run: Path) -> None:
+    b = backend(run, FakeVllm(), {"num_records": 1})
+    with pytest.raises(BackendStateError):
+        b.generate()
+    b.initialize()
+    b.teardown()
+    b.teardown()
+    with pytest.raises(BackendStateError):
+        b.generate()
+    b.initialize()  # initialize resets the guard
+    assert len(b.generate().df) == 1
+    b.teardown()
+
+
+def test_config_layers(run: Path) -> None:
+    b = backend(run, FakeVllm(), {"top_p": 0.8})
+    assert (b.config.temperature, b.config.top_p) == (0.5, 0.8)
+
+
+def test_adapter_name_is_stable_across_copies(run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(run, copy)
+    settings = RemoteSettings(base_url="http://x")
+    assert RemoteBackend(run, settings=settings).adapter_name == RemoteBackend(copy, settings=settings).adapter_name

@@ -1,0 +1,131 @@
+"""Owning a server process, with a stand-in for vLLM: command, readiness, failures, stopping."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from remote_synth import ConfigError, ServerSettings, ServerStartError, VllmServer
+from remote_synth._server import lora_rank_limit, port_is_free
+
+FAKE = Path(__file__).parents[1] / "fakes" / "fake_vllm.py"
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> str:
+    """An executable that runs the stand-in whatever module it is asked to run."""
+    script = tmp_path / "python"
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+def settings(tmp_path: Path, python: str, **kw: object) -> ServerSettings:
+    return ServerSettings(
+        model="/models/base", adapter_name="tenant-a", adapter_path=tmp_path / "adapter", max_lora_rank=12,
+        python=python, log_file=tmp_path / "vllm.log", startup_timeout=20, stop_timeout=2, **kw,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path, fake_python: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    started: list[VllmServer] = []
+
+    def make(mode: str = "ok", **kw: object) -> VllmServer:
+        monkeypatch.setenv("FAKE_MODE", mode)
+        server = VllmServer(settings(tmp_path, fake_python, **kw))
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:  # a failing test must not leave processes behind
+        server.stop()
+
+
+def test_command_and_environment(tmp_path: Path) -> None:
+    server = VllmServer(settings(tmp_path, "/usr/bin/python3", api_key="s3cret", max_model_len=600))
+    cmd = server.command
+    assert cmd[:3] == ["/usr/bin/python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[cmd.index("--model") + 1] == "/models/base"
+    assert "--enable-lora" in cmd
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "16"
+    assert cmd[cmd.index("--max-model-len") + 1] == "600"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert '"name": "tenant-a"' in cmd[cmd.index("--lora-modules") + 1]
+    assert all("s3cret" not in part for part in cmd)
+    env = server._env()  # noqa: SLF001
+    assert env["VLLM_API_KEY"] == "s3cret" and env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_random_key_and_free_port(tmp_path: Path) -> None:
+    a, b = VllmServer(settings(tmp_path, "p")), VllmServer(settings(tmp_path, "p"))
+    assert a.api_key != b.api_key and len(a.api_key) >= 24
+    assert a.port > 0 and a.base_url == f"http://127.0.0.1:{a.port}"
+
+
+@pytest.mark.parametrize(("r", "limit"), [(1, 1), (8, 8), (12, 16), (32, 32), (33, 64)])
+def test_lora_rank_limits(r: int, limit: int) -> None:
+    assert lora_rank_limit(r) == limit
+
+
+def test_rank_too_large() -> None:
+    with pytest.raises(ConfigError):
+        lora_rank_limit(1024)
+
+
+def test_ready_then_stopped_with_port_free(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory()
+    with server:
+        assert server.group_alive()
+        port = server.port
+        assert not port_is_free("127.0.0.1", port)
+    assert not server.group_alive()
+    assert port_is_free("127.0.0.1", port)
+    server.stop()  # idempotent
+
+
+def test_early_exit_fails_fast_with_the_log_tail(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("exit")
+    server.start()
+    with pytest.raises(ServerStartError, match="exited with code 3") as info:
+        server.wait_ready()
+    assert "model not found" in info.value.log_tail
+    assert info.value.returncode == 3
+
+
+def test_never_ready_times_out(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("hang")
+    server.start()
+    clock = iter(range(0, 10_000, 5))
+    with pytest.raises(ServerStartError, match="did not become ready within 20 s"):
+        server.wait_ready(sleep=lambda s: None, clock=lambda: float(next(clock)))
+    server.stop()
+    assert not server.group_alive()
+
+
+def test_stubborn_group_is_killed(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("stubborn")
+    server.start()
+    server.wait_ready()
+    pgid = server.pid
+    server.stop()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+
+
+def test_context_manager_stops_on_failure(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory("exit")
+    with pytest.raises(ServerStartError):
+        with server:
+            pass
+    assert not server.group_alive()
+
+
+def test_start_twice_is_a_bug(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory()
+    server.start()
+    with pytest.raises(RuntimeError):
+        server.start()
