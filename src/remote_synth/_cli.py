@@ -114,19 +114,20 @@ def serve(run_dir: Path, base_model: str | None, host: str, port: int, api_key: 
     backend = RemoteBackend(run_dir, settings=settings)
     server = VllmServer(backend.server_settings())
     stop = threading.Event()
-    with _stop_on_signals(stop.set):
-        try:
-            server.start()
-            server.wait_ready()
-            click.echo(f"base URL:  {server.base_url}")
-            click.echo(f"adapter:   {backend.adapter_name}")
-            click.echo(f"API key:   {key_note}")
-            click.echo(f"log:       {server.log_file}")
-            click.echo("Ctrl-C stops the server.")
+    try:
+        server.start()
+        server.wait_ready()  # Ctrl-C here is a plain KeyboardInterrupt: the finally stops the server
+        click.echo(f"base URL:  http://{host}:{server.port}")
+        click.echo(f"adapter:   {backend.adapter_name}")
+        click.echo(f"API key:   {key_note}")
+        click.echo(f"log:       {server.log_file}")
+        click.echo("Ctrl-C stops the server.", nl=True)
+        sys.stdout.flush()
+        with _stop_on_signals(stop.set):
             while not stop.wait(1.0):
-                server._raise_if_exited()  # noqa: SLF001 - same package
-        finally:
-            server.stop()
+                server.raise_if_exited()
+    finally:
+        server.stop()  # a second Ctrl-C while stopping kills the group at once
 
 
 def _write_key(run_dir: Path, key: str) -> Path:

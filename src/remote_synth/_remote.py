@@ -154,6 +154,8 @@ class RemoteBackend(GeneratorBackend):
 
     def initialize(self) -> None:
         """Reach (or launch) the server and check it can serve this job."""
+        if self._client is not None:  # initialized twice: release the first round first
+            self.teardown()
         self._torn_down = False
         try:
             self._loop = LoopThread()

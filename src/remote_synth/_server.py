@@ -188,7 +188,7 @@ class VllmServer:
         headers = {"Authorization": f"Bearer {self.api_key}"}
         with httpx.Client(base_url=self.base_url, headers=headers, timeout=5.0) as http:
             while True:
-                self._raise_if_exited()
+                self.raise_if_exited()
                 if self._ready(http):
                     logger.info("vLLM ready on %s serving %r", self.base_url, self.settings.adapter_name)
                     return
@@ -208,12 +208,13 @@ class VllmServer:
             return False
         return any(m.get("id") == self.settings.adapter_name for m in models)
 
-    def _raise_if_exited(self) -> None:
+    def raise_if_exited(self) -> None:
+        """Raise ``ServerStartError`` with the log's tail if the process has ended."""
         assert self._process is not None
         code = self._process.poll()
         if code is not None:
             raise ServerStartError(
-                f"vLLM exited with code {code} before it was ready; command: {' '.join(self.command)}",
+                f"vLLM exited with code {code}; command: {' '.join(self.command)}",
                 log_tail=self.log_tail(),
                 returncode=code,
             )
@@ -236,6 +237,10 @@ class VllmServer:
             self._process.wait(self.settings.stop_timeout)
         except subprocess.TimeoutExpired:
             logger.warning("vLLM did not stop within %.0f s; killing it", self.settings.stop_timeout)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now
+            _signal_group(pgid, signal.SIGKILL)
+            _wait_group_gone(pgid, timeout=10)
+            raise
         _signal_group(pgid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(10)

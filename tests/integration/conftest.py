@@ -10,7 +10,6 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -60,22 +59,3 @@ def server(demo_run: RunDirectory, api_key: str, tmp_path_factory: pytest.TempPa
 def external(server: VllmServer, api_key: str) -> RemoteSettings:
     """Settings that reach the session server as an external one."""
     return RemoteSettings(base_url=server.base_url, api_key=api_key)
-
-
-def rows_valid(df, run: RunDirectory) -> list[str]:  # type: ignore[no-untyped-def]
-    """Problems of output rows against the schema (empty when every row is valid)."""
-    from remote_synth import RecordValidator
-
-    validator = RecordValidator(run.schema)
-    problems = []
-    for row in df.to_dict("records"):
-        record = {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in row.items()}
-        error = validator.check(record)
-        if error is not None:
-            problems.append(error[0])
-    return problems
-
-
-@pytest.fixture
-def tmp_out(tmp_path: Path) -> Path:
-    return tmp_path / "out"

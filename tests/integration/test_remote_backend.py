@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import rows_valid
+from checks import rows_valid
 
 from remote_synth import (
     AuthenticationError,

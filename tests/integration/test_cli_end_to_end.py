@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import rows_valid
+from checks import rows_valid
 
 from remote_synth import RunDirectory, VllmServer
 
@@ -97,3 +97,42 @@ def test_cli_bad_input_is_one_line_and_exit_2(
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_serve_prints_where_and_stops_cleanly_on_ctrl_c(demo_run: RunDirectory, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from remote_synth._server import free_port, port_is_free
+
+    before = vllm_pids()
+    port = free_port()
+    env = {**os.environ, "SERVE_KEY": "serve-test-key"}
+    proc = subprocess.Popen(
+        [*CLI, "serve", str(demo_run.path), "--port", str(port), "--api-key-env", "SERVE_KEY",
+         "--log-file", str(tmp_path / "serve.log")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        text = "".join(lines)
+        assert f"base URL:  http://127.0.0.1:{port}" in text
+        assert "adapter:   nss-" in text and "serve-test-key" not in text
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    assert port_is_free("127.0.0.1", port)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)
+    assert vllm_pids() <= before  # the server's whole group is gone

@@ -1,0 +1,19 @@
+"""Checks shared by the integration tests."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from remote_synth import RecordValidator, RunDirectory
+
+
+def rows_valid(df: pd.DataFrame, run: RunDirectory) -> list[str]:
+    """Problems of output rows against the schema (empty when every row is valid)."""
+    validator = RecordValidator(run.schema)
+    problems = []
+    for row in df.to_dict("records"):
+        record = {k: (int(v) if isinstance(v, float) and v.is_integer() else v) for k, v in row.items()}
+        error = validator.check(record)
+        if error is not None:
+            problems.append(error[0])
+    return problems
