@@ -270,3 +270,17 @@ def test_normalize_dataframe_like_a_csv_reader() -> None:
     assert list(df["l"]) == ["[1, 2]", "{'k': 1}"]
     assert df["b"].dtype == bool
     assert df["t"][0] == "a\nb" and pd.isna(df["t"][1])
+
+
+def test_adding_a_batch_does_not_touch_earlier_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-batch work is constant: no concatenation or re-summing of earlier batches."""
+    b = GenerationBatches(10**9, invalid_fraction_threshold=0.99, patience=3)
+    for _ in range(50):
+        b.add_batch(batch(response(2, 1)))
+    calls = []
+    real_concat = pd.concat
+    monkeypatch.setattr(pd, "concat", lambda *a, **k: calls.append(1) or real_concat(*a, **k))
+    b.add_batch(batch(response(2, 1)))
+    assert calls == []
+    assert (b.num_valid_records, b.num_invalid_records, b.num_prompts) == (102, 51, 51)
+    assert len(b.to_dataframe(["a", "b"])) == 102 and calls == [1]
