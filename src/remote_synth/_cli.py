@@ -8,13 +8,15 @@ Errors are one line on stderr, never a traceback (``-v`` adds detail).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -106,28 +108,35 @@ def serve(run_dir: Path, base_model: str | None, host: str, port: int, api_key: 
 
     key = _api_key(api_key, api_key_env)
     key_note = f"from ${api_key_env}" if api_key_env else "as given" if api_key else None
+    settings = _settings(base_model=base_model, host=host, port=port, api_key=key,
+                         adapter_name=adapter_name, max_model_len=max_model_len, server_log=log_file)  # fmt: skip
+    backend = RemoteBackend(run_dir, settings=settings)  # checks the run directory first
     if key is None:
         key = secrets.token_urlsafe(24)
-        key_note = f"random, written to {_write_key(run_dir, key)}"
-    settings = _settings(base_model=base_model, host=host, port=port, api_key=key, adapter_name=adapter_name,
-                         max_model_len=max_model_len, server_log=log_file)  # fmt: skip
-    backend = RemoteBackend(run_dir, settings=settings)
-    server = VllmServer(backend.server_settings())
-    stop = threading.Event()
+        key_note = f"random, written to {_write_key(backend.run.path, key)}"
+    server = VllmServer(dataclasses.replace(backend.server_settings(), api_key=key))
+    with _sigterm_raises_interrupt():
+        try:
+            server.start()
+            server.wait_ready()
+            click.echo(f"base URL:  http://{host}:{server.port}")
+            click.echo(f"adapter:   {backend.adapter_name}")
+            click.echo(f"API key:   {key_note}")
+            click.echo(f"log:       {server.log_file}")
+            click.echo("Ctrl-C stops the server.")
+            sys.stdout.flush()
+            _serve_until_interrupted(server)
+        finally:
+            server.stop()  # a second Ctrl-C while stopping kills the group at once
+
+
+def _serve_until_interrupted(server: Any) -> None:
     try:
-        server.start()
-        server.wait_ready()  # Ctrl-C here is a plain KeyboardInterrupt: the finally stops the server
-        click.echo(f"base URL:  http://{host}:{server.port}")
-        click.echo(f"adapter:   {backend.adapter_name}")
-        click.echo(f"API key:   {key_note}")
-        click.echo(f"log:       {server.log_file}")
-        click.echo("Ctrl-C stops the server.", nl=True)
-        sys.stdout.flush()
-        with _stop_on_signals(stop.set):
-            while not stop.wait(1.0):
-                server.raise_if_exited()
-    finally:
-        server.stop()  # a second Ctrl-C while stopping kills the group at once
+        while True:
+            time.sleep(1.0)
+            server.raise_if_exited()
+    except KeyboardInterrupt:
+        click.echo("stopping the server")
 
 
 def _write_key(run_dir: Path, key: str) -> Path:
@@ -140,19 +149,20 @@ def _write_key(run_dir: Path, key: str) -> Path:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(on_signal: Callable[[], None]) -> Iterator[None]:
-    """SIGINT/SIGTERM only set a flag; the loop stops the server; old handlers come back."""
+def _sigterm_raises_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a container stop) unwinds like Ctrl-C, so the server we started is stopped."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, lambda *_: on_signal())
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signal.signal(signal.SIGTERM, previous)
 
 
 @cli.command()
@@ -202,7 +212,7 @@ def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None
     overrides = {k: v for k, v in params.items() if v is not None}
     target = OutputFile(output if output is not None else run.output_file).check()
     backend = RemoteBackend(run, overrides, settings=settings)
-    with _ProgressBar(backend.config.num_records) as bar:
+    with _sigterm_raises_interrupt(), _ProgressBar(backend.config.num_records) as bar:
         backend.on_batch = bar.update
         try:
             backend.initialize()

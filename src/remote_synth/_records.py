@@ -173,14 +173,14 @@ class RecordValidator:
                     return self._first_overflow(record)
         return None
 
-    @staticmethod
-    def _first_overflow(record: dict[str, Any]) -> ErrorTuple | None:
+    def _first_overflow(self, record: dict[str, Any]) -> ErrorTuple | None:
         for key, value in record.items():
             if type(value) is int:
                 try:
                     float(value)
                 except OverflowError:
-                    return (f"Value {value} in field '{key}' is too large to convert to float64", FLOAT_CONVERSION)
+                    shown = value if self.detailed_errors else "(a long integer)"
+                    return (f"Value {shown} in field '{key}' is too large to convert to float64", FLOAT_CONVERSION)
         return None
 
     def _property_error(self, name: str, check: _Check, value: Any) -> ErrorTuple | None:

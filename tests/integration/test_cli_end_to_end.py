@@ -136,3 +136,30 @@ def test_serve_prints_where_and_stops_cleanly_on_ctrl_c(demo_run: RunDirectory, 
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)
     assert vllm_pids() <= before  # the server's whole group is gone
+
+
+def test_sigterm_during_generate_stops_the_launched_server(demo_run: RunDirectory, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    before = vllm_pids()
+    log = tmp_path / "vllm.log"
+    out = tmp_path / "rows.csv"
+    proc = subprocess.Popen(
+        [*CLI, "generate", str(demo_run.path), "--num-records", "100000", "--output", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "REMOTE_SYNTH_SERVER_LOG": str(log)},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and "startup complete" not in (log.read_text() if log.exists() else ""):
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(1)
+        time.sleep(6)  # past the start-up checks, into the first batches
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "interrupted" in proc.stderr.read()
+    assert vllm_pids() <= before

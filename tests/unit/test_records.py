@@ -193,3 +193,9 @@ def test_records_drawn_from_a_schema_validate_and_round_trip(case: tuple[dict, l
 def test_parse_returns_the_record_itself() -> None:
     raw = json.dumps({"sepal.length": 5.1, "sepal.width": 3.5, "variety": "Setosa"}, separators=(",", ":"))
     assert RecordValidator(IRIS).parse(raw) == {"sepal.length": 5.1, "sepal.width": 3.5, "variety": "Setosa"}
+
+
+def test_summary_mode_does_not_quote_huge_values() -> None:
+    big = "7" * 400
+    message, category = RecordValidator({"properties": {"b": {}}}, detailed_errors=False).parse(f'{{"b":{big}}}')
+    assert category == "Float Conversion" and big not in message and "'b'" in message
