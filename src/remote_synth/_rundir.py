@@ -28,6 +28,7 @@ from ._exceptions import ConfigError, RunDirError
 __all__ = ["AdapterConfig", "ModelMetadata", "NSSConfig", "PromptConfig", "RunDirectory"]
 
 MAX_ROPE_SCALING_FACTOR = 6.0
+DEFAULT_BASE_SEQ_LENGTH = 2048
 CONFIG_NAME = "safe-synthesizer-config.json"
 
 
@@ -43,15 +44,15 @@ class PromptConfig(_Lenient):
     template: str
     add_bos_token_to_prompt: bool = True
     add_eos_token_to_prompt: bool = True
-    bos_token: str
-    bos_token_id: int
-    eos_token: str
-    eos_token_id: int
+    bos_token: str = ""
+    bos_token_id: int | None = None
+    eos_token: str = ""
+    eos_token_id: int | None = None
 
 
 class RopeScaling(_Lenient):
     rope_type: str | None = None
-    factor: float = 1.0
+    factor: float | None = None
     theta: float | None = None
 
 
@@ -60,20 +61,21 @@ class ModelMetadata(_Lenient):
 
     model_name_or_path: str
     prompt_config: PromptConfig
-    base_max_seq_length: int = Field(2048, ge=1)
+    base_max_seq_length: int | None = Field(DEFAULT_BASE_SEQ_LENGTH, ge=1)
     rope_scaling: RopeScaling | None = None
-    max_sequences_per_example: int | None = None
-    is_adapter: bool = True
+    max_sequences_per_example: int | str | None = None
+    is_adapter: bool | None = True
     instruction: str = "Generate a JSONL dataset with the following columns: "
-    initial_prefill: dict[str, str] | str | None = None
+    initial_prefill: Any = None
 
     @property
     def max_seq_length(self) -> int:
         """NSS: base length times the rope factor (clamped to 6) when the factor is > 1."""
-        factor = self.rope_scaling.factor if self.rope_scaling else 1.0
+        base = self.base_max_seq_length or DEFAULT_BASE_SEQ_LENGTH
+        factor = (self.rope_scaling.factor if self.rope_scaling else None) or 1.0
         if factor > 1:
-            return int(self.base_max_seq_length * min(factor, MAX_ROPE_SCALING_FACTOR))
-        return self.base_max_seq_length
+            return int(base * min(factor, MAX_ROPE_SCALING_FACTOR))
+        return base
 
 
 class AdapterConfig(_Lenient):
@@ -87,7 +89,7 @@ class AdapterConfig(_Lenient):
 
 
 class _DataSection(_Lenient):
-    group_training_examples_by: str | None = None
+    group_training_examples_by: str | list[str] | None = None
     order_training_examples_by: str | None = None
     max_sequences_per_example: int | str | None = None
 
@@ -98,7 +100,7 @@ class _TrainingSection(_Lenient):
 
 
 class _TimeSeriesSection(_Lenient):
-    is_timeseries: bool = False
+    is_timeseries: bool | None = False
 
 
 class NSSConfig(_Lenient):

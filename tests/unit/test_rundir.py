@@ -111,3 +111,22 @@ def test_unknown_keys_from_other_nss_versions_are_ignored(run: Path) -> None:
     meta = json.loads(meta_file.read_text()) | {"future_field": 1}
     meta_file.write_text(json.dumps(meta))
     assert RunDirectory.open(run).metadata.model_name_or_path == "TinyLlama/x"
+
+
+def test_metadata_from_other_families_and_versions(run: Path) -> None:
+    meta_file = run / "train" / "adapter" / "metadata_v2.json"
+    meta = json.loads(meta_file.read_text())
+    meta["prompt_config"].update(
+        template="user\n {instruction} {schema} <|im_end|> \n assistant\n{prefill}",
+        bos_token="<|im_start|>", bos_token_id=None, eos_token="<|im_end|>",
+    )  # fmt: skip
+    meta.update(
+        base_max_seq_length=None,
+        rope_scaling={"rope_type": "yarn", "factor": None, "theta": 1e6, "original_max_position_embeddings": 4096},
+        max_sequences_per_example="auto",
+        initial_prefill={"0": " {}\n"},
+    )
+    meta_file.write_text(json.dumps(meta))
+    metadata = RunDirectory.open(run).metadata
+    assert metadata.max_seq_length == 2048
+    assert metadata.prompt_config.bos_token == "<|im_start|>"
