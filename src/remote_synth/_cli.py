@@ -81,15 +81,6 @@ def _api_key(value: str | None, env_name: str | None) -> str | None:
     return None
 
 
-def _settings(**values: Any) -> RemoteSettings:
-    """CLI values over REMOTE_SYNTH_* over defaults."""
-    given = {k: v for k, v in values.items() if v is not None}
-    try:
-        return RemoteSettings(**given)
-    except ValueError as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
-
-
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--base-model", help="Base model path or id (default: the run's metadata).")
@@ -108,7 +99,7 @@ def serve(run_dir: Path, base_model: str | None, host: str, port: int, api_key: 
 
     key = _api_key(api_key, api_key_env)
     key_note = f"from ${api_key_env}" if api_key_env else "as given" if api_key else None
-    settings = _settings(base_model=base_model, host=host, port=port, api_key=key,
+    settings = RemoteSettings.load(base_model=base_model, host=host, port=port, api_key=key,
                          adapter_name=adapter_name, max_model_len=max_model_len, server_log=log_file)  # fmt: skip
     backend = RemoteBackend(run_dir, settings=settings)  # checks the run directory first
     if key is None:
@@ -206,7 +197,7 @@ def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None
     from ._remote import RemoteBackend
 
     run = RunDirectory.open(run_dir) if run_dir is not None else _demo_run()
-    settings = _settings(base_url=base_url, api_key=_api_key(None, api_key_env), adapter_name=adapter_name,
+    settings = RemoteSettings.load(base_url=base_url, api_key=_api_key(None, api_key_env), adapter_name=adapter_name,
                          base_model=base_model, max_concurrency=max_concurrency, prompts_per_request=prompts_per_request,
                          use_detailed_logs=detailed_errors)  # fmt: skip
     overrides = {k: v for k, v in params.items() if v is not None}

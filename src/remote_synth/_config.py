@@ -140,12 +140,13 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per bad field: ``field: message (got value)``."""
+def format_validation_error(exc: ValidationError, secret_fields: frozenset[str] | set[str] = frozenset()) -> str:
+    """One line for all bad fields: ``field: message (got value)``; secrets are not echoed."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "value"
-        parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+        got = "" if where in secret_fields else f" (got {err.get('input')!r})"
+        parts.append(f"{where}: {err['msg']}{got}")
     return "invalid parameter " + "; ".join(parts)
 
 
@@ -178,3 +179,11 @@ class RemoteSettings(BaseSettings):
     server_log: Path | None = None
     use_detailed_logs: bool = False
     """Detailed validation messages (they quote record values) in logs and error tables."""
+
+    @classmethod
+    def load(cls, **values: Any) -> RemoteSettings:
+        """Given values over ``REMOTE_SYNTH_*`` over defaults; a bad value is a ``ConfigError``."""
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, secret_fields={"api_key"})) from None

@@ -115,7 +115,7 @@ class RemoteBackend(GeneratorBackend):
         self.transport = transport  # a test seam: a fake transport instead of the network
         self.run = _run_directory(workdir).check()
         self.workdir = self.run.path
-        self.settings = settings if settings is not None else RemoteSettings()
+        self.settings = settings if settings is not None else RemoteSettings.load()
         self.config = _generation_parameters(config, self.run)
         self.model_metadata = _model_metadata(model_metadata, self.run)
         self.use_detailed_logs = self.settings.use_detailed_logs if use_detailed_logs is None else use_detailed_logs

@@ -77,3 +77,13 @@ def test_help_lists_nss_names(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
     assert info.value.code == 0
     for flag in ("--num-records", "--temperature", "--use-structured-generation", "--base-url", "--api-key-env"):
         assert flag in out
+
+
+def test_bad_connection_settings_name_the_field(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path
+) -> None:
+    code, err = run_main(monkeypatch, capsys, "generate", str(run), "--max-concurrency", "0")
+    assert code == EXIT_BAD_INPUT and "max_concurrency" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("REMOTE_SYNTH_PORT", "not-a-port")
+    code, err = run_main(monkeypatch, capsys, "generate", str(run))
+    assert code == EXIT_BAD_INPUT and "port" in err
