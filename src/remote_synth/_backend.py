@@ -81,7 +81,7 @@ class GeneratorBackend(ABC):
     @staticmethod
     def run_cleanup_steps(steps: list[tuple[str, Callable[[], Any]]]) -> list[tuple[str, BaseException]]:
         """Run every step even when one fails; return the failures for the caller to report."""
-        failures = []
+        failures: list[tuple[str, BaseException]] = []
         for name, step in steps:
             try:
                 step()

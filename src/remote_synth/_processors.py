@@ -112,14 +112,15 @@ class GroupedDataProcessor(Processor):
                 return NOT_UNIQUE
             for record in records[1:]:
                 record.update(zip(self.group_by, keys[0], strict=True))
-        if self.order_by is None:
+        order_by = self.order_by
+        if order_by is None:
             return None
-        values = [r.get(self.order_by) for r in records]
+        values: list[Any] = [r.get(order_by) for r in records]
         try:
             if all(a <= b for a, b in zip(values, values[1:], strict=False)):
                 return None
             if self.validation.group_by_fix_unordered_records:
-                records.sort(key=lambda r: r.get(self.order_by))
+                records.sort(key=lambda r: r.get(order_by))  # type: ignore[arg-type,return-value]
                 return None
         except TypeError:
             pass

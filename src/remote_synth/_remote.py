@@ -440,7 +440,7 @@ class RemoteBackend(GeneratorBackend):
             batches.job_complete()
         truncate = self.group_by is None and batches.status is GenerationStatus.COMPLETE
         max_records = self.config.num_records if truncate else None
-        return GenerateJobResults.from_batches(batches, self.columns, max_records, self.elapsed_time)
+        return GenerateJobResults.from_batches(batches, max_records, self.columns, self.elapsed_time)
 
 
 def _run_directory(workdir: Any) -> RunDirectory:

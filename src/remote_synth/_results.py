@@ -125,10 +125,11 @@ class GenerateJobResults:
     def from_batches(
         cls,
         batches: GenerationBatches,
+        max_num_records: int | None,
         columns: list[str],
-        max_num_records: int | None = None,
         elapsed_time: float = 0.0,
     ) -> GenerateJobResults:
+        """NSS's argument order: ``(batches, max_num_records, columns, elapsed_time)``."""
         return cls(
             df=batches.to_dataframe(columns, max_num_records),
             status=batches.status,
@@ -156,6 +157,7 @@ class GenerationBatches:
     def __init__(
         self,
         target_num_records: int | None = None,
+        batches: list[Batch] | None = None,
         max_num_prompts_per_batch: int = MAX_NUM_PROMPTS_PER_BATCH,
         invalid_fraction_threshold: float | None = None,
         patience: int | None = None,
@@ -180,6 +182,18 @@ class GenerationBatches:
         self.batch_valid_record_fractions: list[float] = []
         self._frames: list[pd.DataFrame] = []
         self._accepted: pd.DataFrame | None = None
+        for batch in batches or ():
+            self._count(batch, batch.to_dataframe())
+
+    def _count(self, batch: Batch, frame: pd.DataFrame | None) -> None:
+        """Add a batch's totals and frame (seeded batches skip the stop rules, as in NSS)."""
+        self.num_batches += 1
+        self.num_valid_records += batch.num_valid_records
+        self.num_invalid_records += batch.num_invalid_records
+        self.num_prompts += batch.num_prompts
+        self.batch_valid_record_fractions.append(batch.valid_record_fraction)
+        if frame is not None:
+            self._frames.append(frame)
 
     @property
     def valid_record_fraction(self) -> float:
@@ -197,13 +211,7 @@ class GenerationBatches:
             self.stop_condition.update(self.running.mean)
             if self.stop_condition.reached:
                 self.status = GenerationStatus.STOP_METRIC_REACHED
-        self.num_batches += 1
-        self.num_valid_records += batch.num_valid_records
-        self.num_invalid_records += batch.num_invalid_records
-        self.num_prompts += batch.num_prompts
-        self.batch_valid_record_fractions.append(batch.valid_record_fraction)
-        if frame is not None:
-            self._frames.append(frame)
+        self._count(batch, frame)
 
     def get_next_num_prompts(self) -> int:
         """100 until records arrive, then enough for the rest at the observed yield, plus 10."""

@@ -205,7 +205,7 @@ def test_results_dataframe_columns_order_and_truncation() -> None:
     assert len(df) == 6 and df["never_seen"].isna().all()
     assert len(b.to_dataframe(["a"], max_num_records=2)) == 2
     assert len(b.to_dataframe(["a"], max_num_records=0)) == 6
-    results = GenerateJobResults.from_batches(b, ["a", "b"], 4, elapsed_time=1.5)
+    results = GenerateJobResults.from_batches(b, 4, ["a", "b"], elapsed_time=1.5)
     assert (results.num_valid_records, results.num_invalid_records, results.num_prompts) == (6, 1, 3)
     assert len(results.df) == 4 and results.valid_record_fraction == pytest.approx(6 / 7)
     assert results.batch_valid_record_fractions == pytest.approx([0.75, 1.0])
@@ -284,3 +284,12 @@ def test_adding_a_batch_does_not_touch_earlier_batches(monkeypatch: pytest.Monke
     assert calls == []
     assert (b.num_valid_records, b.num_invalid_records, b.num_prompts) == (102, 51, 51)
     assert len(b.to_dataframe(["a", "b"])) == 102 and calls == [1]
+
+
+def test_seeded_batches_count_like_nss() -> None:
+    b = GenerationBatches(
+        10, [batch(response(2, 1)), batch(response(0, 3))], invalid_fraction_threshold=0.5, patience=1
+    )
+    assert (b.num_batches, b.num_valid_records, b.num_invalid_records, b.num_prompts) == (2, 2, 4, 2)
+    assert b.status is GenerationStatus.IN_PROGRESS
+    assert len(b.to_dataframe(["a"])) == 2
