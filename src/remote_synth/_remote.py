@@ -285,6 +285,9 @@ class RemoteBackend(GeneratorBackend):
         """The adapter is served, the prompt fits, and structured outputs really apply."""
         assert self._client is not None and self._loop is not None
         client = self._client
+        health = self._loop.run(client.health())
+        if health >= 500:  # 404: a gateway without /health; 0: no answer, which /v1/models reports below
+            raise ServerCheckError(f"the server at {client.base_url} is not healthy (/health answered HTTP {health})")
         try:
             models = self._loop.run(client.models())
         except APIConnectionError as exc:

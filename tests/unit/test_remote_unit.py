@@ -38,8 +38,11 @@ class FakeVllm:
         self.prompt_tokens = prompt_tokens
         self.bodies: list[dict] = []
         self.adapters = ["nss-adapter"]
+        self.health = 200
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(self.health)
         if request.url.path == "/v1/models":
             data = [{"id": "base", "max_model_len": self.context}] + [
                 {"id": a, "parent": "base"} for a in self.adapters
@@ -196,3 +199,13 @@ def test_adapter_name_is_stable_across_copies(run: Path, tmp_path: Path) -> None
     shutil.copytree(run, copy)
     settings = RemoteSettings(base_url="http://x")
     assert RemoteBackend(run, settings=settings).adapter_name == RemoteBackend(copy, settings=settings).adapter_name
+
+
+def test_unhealthy_server_is_refused_but_a_gateway_without_health_is_fine(run: Path) -> None:
+    fake = FakeVllm()
+    fake.health = 503
+    with pytest.raises(ServerCheckError, match="not healthy"):
+        backend(run, fake).initialize()
+    fake.health = 404
+    with backend(run, fake, {"num_records": 1}) as b:
+        assert len(b.generate().df) == 1
