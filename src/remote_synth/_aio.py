@@ -8,7 +8,6 @@ and hands it coroutines. Cancelling means cancelling the tasks on that loop.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -25,7 +24,6 @@ class LoopThread:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
         self._thread.start()
-        self._pending: set[concurrent.futures.Future[Any]] = set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -38,14 +36,11 @@ class LoopThread:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop; KeyboardInterrupt here cancels it there."""
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        self._pending.add(future)
         try:
             return future.result()
         except BaseException:
             future.cancel()
             raise
-        finally:
-            self._pending.discard(future)
 
     def cancel_all(self, timeout: float = 5.0) -> int:
         """Cancel every task on the loop and wait for them to finish; returns how many."""

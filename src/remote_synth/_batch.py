@@ -16,7 +16,14 @@ import pandas as pd
 
 from ._records import ErrorTuple, ParsedResponse
 
-__all__ = ["HUMAN_READABLE_ERR_MSGS", "LOG_NUM_ERRORS", "Batch", "error_statistics", "normalize_dataframe"]
+__all__ = [
+    "HUMAN_READABLE_ERR_MSGS",
+    "LOG_NUM_ERRORS",
+    "Batch",
+    "error_statistics",
+    "normalize_dataframe",
+    "valid_fraction",
+]
 
 logger = logging.getLogger("remote_synth.batch")
 
@@ -55,6 +62,12 @@ _GROUPED_SUFFIXES = (
     " is greater than the maximum of ",
     " is less than the minimum of ",
 )
+
+
+def valid_fraction(valid: int, invalid: int) -> float:
+    """valid / (valid + invalid), or 0 when there were no records at all (NSS's convention)."""
+    total = valid + invalid
+    return valid / total if total else 0.0
 
 
 class Batch:
@@ -107,8 +120,7 @@ class Batch:
 
     @property
     def valid_record_fraction(self) -> float:
-        total = self.num_valid_records + self.num_invalid_records
-        return 0.0 if total == 0 else self.num_valid_records / total
+        return valid_fraction(self.num_valid_records, self.num_invalid_records)
 
     @property
     def stopping_metric(self) -> float:

@@ -222,14 +222,12 @@ def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None
 def _demo_run() -> RunDirectory:
     try:
         from .demo.build import ensure_demo_run
-    except ImportError:
-        raise ConfigError(
-            "the bundled demo needs the cpu extra (pip install 'remote-synth[cpu]'); or pass RUN_DIR"
-        ) from None
-    try:
+
         return RunDirectory.open(ensure_demo_run())
     except ImportError as exc:
-        raise ConfigError(f"the bundled demo needs the cpu extra (pip install 'remote-synth[cpu]'): {exc}") from None
+        raise ConfigError(
+            f"the bundled demo needs the cpu extra (pip install 'remote-synth[cpu]'), or pass RUN_DIR: {exc}"
+        ) from None
 
 
 def _save_partial(results: GenerateJobResults | None, target: OutputFile) -> None:

@@ -233,18 +233,14 @@ def _status_error(method: str, path: str, response: httpx.Response) -> APIStatus
     return cls(text, status_code=response.status_code, body=body)
 
 
-# httpx → ours, most specific first. Every httpx exception class is covered (see the tests).
-_TRANSLATIONS: list[tuple[type[Exception], type[Exception]]] = [
-    (httpx.TimeoutException, APITimeoutError),
-    (httpx.TransportError, APIConnectionError),
-    (httpx.InvalidURL, ConfigError),
-    (httpx.DecodingError, APIError),
-    (httpx.TooManyRedirects, APIError),
-    (httpx.HTTPStatusError, APIError),
-    (httpx.StreamError, APIError),
-    (httpx.CookieConflict, APIError),
-    (httpx.HTTPError, APIError),
+# httpx → ours, most specific first; the last row catches the rest (the tests check completeness).
+_TRANSLATIONS: list[tuple[tuple[type[Exception], ...], type[Exception]]] = [
+    ((httpx.TimeoutException,), APITimeoutError),
+    ((httpx.TransportError,), APIConnectionError),
+    ((httpx.InvalidURL,), ConfigError),
+    ((httpx.HTTPError, httpx.CookieConflict, httpx.StreamError), APIError),
 ]
+_HTTPX_ERRORS = tuple(source for sources, _ in _TRANSLATIONS for source in sources)
 
 
 @contextlib.contextmanager
@@ -252,15 +248,6 @@ def _translate(what: str) -> Iterator[None]:
     """The one place httpx exceptions become ours (with the original chained)."""
     try:
         yield
-    except httpx.HTTPError as exc:
-        raise _translated(exc, what) from exc
-    except (httpx.InvalidURL, httpx.CookieConflict, httpx.StreamError) as exc:
-        raise _translated(exc, what) from exc
-
-
-def _translated(exc: Exception, what: str) -> Exception:
-    for source, target in _TRANSLATIONS:
-        if isinstance(exc, source):
-            reason = str(exc) or type(exc).__name__
-            return target(f"{what}: {reason}")
-    return APIError(f"{what}: {exc}")
+    except _HTTPX_ERRORS as exc:
+        target = next(target for sources, target in _TRANSLATIONS if isinstance(exc, sources))
+        raise target(f"{what}: {str(exc) or type(exc).__name__}") from exc

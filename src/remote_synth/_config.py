@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._exceptions import ConfigError
@@ -103,24 +103,23 @@ def _known_fields(cls: type[BaseModel], saved: Mapping[str, Any]) -> dict[str, A
     return known
 
 
-class _GenerateEnv(BaseSettings):
-    """Reads ``REMOTE_SYNTH_<FIELD>`` (and ``REMOTE_SYNTH_VALIDATION__<FIELD>``) as raw values."""
-
+class _EnvBase(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
 
-    num_records: str | None = None
-    temperature: str | None = None
-    repetition_penalty: str | None = None
-    top_p: str | None = None
-    patience: str | None = None
-    invalid_fraction_threshold: str | None = None
-    use_structured_generation: str | None = None
-    structured_generation_backend: str | None = None
-    structured_generation_schema_method: str | None = None
-    structured_generation_use_single_sequence: str | None = None
-    enforce_timeseries_fidelity: str | None = None
-    validation: dict[str, str] | None = None
-    attention_backend: str | None = None
+
+def _env_model() -> type[BaseSettings]:
+    """``REMOTE_SYNTH_<FIELD>`` for every generation field (``__`` into nested models), as raw strings.
+
+    Derived from ``GenerateParameters`` so a new field is readable from the environment too.
+    """
+    fields: dict[str, Any] = {}
+    for name, info in GenerateParameters.model_fields.items():
+        nested = isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+        fields[name] = (dict[str, str] | None if nested else str | None, None)
+    return create_model("_GenerateEnv", __base__=_EnvBase, **fields)
+
+
+_GenerateEnv = _env_model()
 
 
 def _env_values() -> dict[str, Any]:

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from ._aio import LoopThread
 from ._backend import GeneratorBackend
-from ._batch import Batch
+from ._batch import Batch, valid_fraction
 from ._client import Completion, InferenceClient, RetryPolicy, TimeoutPolicy
 from ._config import GenerateParameters, RemoteSettings
 from ._exceptions import (
@@ -72,8 +72,7 @@ class Progress:
 
     @property
     def valid_fraction(self) -> float:
-        total = self.valid + self.invalid
-        return self.valid / total if total else 0.0
+        return valid_fraction(self.valid, self.invalid)
 
     @property
     def records_per_second(self) -> float:
@@ -247,13 +246,13 @@ class RemoteBackend(GeneratorBackend):
     def server_settings(self) -> ServerSettings:
         """How this run's adapter is launched when no base URL is given."""
         s = self.settings
+        model = s.base_model or self.model_metadata.model_name_or_path
         return ServerSettings(
-            model=s.base_model or self.model_metadata.model_name_or_path,
+            model=model,
             adapter_name=self.adapter_name,
             adapter_path=self.run.adapter_dir,
             max_lora_rank=self.run.adapter_config.r,
-            max_model_len=s.max_model_len
-            or _fitting_context(s.base_model or self.model_metadata.model_name_or_path, self.model_metadata),
+            max_model_len=s.max_model_len or _fitting_context(model, self.model_metadata),
             host=s.host,
             port=s.port,
             api_key=s.api_key.get_secret_value() if s.api_key else None,

@@ -16,7 +16,7 @@ from enum import StrEnum
 
 import pandas as pd
 
-from ._batch import Batch, normalize_dataframe
+from ._batch import Batch, normalize_dataframe, valid_fraction
 from ._exceptions import ConfigError, GenerationError
 
 __all__ = [
@@ -197,8 +197,7 @@ class GenerationBatches:
 
     @property
     def valid_record_fraction(self) -> float:
-        total = self.num_valid_records + self.num_invalid_records
-        return 0.0 if total == 0 else self.num_valid_records / total
+        return valid_fraction(self.num_valid_records, self.num_invalid_records)
 
     def add_batch(self, batch: Batch) -> None:
         """Apply data actions, update totals and the stop status (NSS ``add_batch``)."""
