@@ -110,19 +110,24 @@ def serve(run_dir: Path, base_model: str | None, host: str, port: int, api_key: 
         try:
             server.start()
             server.wait_ready()
-            click.echo(f"base URL:  http://{host}:{server.port}")
-            click.echo(f"adapter:   {backend.adapter_name}")
-            click.echo(f"API key:   {key_note}")
-            click.echo(f"log:       {server.log_file}")
-            click.echo("Ctrl-C stops the server.")
-            sys.stdout.flush()
-            _serve_until_interrupted(server)
+            _serve_until_interrupted(server, backend.adapter_name, key_note)
         finally:
             server.stop()  # a second Ctrl-C while stopping kills the group at once
 
 
-def _serve_until_interrupted(server: Any) -> None:
+def _serve_until_interrupted(server: Any, adapter_name: str, key_note: str | None) -> None:
+    """Print where the server is, then watch it until Ctrl-C.
+
+    The interrupt handler covers the announcement too: a Ctrl-C sent the moment the last line appears
+    is a clean stop (exit 0), not an interrupted start-up.
+    """
     try:
+        click.echo(f"base URL:  http://{server.settings.host}:{server.port}")
+        click.echo(f"adapter:   {adapter_name}")
+        click.echo(f"API key:   {key_note}")
+        click.echo(f"log:       {server.log_file}")
+        click.echo("Ctrl-C stops the server.")
+        sys.stdout.flush()
         while True:
             time.sleep(1.0)
             server.raise_if_exited()

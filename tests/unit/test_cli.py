@@ -87,3 +87,48 @@ def test_bad_connection_settings_name_the_field(
     monkeypatch.setenv("REMOTE_SYNTH_PORT", "not-a-port")
     code, err = run_main(monkeypatch, capsys, "generate", str(run))
     assert code == EXIT_BAD_INPUT and "port" in err
+
+
+class _ReadyServer:
+    """Stands in for a started, ready VllmServer (the real one is covered by integration tests)."""
+
+    def __init__(self, run: Path) -> None:
+        from remote_synth._server import ServerSettings
+
+        self.settings = ServerSettings(model="m", adapter_path=run / "train" / "adapter", adapter_name="a")
+        self.port = 1234
+        self.log_file = run / "vllm.log"
+        self.stopped = 0
+
+    def start(self) -> None: ...
+
+    def wait_ready(self) -> None: ...
+
+    def raise_if_exited(self) -> None: ...
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+def test_ctrl_c_right_after_the_announcement_is_a_clean_stop(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path
+) -> None:
+    """A user (or a test) who presses Ctrl-C the moment "Ctrl-C stops the server." appears gets exit 0."""
+    import remote_synth._server as server_module
+
+    fake = _ReadyServer(run)
+    monkeypatch.setattr(server_module, "VllmServer", lambda settings: fake)
+
+    import remote_synth._cli as cli_module
+
+    echo = cli_module.click.echo
+
+    def echo_then_interrupt(message: str = "", **kwargs: object) -> None:
+        echo(message, **kwargs)
+        if message.startswith("Ctrl-C"):  # the signal lands as soon as the line is out
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module.click, "echo", echo_then_interrupt)
+    code, _ = run_main(monkeypatch, capsys, "serve", str(run), "--api-key", "k")
+    assert code == 0
+    assert fake.stopped == 1
