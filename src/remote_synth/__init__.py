@@ -2,8 +2,9 @@
 
 from ._backend import GeneratorBackend
 from ._batch import Batch, error_statistics, normalize_dataframe
-from ._client import InferenceClient, RetryPolicy, TimeoutPolicy
+from ._client import InferenceClient, RetryPolicy, ServerLoad, TimeoutPolicy
 from ._config import GenerateParameters, RemoteSettings, ValidationParameters
+from ._engine import EngineStats, Progress
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -19,13 +20,15 @@ from ._exceptions import (
     RunDirError,
     ServerCheckError,
     ServerError,
+    ServerOverloadedError,
     ServerStartError,
     UnsupportedSchemaError,
 )
+from ._launch import adapter_name_for, launch_settings
 from ._processors import GroupedDataProcessor, Processor, TabularDataProcessor, create_processor
 from ._prompt import DEFAULT_INSTRUCTION, build_prompt
 from ._records import ParsedResponse, RecordValidator, extract_records
-from ._remote import Progress, RemoteBackend
+from ._remote import RemoteBackend
 from ._results import (
     GenerateJobResults,
     GenerationBatches,
@@ -48,6 +51,7 @@ __all__ = [
     "BackendStateError",
     "BadRequestError",
     "Batch",
+    "EngineStats",
     "ConfigError",
     "GenerateJobResults",
     "GenerateParameters",
@@ -75,6 +79,8 @@ __all__ = [
     "RunningStatistics",
     "ServerCheckError",
     "ServerError",
+    "ServerLoad",
+    "ServerOverloadedError",
     "ServerSettings",
     "ServerStartError",
     "TabularDataProcessor",
@@ -82,12 +88,14 @@ __all__ = [
     "UnsupportedSchemaError",
     "ValidationParameters",
     "VllmServer",
+    "adapter_name_for",
     "build_json_based_regex",
     "build_prompt",
     "build_record_regex",
     "create_processor",
     "error_statistics",
     "extract_records",
+    "launch_settings",
     "normalize_dataframe",
     "structured_outputs_payload",
 ]

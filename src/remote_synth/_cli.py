@@ -94,23 +94,24 @@ def _api_key(value: str | None, env_name: str | None) -> str | None:
 def serve(run_dir: Path, base_model: str | None, host: str, port: int, api_key: str | None, api_key_env: str | None,
           adapter_name: str | None, max_model_len: int | None, log_file: Path | None) -> None:  # fmt: skip
     """Serve RUN_DIR's adapter with vLLM until Ctrl-C (for the GPU host)."""
-    from ._remote import RemoteBackend
+    from ._launch import launch_settings
     from ._server import VllmServer
 
     key = _api_key(api_key, api_key_env)
     key_note = f"from ${api_key_env}" if api_key_env else "as given" if api_key else None
     settings = RemoteSettings.load(base_model=base_model, host=host, port=port, api_key=key,
                          adapter_name=adapter_name, max_model_len=max_model_len, server_log=log_file)  # fmt: skip
-    backend = RemoteBackend(run_dir, settings=settings)  # checks the run directory first
+    run = RunDirectory.open(run_dir).check()
+    launch = launch_settings(run, settings)
     if key is None:
         key = secrets.token_urlsafe(24)
-        key_note = f"random, written to {_write_key(backend.run.path, key)}"
-    server = VllmServer(dataclasses.replace(backend.server_settings(), api_key=key))
+        key_note = f"random, written to {_write_key(run.path, key)}"
+    server = VllmServer(dataclasses.replace(launch, api_key=key))
     with _sigterm_raises_interrupt():
         try:
             server.start()
             server.wait_ready()
-            _serve_until_interrupted(server, backend.adapter_name, key_note)
+            _serve_until_interrupted(server, launch.adapter_name, key_note)
         finally:
             server.stop()  # a second Ctrl-C while stopping kills the group at once
 
@@ -190,21 +191,27 @@ def _sigterm_raises_interrupt() -> Iterator[None]:
 @click.option(
     "--max-new-tokens", type=int, help="Tokens per completion (default: NSS's max_seq_length, fitted to the server)."
 )
-@click.option("--max-concurrency", type=int, help="Requests in flight at once.  [default: 4]")
+@click.option("--max-concurrency", type=int, help="Requests in flight at once, at most.  [default: 256]")
 @click.option("--prompts-per-request", type=int, help="Prompts carried by one request.  [default: 25]")
+@click.option(
+    "--window",
+    type=int,
+    help="Prompts in flight at first; the fixed window where the server has no /metrics.  [default: 256]",
+)
 @click.option(
     "--detailed-errors", is_flag=True, default=None, help="Detailed validation messages (they quote record values)."
 )
 def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None, adapter_name: str | None,
              base_model: str | None, output: Path | None, max_new_tokens: int | None, max_concurrency: int | None,
-             prompts_per_request: int | None, detailed_errors: bool | None, **params: Any) -> None:  # fmt: skip
+             prompts_per_request: int | None, window: int | None, detailed_errors: bool | None,
+             **params: Any) -> None:  # fmt: skip
     """Generate records for RUN_DIR (default: the bundled demo run, built if missing)."""
     from ._remote import RemoteBackend
 
     run = RunDirectory.open(run_dir) if run_dir is not None else _demo_run()
     settings = RemoteSettings.load(base_url=base_url, api_key=_api_key(None, api_key_env), adapter_name=adapter_name,
                          base_model=base_model, max_concurrency=max_concurrency, prompts_per_request=prompts_per_request,
-                         use_detailed_logs=detailed_errors)  # fmt: skip
+                         window=window, use_detailed_logs=detailed_errors)  # fmt: skip
     overrides = {k: v for k, v in params.items() if v is not None}
     target = OutputFile(output if output is not None else run.output_file).check()
     backend = RemoteBackend(run, overrides, settings=settings)

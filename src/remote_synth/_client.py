@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import tenacity
+from prometheus_client.parser import text_string_to_metric_families
 
 from ._exceptions import (
     APIConnectionError,
@@ -29,13 +30,17 @@ from ._exceptions import (
     BadRequestError,
     ConfigError,
     NotFoundError,
+    ServerOverloadedError,
 )
 
-__all__ = ["Completion", "InferenceClient", "RetryPolicy", "TimeoutPolicy"]
+__all__ = ["Completion", "InferenceClient", "RetryPolicy", "ServerLoad", "TimeoutPolicy"]
 
 logger = logging.getLogger("remote_synth.client")
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+#: vLLM's gauges of sequences being generated and queued (one per prompt, not per request).
+RUNNING_GAUGE = "vllm:num_requests_running"
+WAITING_GAUGE = "vllm:num_requests_waiting"
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class RetryPolicy:
             return True
         return isinstance(exc, APIStatusError) and exc.status_code in RETRYABLE_STATUS
 
-    def retrying(self, sleep: Any = asyncio.sleep) -> tenacity.AsyncRetrying:
+    def retrying(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> tenacity.AsyncRetrying:
         return tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(self.max_attempts),
             wait=tenacity.wait_exponential_jitter(initial=self.initial_delay, max=self.max_delay),
@@ -82,6 +87,16 @@ class RetryPolicy:
 def _log_retry(state: tenacity.RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     logger.warning("request failed (%s); attempt %d, retrying", type(exc).__name__, state.attempt_number)
+
+
+@dataclass(frozen=True)
+class ServerLoad:
+    """What vLLM's ``/metrics`` says about its scheduler (summed over engines and models)."""
+
+    running: float
+    """Sequences being generated."""
+    waiting: float
+    """Sequences queued for a slot."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +122,9 @@ class InferenceClient:
     api_key: str | None = field(default=None, repr=False)
     timeouts: TimeoutPolicy = field(default_factory=TimeoutPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    max_concurrency: int = 4
-    """Requests in flight at once (each carries ``prompts_per_request`` prompts)."""
+    max_concurrency: int = 256
+    """Requests in flight at once: the connection pool's size, and the cap of ``complete_many``.
+    The generation engine sizes its own window (in prompts) below this."""
     prompts_per_request: int = 25
     transport: httpx.AsyncBaseTransport | None = None
     """For tests: a fake transport instead of the network."""
@@ -166,13 +182,31 @@ class InferenceClient:
             data = await self._json("POST", "/v1/completions", json=body)
             return int(data["usage"]["prompt_tokens"])
 
+    async def load(self) -> ServerLoad | None:
+        """The server's running and queued sequences, or None when it publishes no vLLM metrics.
+
+        Raises ``APIError`` when the server could not be asked this time.
+        """
+        with _translate("GET /metrics"):
+            response = await self._http.get("/metrics", timeout=self.timeouts.probe)
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise _status_error("GET", "/metrics", response)
+        return parse_load(response.text)
+
+    async def send_completions(self, body: dict[str, Any]) -> list[Completion]:
+        """One ``/v1/completions`` attempt, no retry; choices in prompt order (sorted by ``index``)."""
+        data = await self._json("POST", "/v1/completions", json=body)
+        return _choices(data, expected=_count_prompts(body))
+
     async def complete(self, body: dict[str, Any]) -> list[Completion]:
-        """One ``/v1/completions`` request; choices in prompt order (sorted by ``index``)."""
+        """``send_completions`` with the retry policy, at most ``max_concurrency`` at once."""
         async with self._semaphore:
             async for attempt in self.retry.retrying():
                 with attempt:
-                    data = await self._json("POST", "/v1/completions", json=body)
-        return _choices(data, expected=_count_prompts(body))
+                    return await self.send_completions(body)
+        raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def complete_many(self, model: str, prompts: Sequence[str], params: dict[str, Any]) -> list[Completion]:
         """All prompts, as concurrent requests of ``prompts_per_request`` prompts each, in order."""
@@ -197,6 +231,21 @@ class InferenceClient:
         return data
 
 
+def parse_load(text: str) -> ServerLoad | None:
+    """``ServerLoad`` from Prometheus text, reading only vLLM's two gauges (the rest can be 100s of kB)."""
+    wanted = "\n".join(line for line in text.splitlines() if line.startswith((RUNNING_GAUGE, WAITING_GAUGE)))
+    totals: dict[str, float] = {}
+    try:
+        for family in text_string_to_metric_families(wanted + "\n"):
+            for sample in family.samples:
+                totals[sample.name] = totals.get(sample.name, 0.0) + float(sample.value)
+    except ValueError:
+        return None
+    if RUNNING_GAUGE not in totals or WAITING_GAUGE not in totals:
+        return None
+    return ServerLoad(running=totals[RUNNING_GAUGE], waiting=totals[WAITING_GAUGE])
+
+
 def _count_prompts(body: dict[str, Any]) -> int:
     prompt = body.get("prompt")
     return (len(prompt) if isinstance(prompt, list) else 1) * int(body.get("n", 1))
@@ -217,6 +266,9 @@ _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     403: AuthenticationError,
     404: NotFoundError,
     422: BadRequestError,
+    429: ServerOverloadedError,
+    503: ServerOverloadedError,
+    529: ServerOverloadedError,
 }
 
 

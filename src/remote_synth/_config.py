@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._exceptions import ConfigError
@@ -166,10 +166,18 @@ class RemoteSettings(BaseSettings):
     """Base model path or id for a launched server; default: the run's metadata."""
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=1, le=65535)
-    max_concurrency: int = Field(4, ge=1)
-    """Requests in flight at once."""
+    max_concurrency: int = Field(256, ge=1)
+    """Requests in flight at once, at most (the connection pool)."""
     prompts_per_request: int = Field(25, ge=1, le=1024)
     """Prompts carried by one request (vLLM's default cap is 1024)."""
+    window: int = Field(256, ge=1)
+    """Prompts in flight at first; the whole job's window where the server publishes no metrics."""
+    max_window: int = Field(4096, ge=1)
+    """Prompts in flight at most, whatever the server's metrics say."""
+    load_interval: float = Field(0.2, gt=0)
+    """Seconds between readings of the server's ``/metrics``."""
+    max_num_seqs: int | None = Field(None, ge=1)
+    """``--max-num-seqs`` for a launched server; it also starts the window there."""
     request_timeout: float = Field(900.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     startup_timeout: float = Field(900.0, gt=0)
@@ -178,6 +186,12 @@ class RemoteSettings(BaseSettings):
     server_log: Path | None = None
     use_detailed_logs: bool = False
     """Detailed validation messages (they quote record values) in logs and error tables."""
+
+    @model_validator(mode="after")
+    def _window_bounds(self) -> RemoteSettings:
+        if self.window > self.max_window:
+            raise ValueError(f"window ({self.window}) must not exceed max_window ({self.max_window})")
+        return self
 
     @classmethod
     def load(cls, **values: Any) -> RemoteSettings:

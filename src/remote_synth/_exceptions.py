@@ -13,7 +13,8 @@
         ├── APIStatusError                  the server answered with an error status
         │   ├── BadRequestError             400
         │   ├── AuthenticationError         401 / 403
-        │   └── NotFoundError               404 (unknown adapter)
+        │   ├── NotFoundError               404 (unknown adapter)
+        │   └── ServerOverloadedError       429 / 503 / 529: the server (or a gateway) sheds load
         └── ServerCheckError                the server runs but cannot serve this job
             (missing adapter, ignored structured outputs, context too short)
 
@@ -39,6 +40,7 @@ __all__ = [
     "RunDirError",
     "ServerCheckError",
     "ServerError",
+    "ServerOverloadedError",
     "ServerStartError",
     "UnsupportedSchemaError",
 ]
@@ -120,6 +122,10 @@ class AuthenticationError(APIStatusError):
 
 class NotFoundError(APIStatusError):
     """HTTP 404: most often an adapter the server does not serve."""
+
+
+class ServerOverloadedError(APIStatusError):
+    """HTTP 429, 503 or 529: too busy now; the engine shrinks its window and retries later."""
 
 
 class ServerCheckError(APIError):

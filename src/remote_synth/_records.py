@@ -56,11 +56,11 @@ _NUMBER_TESTS: dict[str, Callable[[float], Callable[[Any], bool]]] = {
 _STRING_TESTS: dict[str, Callable[[Any], Callable[[str], bool]]] = {
     "minLength": lambda n: lambda v: len(v) >= n,
     "maxLength": lambda n: lambda v: len(v) <= n,
-    "pattern": lambda p: re.compile(p).search,
+    "pattern": lambda p: lambda v: re.compile(p).search(v) is not None,
 }
 _FLOAT_SAFE = 2**1000  # ints this small always convert to float64
 _MISSING = object()
-_scan = json.JSONDecoder().scan_once
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # C scanner; not in typeshed
 
 
 @dataclass(slots=True)
@@ -252,7 +252,8 @@ def _compile_fast_path(required: tuple[str, ...], props: list[tuple[str, _Check]
         + ")\n    except (KeyError, TypeError):\n        return False\n"
     )
     exec(compile(source, "<remote_synth record check>", "exec"), namespace)  # noqa: S102 - built from our own names
-    return namespace["fast"]  # type: ignore[no-any-return]
+    fast: Callable[[dict[str, Any]], bool] = namespace["fast"]
+    return fast
 
 
 def _compile_properties(schema: dict[str, Any], cls: Any) -> list[tuple[str, _Check]] | None:

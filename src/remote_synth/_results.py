@@ -284,9 +284,9 @@ class GenerationBatches:
 
 def _replace_records(batch: Batch, valid_df: pd.DataFrame, rejected_df: pd.DataFrame) -> None:
     """The batch now holds the transformed valid rows, and the rejected rows as invalid ones."""
-    rejected = rejected_df.drop(columns=IDX).to_dict("records")
+    rejected = [{str(k): v for k, v in row.items()} for row in rejected_df.drop(columns=IDX).to_dict("records")]
     batch.replace_valid_records(
-        valid_df.drop(columns=IDX).to_dict("records"),
+        [{str(k): v for k, v in row.items()} for row in valid_df.drop(columns=IDX).to_dict("records")],
         invalid=[str(r) for r in rejected],
         errors=[(f"Failed data_config validation due to [{r.get(REJECT_REASON)}]",) * 2 for r in rejected],
     )

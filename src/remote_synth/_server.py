@@ -75,6 +75,8 @@ class ServerSettings:
     adapter_path: Path
     max_lora_rank: int = 16
     max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    """Sequences the server runs at once (``--max-num-seqs``); None: vLLM's default."""
     host: str = "127.0.0.1"
     port: int | None = None
     """None: a free port."""
@@ -136,6 +138,8 @@ class VllmServer:
         ]  # fmt: skip
         if s.max_model_len:
             cmd += ["--max-model-len", str(s.max_model_len)]
+        if s.max_num_seqs:
+            cmd += ["--max-num-seqs", str(s.max_num_seqs)]
         return cmd + list(s.extra_args)
 
     def _structured_outputs_config(self) -> dict[str, Any]:

@@ -100,7 +100,8 @@ def build_record_regex(schema: Any) -> str:
 
 def pandas_json(value: Any) -> str:
     """A scalar spelled as NSS's training text spells it (pandas ``to_json``, force_ascii=False)."""
-    return str(pd.Series([value], dtype=object).to_json(orient="values", force_ascii=False))[1:-1]
+    text = pd.Series([value], dtype=object).to_json(orient="values", force_ascii=False)  # type: ignore[call-overload]
+    return str(text)[1:-1]
 
 
 def _key(name: str) -> str:

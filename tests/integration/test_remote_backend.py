@@ -15,6 +15,7 @@ from remote_synth import (
     RunDirectory,
     TabularDataProcessor,
     VllmServer,
+    adapter_name_for,
     build_prompt,
 )
 from remote_synth._aio import LoopThread
@@ -53,7 +54,7 @@ def _valid_line_fraction(server: VllmServer, api_key: str, model: str, run: RunD
 
 
 def test_only_the_adapter_writes_valid_rows(server: VllmServer, api_key: str, demo_run: RunDirectory) -> None:
-    adapter = RemoteBackend(demo_run, settings=RemoteSettings()).adapter_name
+    adapter = adapter_name_for(demo_run)
     base = str(demo_run.metadata.model_name_or_path)
     assert _valid_line_fraction(server, api_key, adapter, demo_run) >= 0.5
     assert _valid_line_fraction(server, api_key, base, demo_run) <= 0.10
@@ -101,7 +102,7 @@ def test_unknown_adapter_is_a_clear_error(demo_run: RunDirectory, external: Remo
     settings = external.model_copy(update={"adapter_name": "tenant-that-is-not-there"})
     with pytest.raises(NotFoundError, match="'tenant-that-is-not-there' is not served") as info:
         RemoteBackend(demo_run, settings=settings).initialize()
-    assert RemoteBackend(demo_run, settings=RemoteSettings()).adapter_name in str(info.value)  # lists what is served
+    assert adapter_name_for(demo_run) in str(info.value)  # lists what is served
 
 
 def test_external_server_is_untouched_by_teardown(

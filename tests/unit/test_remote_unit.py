@@ -48,6 +48,8 @@ class FakeVllm:
                 {"id": a, "parent": "base"} for a in self.adapters
             ]
             return httpx.Response(200, json={"data": data})
+        if request.url.path == "/metrics":
+            return httpx.Response(404)  # like a gateway: no vLLM metrics
         if request.url.path == "/tokenize":
             return httpx.Response(200, json={"count": self.prompt_tokens})
         body = json.loads(request.content)
@@ -94,12 +96,16 @@ def test_grouped_runs_keep_special_tokens(tmp_path: Path) -> None:
     assert results.num_valid_records >= 4
 
 
-def test_generate_reaches_exactly_the_target(run: Path) -> None:
-    with backend(run, FakeVllm(), {"num_records": 7}) as b:
+def test_generate_reaches_exactly_the_target_without_a_full_first_batch(run: Path) -> None:
+    fake = FakeVllm()
+    with backend(run, fake, {"num_records": 7}) as b:
         results = b.generate()
     assert results.status is GenerationStatus.COMPLETE and len(results.df) == 7
     assert list(results.df.columns) == ["n", "c"]
-    assert results.num_prompts == 100 and b.gen_results is results
+    # 2 records per completion: the batch closes at the target after 4 completions (NSS: 100 prompts)
+    assert results.num_prompts == 4 and b.gen_results is results
+    sent = sum(len(body["prompt"]) for body in fake.bodies)
+    assert sent <= 7  # no yield known yet: one prompt per record asked for, at most
 
 
 def test_prepare_params_values_are_used(run: Path) -> None:

@@ -1,0 +1,144 @@
+"""Share of a simulated vLLM server's capacity that generation uses: the engine vs the old barrier loop.
+
+    python scripts/bench_capacity.py [--seconds 20] [--sigma 0.6] [--mean 0.5]
+
+The server is simulated in process (tests/fakes/sim_vllm.py): N sequence slots,
+each completion a lognormal time (mean 0.5 s, sigma 0.6), FIFO queueing,
+``/metrics`` with vLLM's running/waiting gauges, and aborts when a client
+cancels. ``RemoteBackend`` runs with its **default settings** against it. The
+baseline is the loop before the engine: each NSS batch sent as requests of 25
+prompts, 4 in flight, and a barrier at every batch end. Capacity used = busy
+slot-seconds / (slots x wall time); overshoot = prompts sent but not used /
+prompts used. Both run on 256 and 16 slots, in one run, and the script prints
+the ratios. A last line shows what a 10-record job sends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from fakes.sim_vllm import SimulatedVllm  # noqa: E402
+
+from remote_synth import (  # noqa: E402
+    Batch,
+    GenerationBatches,
+    InferenceClient,
+    RemoteBackend,
+    RemoteSettings,
+    TabularDataProcessor,
+)
+from remote_synth.demo.layout import write_run_dir  # noqa: E402
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}, "c": {"enum": ["x", "y"]}},
+    "required": ["n", "c"],
+}
+RECORDS_PER_PROMPT = 5  # about; the simulator writes 3..7 lines, 5 % of them invalid
+
+
+@dataclass
+class Outcome:
+    capacity: float
+    overshoot: float
+    records_per_second: float
+    prompts_sent: int
+    prompts_used: int
+
+
+def run_dir() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="bench-capacity-"))
+    return write_run_dir(root / "run", SCHEMA, base_model="base", base_max_seq_length=1024)
+
+
+def ours(run: Path, sim: SimulatedVllm, records: int) -> Outcome:
+    settings = RemoteSettings(base_url="http://sim", adapter_name=sim.adapter)  # defaults otherwise
+    with RemoteBackend(run, {"num_records": records}, settings=settings, transport=sim) as backend:
+        t0, busy0 = time.monotonic(), sim.busy_seconds
+        results = backend.generate()
+        wall = time.monotonic() - t0
+        stats = backend.engine_stats
+    assert stats is not None
+    used = results.num_prompts
+    return Outcome(
+        capacity=(sim.busy_seconds - busy0) / (sim.slots * wall),
+        overshoot=(stats.prompts_sent - used) / used,
+        records_per_second=results.num_valid_records / wall,
+        prompts_sent=stats.prompts_sent,
+        prompts_used=used,
+    )
+
+
+def barrier(sim: SimulatedVllm, records: int) -> Outcome:
+    """The loop before the engine: NSS batches, 25 prompts per request, 4 in flight, wait for all."""
+
+    async def loop() -> tuple[GenerationBatches, float]:
+        client = InferenceClient("http://sim", transport=sim, max_concurrency=4, prompts_per_request=25)
+        batches = GenerationBatches(target_num_records=records, invalid_fraction_threshold=0.8, patience=3)
+        processor = TabularDataProcessor(SCHEMA)
+        t0 = time.monotonic()
+        while batches.num_valid_records < records and not batches.is_stopped:
+            completions = await client.complete_many(sim.adapter, ["P"] * batches.get_next_num_prompts(), {})
+            batch = Batch(processor)
+            for i, completion in enumerate(completions):
+                batch.process(i, completion.text)
+            batches.add_batch(batch)
+        wall = time.monotonic() - t0
+        await client.aclose()
+        return batches, wall
+
+    busy0 = sim.busy_seconds
+    batches, wall = asyncio.run(loop())
+    return Outcome(
+        capacity=(sim.busy_seconds - busy0) / (sim.slots * wall),
+        overshoot=0.0,  # it sends whole batches and uses them all
+        records_per_second=batches.num_valid_records / wall,
+        prompts_sent=batches.num_prompts,
+        prompts_used=batches.num_prompts,
+    )
+
+
+def records_for(seconds: float, slots: int, mean: float, share: float) -> int:
+    """A target that keeps ``share`` of the slots busy for about ``seconds``."""
+    return int(seconds * share * slots / mean * RECORDS_PER_PROMPT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="rough length of each run")
+    parser.add_argument("--mean", type=float, default=0.5)
+    parser.add_argument("--sigma", type=float, default=0.6)
+    args = parser.parse_args()
+    run = run_dir()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"simulated vLLM: lognormal completions, mean {args.mean} s, sigma {args.sigma}; engine defaults")
+    print(f"{'slots':>5}  {'loop':<8} {'capacity':>9} {'overshoot':>9} {'records/s':>10} {'sent':>7} {'used':>7}")
+    ratios = []
+    for slots in (256, 16):
+        sim = SimulatedVllm(slots, mean=args.mean, sigma=args.sigma, seed=slots)
+        new = ours(run, sim, records_for(args.seconds, slots, args.mean, 0.95))
+        old = barrier(sim, records_for(args.seconds / 2, slots, args.mean, 0.15 if slots > 100 else 0.5))
+        for name, o in (("engine", new), ("barrier", old)):
+            print(f"{slots:>5}  {name:<8} {o.capacity:>9.1%} {o.overshoot:>9.2%} {o.records_per_second:>10.0f} "
+                  f"{o.prompts_sent:>7} {o.prompts_used:>7}")  # fmt: skip
+        ratios.append((slots, new.capacity / old.capacity, new))
+    for slots, ratio, new in ratios:
+        goal = " (goal >= 90 %, overshoot <= 5 %)" if slots == 256 else ""
+        print(f"{slots} slots: engine uses {new.capacity:.1%} of capacity, {ratio:.1f}x the barrier loop; "
+              f"overshoot {new.overshoot:.2%}{goal}")  # fmt: skip
+    small = ours(run, SimulatedVllm(256, mean=args.mean, sigma=args.sigma, seed=7), 10)
+    print(f"a 10-record job: {small.prompts_sent} prompts sent, {small.prompts_used} used (the barrier loop: 100)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""The generation engine: a scheduler that keeps the server full, and NSS's accounting over its stream.
+
+Layering: the engine knows jobs, windows and the transport's typed errors
+(never HTTP status codes); ``RemoteBackend`` wires it to a run directory.
+"""
+
+from ._accounting import Progress, TabularJobs
+from ._scheduler import EngineStats, Job, JobSource, Scheduler
+from ._window import Gate, WindowPolicy, WindowSettings
+
+__all__ = [
+    "EngineStats",
+    "Gate",
+    "Job",
+    "JobSource",
+    "Progress",
+    "Scheduler",
+    "TabularJobs",
+    "WindowPolicy",
+    "WindowSettings",
+]

@@ -1,0 +1,165 @@
+"""Tabular (and grouped) accounting: NSS's batch rules applied to completions as they arrive.
+
+NSS generates a batch, waits for all of it, then decides. Here the requests run
+on without a barrier, and the decisions are taken on *logical* batches:
+completions are numbered in the order they come back and fill the open batch;
+it closes when it holds ``get_next_num_prompts()`` completions (NSS's size,
+from the completions used so far), and ``GenerationBatches.add_batch`` applies
+NSS's data actions and stop rules to it. One deviation, to stop at the target
+rather than at a batch end: the open batch also closes as soon as the records
+accepted reach the target. The job is done at the target or on a stop
+condition; what arrives after that is discarded, and counts nowhere.
+
+How much to send ahead is the demand: with a yield of ``y`` valid records per
+completion so far, ``ceil(remaining / y)`` prompts, less those already out.
+Before any record has been accepted there is no yield: the open batch (NSS's
+first 100 prompts) is the most that is sent, and a small target gets one prompt
+per record it asks for; until the first completions are back, jobs are small,
+so that the yield is known (and the window can open) after the fastest few.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .._batch import Batch, valid_fraction
+from .._client import Completion
+from .._records import ParsedResponse
+from .._results import GenerationBatches
+from ._scheduler import Job
+
+__all__ = ["Progress", "TabularJobs"]
+
+logger = logging.getLogger("remote_synth.engine")
+
+FIRST_JOB_PROMPTS = 5
+"""Prompts per job before any completion is back (a request returns when its slowest prompt does)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a ``generate()`` call stands after a (logical) batch."""
+
+    batch: int
+    valid: int
+    invalid: int
+    target: int
+    prompts: int
+    elapsed: float
+
+    @property
+    def valid_fraction(self) -> float:
+        return valid_fraction(self.valid, self.invalid)
+
+    @property
+    def records_per_second(self) -> float:
+        return self.valid / self.elapsed if self.elapsed > 0 else 0.0
+
+
+class TabularJobs:
+    """A ``JobSource`` for tabular and grouped runs: the same prompt, NSS's batches and stop rules.
+
+    ```python
+    jobs = TabularJobs(batches, processor, prompt, body, target=1000)
+    await Scheduler(client, adapter, window).run(jobs)
+    jobs.flush()            # a partial batch (failure, interrupt) still reaches the results
+    ```
+    """
+
+    def __init__(
+        self,
+        batches: GenerationBatches,
+        processor: Callable[[int, str], ParsedResponse],
+        prompt: str,
+        params: Mapping[str, object],
+        target: int,
+        *,
+        detailed_errors: bool = False,
+        on_batch: Callable[[Progress], None] | None = None,
+        first_job_prompts: int = FIRST_JOB_PROMPTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.batches = batches
+        self.processor = processor
+        self.prompt = prompt
+        self.params = params
+        self.target = target
+        self.detailed_errors = detailed_errors
+        self.on_batch = on_batch
+        self.first_job_prompts = first_job_prompts
+        self._clock = clock
+        self._started = clock()
+        self._open = Batch(processor)
+        self._open_size = batches.get_next_num_prompts()
+
+    # -- what the scheduler asks -------------------------------------------------------------
+
+    @property
+    def valid(self) -> int:
+        """Valid records accepted so far, the open batch included."""
+        return self.batches.num_valid_records + self._open.num_valid_records
+
+    @property
+    def used(self) -> int:
+        """Completions used so far (NSS's ``num_prompts``), the open batch included."""
+        return self.batches.num_prompts + self._open.num_prompts
+
+    @property
+    def done(self) -> bool:
+        return self.batches.is_stopped or self.valid >= self.target
+
+    def demand(self, outstanding: int) -> int:
+        if self.done:
+            return 0
+        return max(0, self.expected_prompts_left() - outstanding)
+
+    def expected_prompts_left(self) -> int:
+        """Completions still needed to finish, at the yield seen so far (at least one)."""
+        remaining = self.target - self.valid
+        if self.valid == 0:  # no yield yet: at most the open (first) batch, one prompt per record
+            return max(1, min(self._open_size - self._open.num_prompts, remaining))
+        per_prompt = self.valid / self.used
+        return max(1, math.ceil(remaining / per_prompt))
+
+    def next_job(self, prompts: int) -> Job:
+        """Small jobs until the first completions are in: a small request returns sooner, with the yield."""
+        if self.used == 0:
+            prompts = min(prompts, self.first_job_prompts)
+        return Job(prompts=[self.prompt] * prompts, params=self.params)
+
+    def complete(self, job: Job, completions: Sequence[Completion]) -> None:
+        for completion in completions:
+            if self.done:
+                return
+            self._open.process(self._open.num_prompts, completion.text)
+            if self._open.num_prompts >= self._open_size or self.valid >= self.target:
+                self._close()
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Close a partly filled batch, so what it accepted is in the results (NSS would drop it)."""
+        if self._open.num_prompts:
+            self._close()
+
+    def _close(self) -> None:
+        batch, self._open = self._open, Batch(self.processor)
+        self.batches.add_batch(batch)
+        batch.log_summary(detailed_errors=self.detailed_errors)
+        self._open_size = self.batches.get_next_num_prompts()
+        progress = Progress(
+            batch=self.batches.num_batches,
+            valid=self.batches.num_valid_records,
+            invalid=self.batches.num_invalid_records,
+            target=self.target,
+            prompts=self.batches.num_prompts,
+            elapsed=self._clock() - self._started,
+        )
+        logger.info("progress: %d/%d valid records, %.0f records/s", progress.valid, progress.target,
+                    progress.records_per_second)  # fmt: skip
+        if self.on_batch is not None:
+            self.on_batch(progress)

@@ -1,0 +1,216 @@
+"""The scheduler: keeps the server's window full with jobs from a producer, across batch boundaries.
+
+A ``JobSource`` (tabular accounting today, time series later) says how many more
+prompts it wants and hands out jobs; the scheduler sends each job as one request
+while the ``Gate`` has room, passes every completed job back at once, polls the
+server's load to size the window, and stops when the source is done, cancelling
+whatever is still in flight (vLLM aborts a request whose client goes away).
+
+Retries happen outside the window: a request sleeping in backoff gives its
+prompts back to the gate, and queues for them again before its next attempt.
+A request that fails for good ends the run; every job that completed before it
+has already been handed to the source, so nothing it produced is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .._client import Completion, InferenceClient, RetryPolicy
+from .._exceptions import APIError, ServerOverloadedError
+from ._window import Gate, WindowPolicy
+
+__all__ = ["EngineStats", "Job", "JobSource", "Scheduler"]
+
+logger = logging.getLogger("remote_synth.engine")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Job:
+    """Prompts that go out as one request, with their sampling fields."""
+
+    prompts: Sequence[str]
+    params: Mapping[str, object]
+    """Every sampling field of the request body except ``model``, ``prompt`` and ``n``."""
+
+    @property
+    def size(self) -> int:
+        return len(self.prompts)
+
+
+class JobSource(Protocol):
+    """What the scheduler drives: a producer of jobs that also consumes their completions."""
+
+    @property
+    def done(self) -> bool:
+        """No more completions are wanted (target reached or a stop condition)."""
+
+    def demand(self, outstanding: int) -> int:
+        """Prompts wanted beyond the ``outstanding`` ones already sent or being sent."""
+
+    def next_job(self, prompts: int) -> Job:
+        """A job of (at most) ``prompts`` prompts."""
+
+    def complete(self, job: Job, completions: Sequence[Completion]) -> None:
+        """A job's completions, in prompt order, as soon as its request returns."""
+
+
+@dataclass
+class EngineStats:
+    """What one run sent and what came of it (prompts, not requests, unless named so)."""
+
+    requests: int = 0
+    prompts_sent: int = 0
+    prompts_completed: int = 0
+    prompts_discarded: int = 0
+    """Cancelled in flight at the end, or completed after the source was done: sent, never used."""
+    retries: int = 0
+    overloads: int = 0
+    window_samples: list[int] = field(default_factory=list)
+    """The window's limit at each load reading (for benchmarks and logs)."""
+
+
+class Scheduler:
+    """Runs a ``JobSource`` to its end against one server.
+
+    ```python
+    scheduler = Scheduler(client, "nss-adapter", WindowPolicy(WindowSettings()))
+    stats = await scheduler.run(source)     # returns when source.done; raises what failed for good
+    ```
+    """
+
+    def __init__(
+        self,
+        client: InferenceClient,
+        model: str,
+        window: WindowPolicy,
+        *,
+        retry: RetryPolicy | None = None,
+        prompts_per_request: int = 25,
+        load_interval: float = 0.2,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if prompts_per_request < 1:
+            raise ValueError("prompts_per_request must be at least 1")
+        self.client = client
+        self.model = model
+        self.window = window
+        self.retry = retry or client.retry
+        self.prompts_per_request = prompts_per_request
+        self.load_interval = load_interval
+        self._sleep = sleep
+        self.stats = EngineStats()
+        self._wake = asyncio.Event()
+        self._gate = Gate(window.limit, on_release=self._wake.set)
+        self._running: dict[asyncio.Task[Sequence[Completion]], Job] = {}
+
+    @property
+    def in_flight(self) -> int:
+        """Prompts at the server now (not those sleeping in a retry backoff)."""
+        return self._gate.in_flight
+
+    @property
+    def outstanding(self) -> int:
+        """Prompts sent or still to be sent again: every job not yet handed back."""
+        return sum(job.size for job in self._running.values())
+
+    async def run(self, source: JobSource) -> EngineStats:
+        """Send jobs until ``source.done``; cancel what is left in flight, also on failure."""
+        watcher = asyncio.create_task(self._watch_load())
+        try:
+            while not source.done:
+                self._fill(source)
+                if not self._running:
+                    raise RuntimeError("the job source wants nothing more but is not done")
+                await self._wake.wait()
+                self._wake.clear()
+                self._collect(source)
+        finally:
+            watcher.cancel()
+            await self._cancel_all()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        return self.stats
+
+    def _fill(self, source: JobSource) -> None:
+        """Start jobs while the source wants prompts and the window has room for a request."""
+        while not source.done:
+            size = min(self.prompts_per_request, source.demand(self.outstanding))
+            if size < 1 or (size > self._gate.room() and self._gate.in_flight > 0):
+                return
+            job = source.next_job(size)
+            self._gate.take(job.size)
+            task = asyncio.create_task(self._send(job))
+            task.add_done_callback(lambda _: self._wake.set())
+            self._running[task] = job
+            self.stats.requests += 1
+            self.stats.prompts_sent += job.size
+
+    def _collect(self, source: JobSource) -> None:
+        """Hand every finished job to the source; the first failure ends the run."""
+        for task in [t for t in self._running if t.done()]:
+            job = self._running.pop(task)
+            if task.cancelled():
+                continue
+            error = task.exception()
+            if error is not None:
+                raise error
+            self.stats.prompts_completed += job.size
+            self._gate.resize(self.window.completed(job.size))
+            if not source.done:
+                source.complete(job, task.result())
+            else:
+                self.stats.prompts_discarded += job.size  # arrived after the end: not used
+
+    async def _send(self, job: Job) -> Sequence[Completion]:
+        """One job, retried by the policy; between attempts it holds no room in the window."""
+        body = {**job.params, "model": self.model, "prompt": list(job.prompts), "n": 1}
+        holding = True  # the scheduler reserved the first attempt's room
+        async for attempt in self.retry.retrying(sleep=self._sleep):
+            with attempt:
+                if not holding:
+                    self.stats.retries += 1
+                    await self._gate.acquire(job.size)
+                    holding = True
+                try:
+                    return await self.client.send_completions(body)
+                except ServerOverloadedError:
+                    self.stats.overloads += 1
+                    self._gate.resize(self.window.overloaded())
+                    raise
+                finally:
+                    self._gate.release(job.size)
+                    holding = False
+        raise AssertionError("unreachable: the retry policy reraises the last error")
+
+    async def _watch_load(self) -> None:
+        """Size the window from the server's queue; stop at once if the server has no metrics."""
+        while True:
+            try:
+                load = await self.client.load()
+            except APIError as exc:
+                logger.debug("no load reading this time: %s", exc)
+            else:
+                self._gate.resize(self.window.observe(load, self._gate.in_flight))
+                if not self.window.metrics:
+                    logger.info("the server publishes no vLLM metrics: a fixed window of %d prompts", self._gate.limit)
+                    return
+                self.stats.window_samples.append(self._gate.limit)
+                self._wake.set()
+            await self._sleep(self.load_interval)
+
+    async def _cancel_all(self) -> None:
+        tasks = list(self._running)
+        for task in tasks:
+            if not task.done():
+                self.stats.prompts_discarded += self._running[task].size
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._running.clear()

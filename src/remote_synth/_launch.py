@@ -1,0 +1,79 @@
+"""How a run directory's adapter is served: its name, and the settings that launch vLLM for it.
+
+Plain functions of a run directory and settings, so ``serve``, the tests and the
+benchmarks need no backend to launch a server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ._config import GenerateParameters, RemoteSettings
+from ._exceptions import ConfigError
+from ._rundir import ModelMetadata, RunDirectory
+from ._server import ServerSettings
+
+__all__ = ["adapter_name_for", "launch_settings", "structured_outputs_backend"]
+
+
+def adapter_name_for(run: RunDirectory) -> str:
+    """A name that is the same wherever the run directory is copied (laptop, GPU host, container)."""
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "dataset_schema.json"):
+        digest.update((run.adapter_dir / name).read_bytes())
+    return "nss-" + digest.hexdigest()[:12]
+
+
+def launch_settings(
+    run: RunDirectory,
+    settings: RemoteSettings | None = None,
+    config: GenerateParameters | None = None,
+    metadata: ModelMetadata | None = None,
+) -> ServerSettings:
+    """The vLLM launch for ``run``'s adapter (``base_model``, port, key… from ``settings``)."""
+    s = settings if settings is not None else RemoteSettings()
+    params = config if config is not None else GenerateParameters.resolve(run.config.generation)
+    meta = metadata if metadata is not None else run.metadata
+    if run.adapter_config.modules_to_save:
+        raise ConfigError(f"{run.adapter_dir}: adapters with modules_to_save cannot be served by vLLM")
+    model = s.base_model or meta.model_name_or_path
+    return ServerSettings(
+        model=model,
+        adapter_name=s.adapter_name or adapter_name_for(run),
+        adapter_path=run.adapter_dir,
+        max_lora_rank=run.adapter_config.r,
+        max_model_len=s.max_model_len or _fitting_context(model, meta),
+        max_num_seqs=s.max_num_seqs,
+        host=s.host,
+        port=s.port,
+        api_key=s.api_key.get_secret_value() if s.api_key else None,
+        dtype=s.dtype,
+        structured_outputs_backend=structured_outputs_backend(params),
+        log_file=s.server_log or run.path / "generate" / "logs" / "vllm-server.log",
+        startup_timeout=s.startup_timeout,
+    )
+
+
+def structured_outputs_backend(config: GenerateParameters) -> str:
+    """NSS's choice, except that json_schema on "auto" becomes xgrammar, which can forbid white space."""
+    backend = config.structured_generation_backend
+    if backend == "auto" and config.structured_generation_schema_method == "json_schema":
+        return "xgrammar"
+    return backend
+
+
+def _fitting_context(model: str, metadata: ModelMetadata) -> int | None:
+    """``--max-model-len`` for a launched server: NSS's max_seq_length when the base allows it.
+
+    Only a local base model's config can be read offline; otherwise vLLM decides.
+    """
+    config_file = Path(model) / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        native = int(json.loads(config_file.read_text())["max_position_embeddings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return min(native, metadata.max_seq_length)

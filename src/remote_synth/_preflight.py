@@ -1,0 +1,134 @@
+"""Before generating: is the server healthy, is the adapter served, does the prompt fit, do constraints bite.
+
+The answers are a ``ServerInfo``; every problem is one typed error that names the
+server. Library messages say what is wrong; the CLI adds what to type.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._client import Completion, InferenceClient
+from ._exceptions import APIConnectionError, AuthenticationError, BadRequestError, NotFoundError, ServerCheckError
+
+__all__ = ["ServerInfo", "check_server"]
+
+logger = logging.getLogger("remote_synth.preflight")
+
+PROBE_REGEX = "remote-synth-probe-[0-9]{4}"
+PROBE_VALUE = "rs-probe"
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What generation needs to know about the server."""
+
+    context: int | None
+    """The adapter's context length (``max_model_len``), when the server says."""
+    prompt_tokens: int
+
+    def clamp_max_tokens(self, wanted: int) -> int:
+        """Deviation from NSS: a server rejects prompt + max_tokens > context, so fit it."""
+        if self.context is None:
+            return wanted
+        room = self.context - self.prompt_tokens
+        if wanted > room:
+            logger.info("max_tokens %d clamped to %d (server context %d, prompt %d tokens)", wanted, room,
+                        self.context, self.prompt_tokens)  # fmt: skip
+            return room
+        return wanted
+
+
+async def check_server(
+    client: InferenceClient, adapter: str, prompt: str, structured_outputs: Mapping[str, Any] | None
+) -> ServerInfo:
+    """Health, the adapter in ``/v1/models``, the prompt's length, and structured outputs."""
+    health = await client.health()
+    if health >= 500:  # 404: a gateway without /health; 0: no answer, which /v1/models reports below
+        raise ServerCheckError(f"the server at {client.base_url} is not healthy (/health answered HTTP {health})")
+    by_id = await _served_models(client)
+    if adapter not in by_id:
+        served = ", ".join(sorted(str(k) for k in by_id)) or "nothing"
+        raise NotFoundError(
+            f"adapter {adapter!r} is not served by {client.base_url} (it serves: {served}); "
+            "pass the served name with --adapter-name, or launch it with `remote-synth serve RUN_DIR`",
+            status_code=404,
+        )
+    info = ServerInfo(
+        context=_context_length(by_id, adapter), prompt_tokens=await client.count_prompt_tokens(adapter, prompt)
+    )
+    if info.context is not None and info.context - info.prompt_tokens < 1:
+        raise ServerCheckError(
+            f"the prompt ({info.prompt_tokens} tokens) does not fit the server's context ({info.context}); "
+            "launch the server with a larger --max-model-len"
+        )
+    if structured_outputs is not None:
+        await _check_structured_outputs(client, adapter, prompt, structured_outputs, info)
+    return info
+
+
+async def _served_models(client: InferenceClient) -> dict[Any, dict[str, Any]]:
+    try:
+        models = await client.models()
+    except APIConnectionError as exc:
+        raise type(exc)(
+            f"cannot reach a server at {client.base_url} ({exc}); check --base-url and that it runs"
+        ) from None
+    except AuthenticationError as exc:
+        raise AuthenticationError(
+            f"the server at {client.base_url} refused the API key (HTTP {exc.status_code}); "
+            "pass the right key with --api-key-env NAME or REMOTE_SYNTH_API_KEY",
+            status_code=exc.status_code,
+        ) from None
+    return {m.get("id"): m for m in models}
+
+
+async def _check_structured_outputs(
+    client: InferenceClient, adapter: str, prompt: str, constraint: Mapping[str, Any], info: ServerInfo
+) -> None:
+    """Old servers and gateways drop unknown fields silently: make sure the constraint bites."""
+    json_method = "json" in constraint
+    probe: dict[str, Any] = (
+        {"json": {"type": "object", "properties": {"probe": {"enum": [PROBE_VALUE]}}, "required": ["probe"]}}
+        if json_method
+        else {"regex": PROBE_REGEX}
+    )
+    base = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_tokens": info.clamp_max_tokens(64)}
+    try:
+        answer = (await client.complete_many(adapter, [prompt], {**base, "structured_outputs": probe}))[0]
+        await client.complete_many(adapter, [prompt], {**base, "max_tokens": 1, "structured_outputs": dict(constraint)})
+    except BadRequestError as exc:
+        raise ServerCheckError(
+            f"the server rejected the structured-output constraint ({exc}); "
+            "try structured_generation_schema_method='json_schema' or turn structured generation off"
+        ) from None
+    if not _obeys_probe(answer, json_method):
+        raise ServerCheckError(
+            f"the server at {client.base_url} ignored `structured_outputs` (vLLM older than 0.12, or a "
+            "gateway that drops unknown fields): upgrade the server or turn structured generation off"
+        )
+
+
+def _context_length(models: Mapping[Any, Mapping[str, Any]], adapter: str) -> int | None:
+    entry = models[adapter]
+    for candidate in (entry, models.get(entry.get("parent")), models.get(entry.get("root"))):
+        if candidate and isinstance(candidate.get("max_model_len"), int):
+            return int(candidate["max_model_len"])
+    lengths = [m["max_model_len"] for m in models.values() if isinstance(m.get("max_model_len"), int)]
+    return min(lengths) if lengths else None
+
+
+def _obeys_probe(answer: Completion, json_method: bool) -> bool:
+    """A constrained answer is the probe's (or, cut by max_tokens, its beginning); a free one is not."""
+    if not json_method:
+        return re.fullmatch(PROBE_REGEX, answer.text.strip()) is not None
+    compact = re.sub(r"\s+", "", answer.text)
+    expected = json.dumps({"probe": PROBE_VALUE}, separators=(",", ":"))
+    return compact == expected or (
+        answer.finish_reason == "length" and len(compact) > 1 and expected.startswith(compact)
+    )

@@ -1,0 +1,95 @@
+"""Sampling: NSS's ``prepare_params`` names onto vLLM's fields, and the body every request carries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._config import GenerateParameters
+from ._exceptions import ConfigError
+from ._preflight import ServerInfo
+
+__all__ = ["MAPPED_FIELDS", "PASSTHROUGH_FIELDS", "request_body", "sampling_fields"]
+
+#: vLLM sampling fields ``prepare_params`` passes through under their own names.
+PASSTHROUGH_FIELDS = frozenset(
+    {"top_p", "top_k", "min_p", "repetition_penalty", "seed", "stop", "stop_token_ids", "presence_penalty",
+     "frequency_penalty", "ignore_eos", "skip_special_tokens", "include_stop_str_in_output"}
+)  # fmt: skip
+#: NSS names that map onto other fields (``_get_api_param_mapping``).
+MAPPED_FIELDS = frozenset({"max_new_tokens", "temperature", "do_sample", "num_beams", "early_stopping", "eos_token_id"})
+
+
+def sampling_fields(kwargs: Mapping[str, Any], config: GenerateParameters) -> dict[str, Any]:
+    """``prepare_params`` keyword arguments as request fields; unknown names are an error.
+
+    ``max_new_tokens`` → ``max_tokens``; ``do_sample=False`` → temperature 0;
+    ``eos_token_id`` → ``stop_token_ids``; ``num_beams`` 1 and ``early_stopping``
+    are accepted and dropped.
+    """
+    unknown = sorted(set(kwargs) - PASSTHROUGH_FIELDS - MAPPED_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"unknown sampling parameter(s) {unknown}; known: {sorted(PASSTHROUGH_FIELDS | MAPPED_FIELDS)}"
+        )
+    fields = {k: v for k, v in kwargs.items() if k in PASSTHROUGH_FIELDS}
+    temperature = _resolve_temperature(kwargs, config.temperature)
+    checked: dict[str, Any] = {
+        "temperature": temperature,
+        **{k: fields[k] for k in ("top_p", "repetition_penalty") if k in fields},
+    }
+    GenerateParameters.resolve(overrides=checked, use_env=False)  # ranges, with field-named errors
+    fields["temperature"] = temperature
+    if (beams := kwargs.get("num_beams", 1)) not in (None, 1):
+        raise ConfigError(f"num_beams={beams}: beam search is not supported by the remote backend; use 1")
+    if "max_new_tokens" in kwargs:
+        max_new = kwargs["max_new_tokens"]
+        if not isinstance(max_new, int) or max_new < 1:
+            raise ConfigError(f"max_new_tokens must be a positive integer (got {max_new!r})")
+        fields["max_tokens"] = max_new
+    if "eos_token_id" in kwargs:
+        eos = kwargs["eos_token_id"]
+        fields["stop_token_ids"] = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    return fields
+
+
+def request_body(
+    config: GenerateParameters,
+    *,
+    max_seq_length: int,
+    keep_special_tokens: bool,
+    server: ServerInfo,
+    params: Mapping[str, Any] | None = None,
+    structured_outputs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every sampling field, explicitly (unset fields would take the server's defaults)."""
+    body: dict[str, Any] = {
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "top_k": -1,
+        "min_p": 0.0,
+        "repetition_penalty": config.repetition_penalty,
+        "max_tokens": max_seq_length,
+        "skip_special_tokens": not keep_special_tokens,
+        "include_stop_str_in_output": keep_special_tokens,
+        "ignore_eos": False,
+    }
+    body.update(params or {})
+    body["max_tokens"] = server.clamp_max_tokens(int(body["max_tokens"]))
+    if structured_outputs is not None:
+        body["structured_outputs"] = dict(structured_outputs)
+    return body
+
+
+def _resolve_temperature(kwargs: Mapping[str, Any], default: float) -> float:
+    """NSS's rules, without its quirk that an int temperature silently became 0.9."""
+    temperature = kwargs.get("temperature")
+    if kwargs.get("do_sample", True) is False:
+        if temperature not in (None, 0, 0.0):
+            raise ConfigError(f"do_sample=False with temperature={temperature}: a nonzero temperature needs sampling")
+        return 0.0
+    if temperature is None:
+        return default
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ConfigError(f"temperature must be a number (got {temperature!r})")
+    return float(temperature)

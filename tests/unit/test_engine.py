@@ -1,0 +1,314 @@
+"""The generation engine against fakes: window policy, gate, NSS accounting, and the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import httpx
+import pytest
+from fakes.sim_vllm import SimulatedVllm
+
+from remote_synth import (
+    BadRequestError,
+    GenerationBatches,
+    GenerationStatus,
+    InferenceClient,
+    RetryPolicy,
+    ServerLoad,
+    TabularDataProcessor,
+)
+from remote_synth._engine import Gate, Progress, Scheduler, TabularJobs, WindowPolicy, WindowSettings
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}, "c": {"enum": ["x", "y"]}},
+    "required": ["n", "c"],
+}
+FIVE = '{"n":1,"c":"x"}\n' * 5
+BAD = '{"n":"no","c":"x"}\n'
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+def jobs(target: int, *, on_batch: Callable[[Progress], None] | None = None, first_job: int = 10**6) -> TabularJobs:
+    """A source whose jobs are as large as the scheduler asks (``first_job``: the cap before any completion)."""
+    batches = GenerationBatches(target_num_records=target, invalid_fraction_threshold=0.8, patience=3)
+    return TabularJobs(batches, TabularDataProcessor(SCHEMA), "P", {"max_tokens": 10}, target, on_batch=on_batch,
+                       first_job_prompts=first_job)  # fmt: skip
+
+
+def scheduler(transport: httpx.AsyncBaseTransport, window: int, *, ppr: int = 10, **kw: Any) -> Scheduler:
+    client = InferenceClient("http://sim", transport=transport)
+    policy = WindowPolicy(WindowSettings(initial=window, maximum=max(window, 4096), step=ppr))
+    retry = kw.pop("retry", RetryPolicy(max_attempts=1))
+    return Scheduler(client, "nss-adapter", policy, retry=retry, prompts_per_request=ppr, **kw)
+
+
+# -- the window policy (pure) ---------------------------------------------------------------
+
+
+def test_slow_start_grows_until_a_queue_then_cuts_by_the_excess_and_holds() -> None:
+    policy = WindowPolicy(WindowSettings(initial=100, maximum=10_000, step=25, queue_fraction=0.05))
+    assert policy.observe(ServerLoad(running=100, waiting=0), in_flight=100) == 150
+    assert policy.observe(ServerLoad(running=150, waiting=0), in_flight=150) == 225
+    # a queue of 60 over an allowance of max(25, 5% of 256): cut by 60 - 25 from what is in flight
+    assert policy.observe(ServerLoad(running=256, waiting=60), in_flight=225) == 225 - 35
+    # the same queue seen again before the cut took effect is not counted twice
+    assert policy.observe(ServerLoad(running=256, waiting=60), in_flight=200) == 190
+    # once in flight has come down, a queue below the allowance: grow by a step (no more slow start)
+    assert policy.observe(ServerLoad(running=256, waiting=0), in_flight=190) == 215
+    assert policy.observe(ServerLoad(running=256, waiting=10), in_flight=215) == 240
+
+
+def test_window_does_not_grow_when_demand_not_the_window_limits() -> None:
+    policy = WindowPolicy(WindowSettings(initial=100, step=25))
+    assert policy.observe(ServerLoad(running=10, waiting=0), in_flight=10) == 100
+
+
+def test_a_queue_at_the_allowance_holds_the_window() -> None:
+    policy = WindowPolicy(WindowSettings(initial=300, step=25, queue_fraction=0.25))
+    assert policy.observe(ServerLoad(running=256, waiting=64), in_flight=300) == 300  # 25 % of 256
+
+
+def test_overload_halves_within_bounds_and_no_metrics_means_fixed_then_recovers() -> None:
+    policy = WindowPolicy(WindowSettings(initial=64, minimum=8, step=8))
+    assert policy.observe(None, in_flight=64) == 64 and not policy.metrics
+    assert policy.overloaded() == 32
+    assert policy.overloaded() == 16
+    assert policy.overloaded() == 8
+    assert policy.overloaded() == 8  # never below the minimum
+    assert policy.completed(8) == 16  # a window's worth of completions wins back one step
+    for _ in range(50):
+        policy.completed(8)
+    assert policy.limit == 64  # never above the fixed window
+
+
+def test_window_bounds_are_checked() -> None:
+    with pytest.raises(ValueError, match="window bounds"):
+        WindowSettings(initial=10, maximum=5)
+
+
+# -- the gate ---------------------------------------------------------------------------------
+
+
+def test_gate_serves_retries_before_new_work_and_forgets_cancelled_waiters() -> None:
+    async def scenario() -> None:
+        gate = Gate(limit=10)
+        gate.take(10)
+        waiter = asyncio.create_task(gate.acquire(4))
+        await asyncio.sleep(0)
+        assert gate.room() == -4  # the waiting retry is counted: no new work starts ahead of it
+        gate.release(3)
+        await asyncio.sleep(0)
+        assert not waiter.done()  # 7 + 4 > 10
+        gate.release(3)
+        await asyncio.sleep(0)
+        assert waiter.done() and gate.in_flight == 4 + 4
+        blocked = asyncio.create_task(gate.acquire(5))
+        await asyncio.sleep(0)
+        assert gate.room() == 10 - 8 - 5
+        blocked.cancel()
+        await asyncio.gather(blocked, return_exceptions=True)
+        assert gate.room() == 2 and gate.in_flight == 8
+
+    run(scenario())
+
+
+# -- accounting: NSS's rules over the stream --------------------------------------------------
+
+
+def test_logical_batches_keep_nss_sizes_and_stop_rules() -> None:
+    """One perfect batch, then nothing valid: NSS stops after six more batches (§3.5)."""
+    source = jobs(target=10**6)
+    texts = iter([FIVE] * 100 + [BAD] * 10_000)
+    sizes = []
+    while not source.done:
+        sizes.append(source._open_size)
+        job = source.next_job(1)
+        source.complete(job, [_completion(next(texts))])
+    batches = source.batches
+    assert batches.status is GenerationStatus.STOP_METRIC_REACHED
+    assert batches.num_batches == 7
+    assert batches.batch_valid_record_fractions == [1.0] + [0.0] * 6
+    assert batches.num_prompts == 700  # every batch 100: the remaining target is huge
+
+
+def test_the_open_batch_closes_at_the_target_and_later_completions_count_nowhere() -> None:
+    seen: list[Progress] = []
+    source = jobs(target=12, on_batch=seen.append)
+    job = source.next_job(4)
+    source.complete(job, [_completion(FIVE)] * 4)
+    assert source.done and source.batches.num_prompts == 3 and source.batches.num_valid_records == 15
+    assert [p.valid for p in seen] == [15]
+    source.complete(job, [_completion(FIVE)])
+    assert source.batches.num_prompts == 3
+
+
+def test_demand_uses_the_observed_yield_and_no_more_than_the_first_batch_before_it() -> None:
+    source = jobs(target=1000)
+    assert source.demand(outstanding=0) == 100  # NSS's first batch, no yield known yet
+    assert source.demand(outstanding=60) == 40
+    assert jobs(target=10).demand(outstanding=0) == 10  # a small target: one prompt per record at most
+    assert [jobs(target=1000, first_job=5).next_job(25).size for _ in range(2)] == [5, 5]  # small until a yield
+    source.complete(source.next_job(2), [_completion(FIVE), _completion(FIVE)])  # 5 per completion
+    assert source.demand(outstanding=0) == 198  # 990 remaining / 5
+    assert source.demand(outstanding=150) == 48
+
+
+def _completion(text: str) -> Any:
+    from remote_synth._client import Completion
+
+    return Completion(text=text)
+
+
+# -- the scheduler against fakes -----------------------------------------------------------
+
+
+class HeldServer(httpx.AsyncBaseTransport):
+    """Completions wait until the test answers them; cancellations are counted."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[dict, asyncio.Future[httpx.Response]]] = []
+        self.cancelled = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/metrics":
+            return httpx.Response(404)
+        body = json.loads(await request.aread())
+        future: asyncio.Future[httpx.Response] = asyncio.get_running_loop().create_future()
+        self.pending.append((body, future))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    def answer(self, i: int, text: str = FIVE, status: int = 200) -> None:
+        body, future = self.pending[i]
+        choices = [{"index": k, "text": text} for k in range(len(body["prompt"]))]
+        future.set_result(httpx.Response(status, json={"choices": choices} if status == 200 else {"message": "no"}))
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+def test_a_stop_cancels_what_is_in_flight() -> None:
+    async def scenario() -> tuple[HeldServer, TabularJobs, Any]:
+        server, source = HeldServer(), jobs(target=50)
+        sched = scheduler(server, window=40, ppr=10)
+        task = asyncio.create_task(sched.run(source))
+        await until(lambda: len(server.pending) == 4)  # 50 prompts wanted, 40 fit the window
+        server.answer(2)  # 10 completions x 5 records: the target
+        stats = await task
+        return server, source, stats
+
+    server, source, stats = run(scenario())
+    assert source.done and source.batches.num_valid_records == 50
+    assert server.cancelled == 3 and stats.prompts_discarded == 30
+    assert stats.prompts_sent == 40
+
+
+def test_a_failing_request_does_not_discard_its_siblings() -> None:
+    async def scenario() -> TabularJobs:
+        server, source = HeldServer(), jobs(target=1000)
+        sched = scheduler(server, window=30, ppr=10)
+        task = asyncio.create_task(sched.run(source))
+        await until(lambda: len(server.pending) == 3)
+        server.answer(0)
+        await until(lambda: source.used == 10)
+        server.answer(1, status=400)
+        with pytest.raises(BadRequestError):
+            await task
+        unanswered = [f for _, f in server.pending if not f.done() or f.cancelled()]
+        assert len(server.pending) == 4 and server.cancelled == len(unanswered) == 2  # the refill too
+        return source
+
+    source = run(scenario())
+    source.flush()
+    assert source.batches.num_valid_records == 50 and source.batches.num_prompts == 10
+
+
+def test_a_request_in_backoff_holds_no_room_and_overload_halves_the_window() -> None:
+    holding_during_backoff: list[int] = []
+    limit_during_backoff: list[int] = []
+
+    async def scenario() -> Any:
+        server, source = HeldServer(), jobs(target=20)
+
+        async def sleep(seconds: float) -> None:
+            holding_during_backoff.append(sched.in_flight)
+            limit_during_backoff.append(sched.window.limit)
+            server.pending.clear()
+
+        sched = scheduler(server, window=40, ppr=10, sleep=sleep, retry=RetryPolicy(max_attempts=2))
+        task = asyncio.create_task(sched.run(source))
+        await until(lambda: len(server.pending) == 2)  # 20 prompts: two requests
+        first = server.pending[1]
+        server.answer(0, status=503)
+        await until(lambda: len(server.pending) == 1 and server.pending[0] is not first)
+        server.answer(0)  # the retried request
+        await until(lambda: len(server.pending) == 0 or source.done)
+        if not source.done:
+            first[1].set_result(httpx.Response(200, json={"choices": [{"index": k, "text": FIVE} for k in range(10)]}))
+        return await task, sched
+
+    stats, sched = run(scenario())
+    assert holding_during_backoff and holding_during_backoff[0] == 10  # only the sibling's 10 prompts
+    assert stats.retries == 1 and stats.overloads == 1
+    assert limit_during_backoff == [20]  # 40 halved by the 503
+
+
+def test_the_window_stays_full_across_batch_boundaries() -> None:
+    """At every logical batch close the rest of the window is still at the server (a barrier: none)."""
+    in_flight_at_close: list[int] = []
+
+    async def scenario() -> TabularJobs:
+        server = HeldServer()
+        sched = scheduler(server, window=64, ppr=8)
+        source = jobs(target=6000, on_batch=lambda p: in_flight_at_close.append(sched.in_flight))
+        task = asyncio.create_task(sched.run(source))
+        for answered in range(10_000):
+            await until(lambda n=answered: len(server.pending) > n or task.done())
+            if task.done():
+                break
+            server.answer(answered)  # the oldest request returns; the others stay in flight
+            await until(lambda n=answered: sched.stats.prompts_completed == 8 * (n + 1) or task.done())
+        await task
+        return source
+
+    source = run(scenario())
+    assert source.done and source.batches.num_batches >= 10
+    steady = in_flight_at_close[:-2]  # the last batches are sized by what the target still needs
+    assert steady and all(n == 64 - 8 for n in steady), in_flight_at_close
+
+
+def test_overshoot_is_bounded_on_a_256_slot_server_with_metrics() -> None:
+    sim = SimulatedVllm(slots=256, mean=0.02, sigma=0.6, seed=3)
+    source = jobs(target=25_000)
+    stats = run(scheduler(sim, window=256, ppr=25, load_interval=0.01).run(source))
+    assert source.done and source.batches.status is GenerationStatus.IN_PROGRESS
+    overshoot = (stats.prompts_sent - source.used) / source.used
+    assert overshoot <= 0.05, (stats, source.used)
+    assert max(stats.window_samples) > 256  # the window grew past the slots to keep them all busy
+
+
+def test_time_is_injected_into_load_polling() -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await asyncio.sleep(0)
+
+    sim = SimulatedVllm(slots=16, mean=0.0, sigma=0.0)
+    run(scheduler(sim, window=16, ppr=4, sleep=sleep, load_interval=7.5).run(jobs(target=200)))
+    assert slept and set(slept) == {7.5}
