@@ -33,13 +33,20 @@ class LoopThread:
     def closed(self) -> bool:
         return self._loop.is_closed()
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the loop; KeyboardInterrupt here cancels it there."""
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+    def run(self, coro: Coroutine[Any, Any, T], unwind_timeout: float = 30.0) -> T:
+        """Run ``coro`` on the loop; KeyboardInterrupt here cancels it there.
+
+        After a cancel it waits (up to ``unwind_timeout``) for the coroutine to have
+        unwound, so the caller never reads state the loop thread is still changing.
+        """
+        finished = threading.Event()
+        future = asyncio.run_coroutine_threadsafe(_signalling(coro, finished), self._loop)
         try:
             return future.result()
         except BaseException:
             future.cancel()
+            if self._thread.is_alive():
+                finished.wait(unwind_timeout)
             raise
 
     def cancel_all(self, timeout: float = 5.0) -> int:
@@ -65,3 +72,10 @@ class LoopThread:
             self._thread.join(timeout)
         if not self._loop.is_running():
             self._loop.close()
+
+
+async def _signalling(coro: Coroutine[Any, Any, T], finished: threading.Event) -> T:
+    try:
+        return await coro
+    finally:
+        finished.set()

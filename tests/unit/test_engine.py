@@ -312,3 +312,20 @@ def test_time_is_injected_into_load_polling() -> None:
     sim = SimulatedVllm(slots=16, mean=0.0, sigma=0.0)
     run(scheduler(sim, window=16, ppr=4, sleep=sleep, load_interval=7.5).run(jobs(target=200)))
     assert slept and set(slept) == {7.5}
+
+
+def test_successes_returned_in_the_same_pass_as_a_failure_are_kept() -> None:
+    async def scenario() -> TabularJobs:
+        server, source = HeldServer(), jobs(target=1000)
+        sched = scheduler(server, window=30, ppr=10)
+        task = asyncio.create_task(sched.run(source))
+        await until(lambda: len(server.pending) == 3)
+        server.answer(0, status=400)  # the failure comes first in order ...
+        server.answer(1)  # ... and a sibling returns in the same event-loop pass
+        with pytest.raises(BadRequestError):
+            await task
+        return source
+
+    source = run(scenario())
+    source.flush()
+    assert source.batches.num_valid_records == 50

@@ -154,20 +154,24 @@ class Scheduler:
             self.stats.prompts_sent += job.size
 
     def _collect(self, source: JobSource) -> None:
-        """Hand every finished job to the source; the first failure ends the run."""
+        """Hand every finished job to the source, then end the run on the first failure among them."""
+        failures: list[BaseException] = []
         for task in [t for t in self._running if t.done()]:
             job = self._running.pop(task)
             if task.cancelled():
                 continue
             error = task.exception()
             if error is not None:
-                raise error
+                failures.append(error)
+                continue
             self.stats.prompts_completed += job.size
             self._gate.resize(self.window.completed(job.size))
             if not source.done:
                 source.complete(job, task.result())
             else:
                 self.stats.prompts_discarded += job.size  # arrived after the end: not used
+        if failures:
+            raise failures[0]
 
     async def _send(self, job: Job) -> Sequence[Completion]:
         """One job, retried by the policy; between attempts it holds no room in the window."""
