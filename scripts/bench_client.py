@@ -4,8 +4,8 @@
 
 ``RemoteBackend.generate()`` with default settings, end to end (scheduler, HTTP
 transport, JSON, validation, NSS batch accounting, the final DataFrame), against
-a simulated vLLM whose completions take no time: every second spent is the
-client's. Completions carry 10 lines of bench_processor's 10-column table
+an in-process server that answers at once from canned completions: every second
+spent is the client's. Completions carry 10 lines of bench_processor's 10-column table
 (~80 % valid). Goals: >= 50,000 records/s, and the time per record at the largest
 size within 1.25x of the smallest (nothing grows with the job).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import platform
 import sys
@@ -24,14 +25,38 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import httpx  # noqa: E402
 from bench_processor import SCHEMA, make_completions  # noqa: E402
-from fakes.sim_vllm import SimulatedVllm  # noqa: E402
 
 from remote_synth import RemoteBackend, RemoteSettings  # noqa: E402
 from remote_synth.demo.layout import write_run_dir  # noqa: E402
 
 
-def rate(run: Path, sim: SimulatedVllm, records: int) -> tuple[float, int]:
+class InstantServer(httpx.AsyncBaseTransport):
+    """Answers at once, from canned completions, like a vLLM with infinite speed (and no /metrics)."""
+
+    adapter = "nss-adapter"
+
+    def __init__(self, texts: list[str]) -> None:
+        self._texts = texts
+        self._next = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/v1/models":
+            data = [{"id": "base", "max_model_len": 4096}, {"id": self.adapter, "parent": "base"}]
+            return httpx.Response(200, json={"data": data})
+        if path == "/tokenize":
+            return httpx.Response(200, json={"count": 20})
+        if path != "/v1/completions":
+            return httpx.Response(404)
+        count = len(json.loads(await request.aread())["prompt"])
+        first, self._next = self._next, self._next + count
+        picked = [self._texts[i % len(self._texts)] for i in range(first, first + count)]
+        return httpx.Response(200, json={"choices": [{"index": i, "text": t} for i, t in enumerate(picked)]})
+
+
+def rate(run: Path, sim: InstantServer, records: int) -> tuple[float, int]:
     settings = RemoteSettings(base_url="http://sim", adapter_name=sim.adapter)
     gc.collect()
     with RemoteBackend(run, {"num_records": records}, settings=settings, transport=sim) as backend:
@@ -46,9 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     args = parser.parse_args()
-    texts = make_completions(2000, seed=11)
-    picker = iter(range(10**12))
-    sim = SimulatedVllm(4096, mean=0.0, sigma=0.0, text=lambda rng: texts[next(picker) % len(texts)])
+    sim = InstantServer(make_completions(2000, seed=11))
     run = write_run_dir(Path(tempfile.mkdtemp()) / "run", SCHEMA, base_model="base", base_max_seq_length=4096)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     results = []

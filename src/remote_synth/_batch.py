@@ -141,7 +141,7 @@ class Batch:
     def to_dataframe(self) -> pd.DataFrame | None:
         """Valid records, normalised as NSS does; None when there are none."""
         records = self.valid_records()
-        return normalize_dataframe(pd.DataFrame.from_records(records)) if records else None
+        return normalize_dataframe(pd.DataFrame(records)) if records else None
 
     def error_statistics(self, detailed_errors: bool) -> pd.DataFrame:
         return error_statistics(self.errors, detailed_errors)
@@ -162,6 +162,8 @@ class Batch:
 
         Detailed messages quote values, so they appear only with ``detailed_errors``.
         """
+        if not logger.isEnabledFor(logging.INFO):
+            return  # the error table costs a DataFrame per batch: build it only for a reader
         summary = self.summary()
         logger.info(
             "batch: %d prompts, %d valid, %d invalid (valid fraction %.2f)",

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import click
 
 from ._config import RemoteSettings
+from ._engine import Progress
 from ._exceptions import APIError, ConfigError, GenerationError, RemoteSynthError
 from ._output import OutputFile
 from ._results import GenerateJobResults
@@ -265,10 +266,11 @@ class _ProgressBar:
     def __init__(self, total: int) -> None:
         from tqdm import tqdm
 
+        self._total = total
         self._bar = tqdm(total=total, unit="rec", desc="valid records", disable=None, file=sys.stderr)
 
-    def update(self, progress: Any) -> None:
-        self._bar.update(min(progress.valid, self._bar.total) - self._bar.n)
+    def update(self, progress: Progress) -> None:
+        self._bar.update(min(progress.valid, self._total) - self._bar.n)
         self._bar.set_postfix(
             valid_fraction=f"{progress.valid_fraction:.2f}", rec_s=f"{progress.records_per_second:.0f}"
         )

@@ -38,6 +38,8 @@ __all__ = ["Completion", "InferenceClient", "RetryPolicy", "ServerLoad", "Timeou
 logger = logging.getLogger("remote_synth.client")
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+KEEPALIVE_EXPIRY = 3.0
+"""Seconds an idle pooled connection is kept; below the servers' usual 5 s keep-alive."""
 #: vLLM's gauges of sequences being generated and queued (one per prompt, not per request).
 RUNNING_GAUGE = "vllm:num_requests_running"
 WAITING_GAUGE = "vllm:num_requests_waiting"
@@ -142,7 +144,13 @@ class InferenceClient:
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base URL {self.base_url!r} must start with http:// or https://")
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+        # Idle connections expire before the server's keep-alive (uvicorn, and so vLLM: 5 s) closes
+        # them, or a reused connection can be closed under a request (a spurious connection error).
+        limits = httpx.Limits(
+            max_connections=self.max_concurrency,
+            max_keepalive_connections=self.max_concurrency,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+        )
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,

@@ -174,7 +174,7 @@ class RemoteSettings(BaseSettings):
     """Prompts in flight at first; the whole job's window where the server publishes no metrics."""
     max_window: int = Field(4096, ge=1)
     """Prompts in flight at most, whatever the server's metrics say."""
-    load_interval: float = Field(0.2, gt=0)
+    load_interval: float = Field(0.5, gt=0)
     """Seconds between readings of the server's ``/metrics``."""
     max_num_seqs: int | None = Field(None, ge=1)
     """``--max-num-seqs`` for a launched server; it also starts the window there."""

@@ -156,8 +156,12 @@ def test_demand_uses_the_observed_yield_and_no_more_than_the_first_batch_before_
     assert jobs(target=10).demand(outstanding=0) == 10  # a small target: one prompt per record at most
     assert [jobs(target=1000, first_job=5).next_job(25).size for _ in range(2)] == [5, 5]  # small until a yield
     source.complete(source.next_job(2), [_completion(FIVE), _completion(FIVE)])  # 5 per completion
-    assert source.demand(outstanding=0) == 198  # 990 remaining / 5
-    assert source.demand(outstanding=150) == 48
+    assert source.expected_prompts_left() == 198  # 990 remaining / 5
+    assert source.demand(outstanding=0) == 2 * 2 + 100  # but out at once: twice the evidence + the open batch
+    assert source.demand(outstanding=150) == 0
+    source.complete(source.next_job(60), [_completion(FIVE)] * 60)
+    assert source.demand(outstanding=0) == 138  # 690 remaining / 5, now within the cap (2 * 62 + 100)
+    assert source.demand(outstanding=100) == 38
 
 
 def _completion(text: str) -> Any:

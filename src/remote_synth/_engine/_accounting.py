@@ -11,7 +11,9 @@ accepted reach the target. The job is done at the target or on a stop
 condition; what arrives after that is discarded, and counts nowhere.
 
 How much to send ahead is the demand: with a yield of ``y`` valid records per
-completion so far, ``ceil(remaining / y)`` prompts, less those already out.
+completion so far, ``ceil(remaining / y)`` prompts, less those already out, and
+never more out than twice the completions used plus the open batch (early
+estimates lean low: short completions come back first).
 Before any record has been accepted there is no yield: the open batch (NSS's
 first 100 prompts) is the most that is sent, and a small target gets one prompt
 per record it asks for; until the first completions are back, jobs are small,
@@ -113,9 +115,16 @@ class TabularJobs:
         return self.batches.is_stopped or self.valid >= self.target
 
     def demand(self, outstanding: int) -> int:
+        """Prompts to send now: what the target needs, but never more out than the evidence allows.
+
+        The first completions back are the short ones (fewer records), so an early yield
+        is an underestimate; what is out at once is capped at twice the completions used
+        plus the open batch, and grows as the estimate firms up.
+        """
         if self.done:
             return 0
-        return max(0, self.expected_prompts_left() - outstanding)
+        evidence_cap = 2 * self.used + self._open_size
+        return max(0, min(self.expected_prompts_left(), evidence_cap) - outstanding)
 
     def expected_prompts_left(self) -> int:
         """Completions still needed to finish, at the yield seen so far (at least one)."""

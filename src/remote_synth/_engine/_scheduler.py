@@ -94,7 +94,7 @@ class Scheduler:
         *,
         retry: RetryPolicy | None = None,
         prompts_per_request: int = 25,
-        load_interval: float = 0.2,
+        load_interval: float = 0.5,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         if prompts_per_request < 1:
