@@ -1,6 +1,6 @@
 """Share of a simulated vLLM server's capacity that generation uses: the engine vs the old barrier loop.
 
-    python scripts/bench_capacity.py [--seconds 20] [--sigma 0.6] [--mean 0.5]
+    python scripts/bench_capacity.py [--seconds 60] [--sigma 0.6] [--mean 0.5]
 
 The server is simulated in process (tests/fakes/sim_vllm.py): N sequence slots,
 each completion a lognormal time (mean 0.5 s, sigma 0.6), FIFO queueing,
@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fakes.sim_vllm import SimulatedVllm  # noqa: E402
+from fakes.sim_vllm import SCHEMA, SimulatedVllm  # noqa: E402
 
 from remote_synth import (  # noqa: E402
     Batch,
@@ -39,11 +39,6 @@ from remote_synth import (  # noqa: E402
 )
 from remote_synth.demo.layout import write_run_dir  # noqa: E402
 
-SCHEMA = {
-    "type": "object",
-    "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}, "c": {"enum": ["x", "y"]}},
-    "required": ["n", "c"],
-}
 RECORDS_PER_PROMPT = 5  # about; the simulator writes 3..7 lines, 5 % of them invalid
 
 
@@ -115,7 +110,7 @@ def records_for(seconds: float, slots: int, mean: float, share: float) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0, help="rough length of each run")
+    parser.add_argument("--seconds", type=float, default=60.0, help="rough length of each engine run")
     parser.add_argument("--mean", type=float, default=0.5)
     parser.add_argument("--sigma", type=float, default=0.6)
     args = parser.parse_args()

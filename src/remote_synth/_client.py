@@ -88,7 +88,9 @@ class RetryPolicy:
 
 def _log_retry(state: tenacity.RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
-    logger.warning("request failed (%s); attempt %d, retrying", type(exc).__name__, state.attempt_number)
+    wait = state.next_action.sleep if state.next_action else 0.0
+    logger.warning("request failed after attempt %d (%s: %s); retrying in %.1f s", state.attempt_number,
+                   type(exc).__name__, exc, wait)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -150,8 +150,8 @@ class RemoteBackend(GeneratorBackend):
         started = time.monotonic()
         self.gen_results = None
         try:
-            self.engine_stats = self._loop.run(scheduler.run(jobs))
-        finally:
+            self._loop.run(scheduler.run(jobs))
+        finally:  # also on failure or Ctrl-C: what came back is counted and kept
             self.engine_stats = scheduler.stats
             jobs.flush()
             self.elapsed_time = time.monotonic() - started

@@ -199,9 +199,16 @@ class GenerationBatches:
     def valid_record_fraction(self) -> float:
         return valid_fraction(self.num_valid_records, self.num_invalid_records)
 
-    def add_batch(self, batch: Batch) -> None:
-        """Apply data actions, update totals and the stop status (NSS ``add_batch``)."""
+    def add_batch(self, batch: Batch, *, judge: bool = True) -> None:
+        """Apply data actions, update totals and the stop status (NSS ``add_batch``).
+
+        ``judge=False`` counts a batch cut short (a failure, an interrupt) without
+        applying the stop rules to it: its records are kept, its status says nothing.
+        """
         frame = self._apply_data_actions(batch) if self.data_actions_fn else batch.to_dataframe()
+        if not judge:
+            self._count(batch, frame)
+            return
         self.running.update(batch.stopping_metric)
         first = self.num_batches == 0
         if batch.num_valid_records == 0 and (first or self.stop_condition is None):

@@ -22,6 +22,12 @@ from collections.abc import Callable
 
 import httpx
 
+SCHEMA = {
+    "type": "object",
+    "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}, "c": {"enum": ["x", "y"]}},
+    "required": ["n", "c"],
+}
+"""The table the simulated completions are records of."""
 RECORD = '{"n":%d,"c":"%s"}\n'
 
 

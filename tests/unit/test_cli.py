@@ -41,6 +41,8 @@ def run(tmp_path: Path) -> Path:
         (["generate", "{run}", "--output", "/proc/forbidden/x.csv"], "cannot write there"),
         (["generate", "{run}", "--api-key-env", "NOT_SET_ANYWHERE_42"], "NOT_SET_ANYWHERE_42"),
         (["generate", "{run}", "--num-records", "abc"], "abc"),
+        (["generate", "{run}", "--window", "0", "--base-url", "http://127.0.0.1:1"], "window"),
+        (["generate", "{run}", "--window", "9000", "--base-url", "http://127.0.0.1:1"], "max_window"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes.sim_vllm import SimulatedVllm
+from fakes.sim_vllm import SCHEMA, SimulatedVllm
 
 from remote_synth import (
     BadRequestError,
@@ -22,11 +22,6 @@ from remote_synth import (
 )
 from remote_synth._engine import Gate, Progress, Scheduler, TabularJobs, WindowPolicy, WindowSettings
 
-SCHEMA = {
-    "type": "object",
-    "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}, "c": {"enum": ["x", "y"]}},
-    "required": ["n", "c"],
-}
 FIVE = '{"n":1,"c":"x"}\n' * 5
 BAD = '{"n":"no","c":"x"}\n'
 
@@ -315,7 +310,31 @@ def test_time_is_injected_into_load_polling() -> None:
 
     sim = SimulatedVllm(slots=16, mean=0.0, sigma=0.0)
     run(scheduler(sim, window=16, ppr=4, sleep=sleep, load_interval=7.5).run(jobs(target=200)))
-    assert slept and set(slept) == {7.5}
+    assert slept and set(slept) <= {7.5 * 2**k for k in range(4)}  # from the interval up to 8x it
+
+
+def test_readings_space_out_while_the_window_holds_and_come_back_when_it_moves() -> None:
+    slept: list[float] = []
+    readings = iter([ServerLoad(16, 4)] * 5 + [ServerLoad(16, 0)] + [ServerLoad(16, 4)] * 100)
+
+    class Client(InferenceClient):
+        async def load(self) -> ServerLoad | None:
+            return next(readings)
+
+    async def scenario() -> None:
+        async def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            if len(slept) == 8:
+                raise asyncio.CancelledError
+
+        policy = WindowPolicy(WindowSettings(initial=16, step=4, queue_fraction=0.25))
+        sched = Scheduler(Client("http://x"), "m", policy, load_interval=1.0, sleep=sleep)
+        sched._gate.take(16)  # a full window: a reading with no queue grows it
+        with pytest.raises(asyncio.CancelledError):
+            await sched._watch_load()
+
+    run(scenario())
+    assert slept == [2.0, 4.0, 8.0, 8.0, 8.0, 1.0, 2.0, 4.0]
 
 
 def test_successes_returned_in_the_same_pass_as_a_failure_are_kept() -> None:
@@ -333,3 +352,11 @@ def test_successes_returned_in_the_same_pass_as_a_failure_are_kept() -> None:
     source = run(scenario())
     source.flush()
     assert source.batches.num_valid_records == 50
+
+
+def test_a_batch_cut_short_is_counted_but_not_judged() -> None:
+    source = jobs(target=1000)
+    source.complete(source.next_job(3), [_completion(BAD)] * 3)  # the first batch, no valid record yet
+    source.flush()
+    assert source.batches.status is GenerationStatus.IN_PROGRESS  # NSS's rule would say STOP_NO_RECORDS
+    assert (source.batches.num_prompts, source.batches.num_invalid_records) == (3, 3)

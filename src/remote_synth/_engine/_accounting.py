@@ -151,13 +151,16 @@ class TabularJobs:
     # -- batches ---------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Close a partly filled batch, so what it accepted is in the results (NSS would drop it)."""
-        if self._open.num_prompts:
-            self._close()
+        """Count a partly filled batch (failure, interrupt), so what it accepted is in the results.
 
-    def _close(self) -> None:
+        NSS would drop it. The stop rules are not applied to it: it was cut short, not judged.
+        """
+        if self._open.num_prompts:
+            self._close(judge=False)
+
+    def _close(self, judge: bool = True) -> None:
         batch, self._open = self._open, Batch(self.processor)
-        self.batches.add_batch(batch)
+        self.batches.add_batch(batch, judge=judge)
         batch.log_summary(detailed_errors=self.detailed_errors)
         self._open_size = self.batches.get_next_num_prompts()
         progress = Progress(

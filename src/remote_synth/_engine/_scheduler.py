@@ -31,6 +31,9 @@ logger = logging.getLogger("remote_synth.engine")
 
 Sleep = Callable[[float], Awaitable[None]]
 
+STEADY_BACKOFF = 8
+"""While the window holds steady, load readings space out up to this many intervals."""
+
 
 @dataclass(frozen=True)
 class Job:
@@ -195,20 +198,28 @@ class Scheduler:
         raise AssertionError("unreachable: the retry policy reraises the last error")
 
     async def _watch_load(self) -> None:
-        """Size the window from the server's queue; stop at once if the server has no metrics."""
+        """Size the window from the server's queue; stop at once if the server has no metrics.
+
+        A reading costs the server some CPU (vLLM renders ~70 kB of metrics), so while the
+        window holds steady the readings space out, up to ``STEADY_BACKOFF`` times the interval.
+        """
+        interval = self.load_interval
         while True:
             try:
                 load = await self.client.load()
             except APIError as exc:
                 logger.debug("no load reading this time: %s", exc)
             else:
+                before = self._gate.limit
                 self._gate.resize(self.window.observe(load, self._gate.in_flight))
                 if not self.window.metrics:
                     logger.info("the server publishes no vLLM metrics: a fixed window of %d prompts", self._gate.limit)
                     return
                 self.stats.window_samples.append(self._gate.limit)
+                steady = self._gate.limit == before
+                interval = min(interval * 2, self.load_interval * STEADY_BACKOFF) if steady else self.load_interval
                 self._wake.set()
-            await self._sleep(self.load_interval)
+            await self._sleep(interval)
 
     async def _cancel_all(self) -> None:
         tasks = list(self._running)
