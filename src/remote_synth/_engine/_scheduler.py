@@ -73,7 +73,9 @@ class EngineStats:
     prompts_sent: int = 0
     prompts_completed: int = 0
     prompts_discarded: int = 0
-    """Cancelled in flight at the end, or completed after the source was done: sent, never used."""
+    """Prompts of whole jobs cancelled in flight at the end, or back after the source was done.
+    (A job the target was reached in the middle of counts as completed: overshoot, exactly,
+    is ``prompts_sent`` less the completions the source used.)"""
     retries: int = 0
     overloads: int = 0
     window_samples: list[int] = field(default_factory=list)
