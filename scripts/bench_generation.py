@@ -46,7 +46,6 @@ from remote_synth import (
 )
 from remote_synth.demo.build import ensure_demo_run
 
-
 OVERSHOOT: list[float] = []
 """Ours: prompts sent but not used / prompts used, per run."""
 
