@@ -53,10 +53,18 @@ _NUMBER_TESTS: dict[str, Callable[[float], Callable[[Any], bool]]] = {
     "exclusiveMinimum": lambda b: lambda v: v > b,
     "exclusiveMaximum": lambda b: lambda v: v < b,
 }
+
+
+def _pattern_test(pattern: str) -> Callable[[str], bool]:
+    """Compiled once per schema, searched per record (JSON Schema's ``pattern`` is a search)."""
+    regex = re.compile(pattern)
+    return lambda v: regex.search(v) is not None
+
+
 _STRING_TESTS: dict[str, Callable[[Any], Callable[[str], bool]]] = {
     "minLength": lambda n: lambda v: len(v) >= n,
     "maxLength": lambda n: lambda v: len(v) <= n,
-    "pattern": lambda p: lambda v: re.compile(p).search(v) is not None,
+    "pattern": _pattern_test,
 }
 _FLOAT_SAFE = 2**1000  # ints this small always convert to float64
 _MISSING = object()
