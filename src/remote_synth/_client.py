@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from ._exceptions import (
     ServerOverloadedError,
 )
 
-__all__ = ["Completion", "InferenceClient", "RetryPolicy", "ServerLoad", "TimeoutPolicy"]
+__all__ = ["Completion", "InferenceClient", "RetryPolicy", "ServerLoad", "TimeoutPolicy", "completions_body"]
 
 logger = logging.getLogger("remote_synth.client")
 
@@ -223,7 +223,7 @@ class InferenceClient:
         chunks = [
             list(prompts[i : i + self.prompts_per_request]) for i in range(0, len(prompts), self.prompts_per_request)
         ]
-        bodies = [{**params, "model": model, "prompt": chunk, "n": 1} for chunk in chunks]
+        bodies = [completions_body(model, chunk, params) for chunk in chunks]
         results = await asyncio.gather(*(self.complete(b) for b in bodies))
         return [c for chunk in results for c in chunk]
 
@@ -239,6 +239,11 @@ class InferenceClient:
         if not isinstance(data, dict):
             raise APIError(f"{method} {path}: unexpected answer shape ({type(data).__name__})")
         return data
+
+
+def completions_body(model: str, prompts: Sequence[str], params: Mapping[str, object]) -> dict[str, Any]:
+    """A ``/v1/completions`` body: the sampling fields, the model, the prompts, one sample each."""
+    return {**params, "model": model, "prompt": list(prompts), "n": 1}
 
 
 def parse_load(text: str) -> ServerLoad | None:

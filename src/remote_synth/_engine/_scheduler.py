@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .._client import Completion, InferenceClient, RetryPolicy
+from .._client import Completion, InferenceClient, RetryPolicy, completions_body
 from .._exceptions import APIError, ServerOverloadedError
 from ._window import Gate, WindowPolicy
 
@@ -180,7 +180,7 @@ class Scheduler:
 
     async def _send(self, job: Job) -> Sequence[Completion]:
         """One job, retried by the policy; between attempts it holds no room in the window."""
-        body = {**job.params, "model": self.model, "prompt": list(job.prompts), "n": 1}
+        body = completions_body(self.model, job.prompts, job.params)
         holding = True  # the scheduler reserved the first attempt's room
         async for attempt in self.retry.retrying(sleep=self._sleep):
             with attempt:
