@@ -2,7 +2,7 @@
 
 from ._backend import GeneratorBackend
 from ._batch import Batch, error_statistics, normalize_dataframe
-from ._client import InferenceClient, RetryPolicy, ServerLoad, TimeoutPolicy
+from ._client import InferenceClient, ServerLoad, TimeoutPolicy
 from ._config import GenerateParameters, RemoteSettings, ValidationParameters
 from ._engine import EngineStats, Progress
 from ._exceptions import (
@@ -15,6 +15,8 @@ from ._exceptions import (
     BadRequestError,
     ConfigError,
     GenerationError,
+    JournalMismatchError,
+    MalformedResponseError,
     NotFoundError,
     RemoteSynthError,
     RunDirError,
@@ -22,8 +24,10 @@ from ._exceptions import (
     ServerError,
     ServerOverloadedError,
     ServerStartError,
+    StorageError,
     UnsupportedSchemaError,
 )
+from ._journal import Journal
 from ._launch import adapter_name_for, launch_settings
 from ._processors import GroupedDataProcessor, Processor, TabularDataProcessor, create_processor
 from ._prompt import DEFAULT_INSTRUCTION, build_prompt
@@ -36,6 +40,7 @@ from ._results import (
     GenerationStopCondition,
     RunningStatistics,
 )
+from ._retry import RetryPolicy
 from ._rundir import AdapterConfig, ModelMetadata, NSSConfig, PromptConfig, RunDirectory
 from ._server import ServerSettings, VllmServer
 from ._structured import build_json_based_regex, build_record_regex, structured_outputs_payload
@@ -62,6 +67,9 @@ __all__ = [
     "GeneratorBackend",
     "GroupedDataProcessor",
     "InferenceClient",
+    "Journal",
+    "JournalMismatchError",
+    "MalformedResponseError",
     "ModelMetadata",
     "NSSConfig",
     "NotFoundError",
@@ -83,6 +91,7 @@ __all__ = [
     "ServerOverloadedError",
     "ServerSettings",
     "ServerStartError",
+    "StorageError",
     "TabularDataProcessor",
     "TimeoutPolicy",
     "UnsupportedSchemaError",

@@ -39,6 +39,9 @@ class LoopThread:
         After a cancel it waits (up to ``unwind_timeout``) for the coroutine to have
         unwound, so the caller never reads state the loop thread is still changing.
         """
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("LoopThread.run() called on the loop's own thread: it would wait on itself")
         finished = threading.Event()
         future = asyncio.run_coroutine_threadsafe(_signalling(coro, finished), self._loop)
         try:
@@ -53,6 +56,8 @@ class LoopThread:
         """Cancel every task on the loop and wait for them to finish; returns how many."""
         if self.closed or not self._thread.is_alive():
             return 0
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("LoopThread.cancel_all() called on the loop's own thread: it would wait on itself")
 
         async def _cancel() -> int:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -63,9 +68,28 @@ class LoopThread:
 
         return asyncio.run_coroutine_threadsafe(_cancel(), self._loop).result(timeout)
 
+    def close_soon(self, last: Coroutine[Any, Any, object] | None = None) -> None:
+        """Stop the loop without waiting for it: ``last`` runs on it first (a finalizer's path)."""
+        if self.closed or not self._thread.is_alive():
+            if last is not None:
+                last.close()
+            return
+
+        async def _finish() -> None:
+            try:
+                if last is not None:
+                    await last
+            finally:
+                asyncio.get_running_loop().stop()
+
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(_finish()))
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the loop and its thread; idempotent."""
         if self.closed:
+            return
+        if threading.current_thread() is self._thread:
+            self._loop.stop()  # on its own thread: stopping is all it can do
             return
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)

@@ -1,7 +1,10 @@
 """The ``remote-synth`` command: a thin shell over the library.
 
-Exit codes: 0 done; 1 generation or the server failed; 2 bad input (run
-directory, parameters, URL, API key, adapter, output path); 130 interrupted.
+Exit codes, by phase: 0 done; 2 bad input found before generation (run
+directory, parameters, URL, API key, adapter, output path, a journal that is
+another job's); 1 once generation has started, or when a server fails (a
+launched one that does not start, one that goes away for good, a full disk);
+130 interrupted (Ctrl-C); 143 terminated (SIGTERM, or SIGHUP, handled alike).
 Errors are one line on stderr, never a traceback (``-v`` adds detail).
 """
 
@@ -24,7 +27,8 @@ import click
 
 from ._config import RemoteSettings
 from ._engine import Progress
-from ._exceptions import APIError, ConfigError, GenerationError, RemoteSynthError
+from ._exceptions import APIError, APIStatusError, ConfigError, RemoteSynthError, ServerError, StorageError
+from ._journal import Journal
 from ._output import OutputFile
 from ._results import GenerateJobResults
 from ._rundir import RunDirectory
@@ -33,8 +37,17 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 logger = logging.getLogger("remote_synth.cli")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C (servers stopped, rows kept), exits 143."""
+
+
+class GenerationFailed(Exception):
+    """Anything that ends a job once generation has started: exit 1, never 2."""
 
 
 def main() -> None:
@@ -47,14 +60,25 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(EXIT_BAD_INPUT)
-    except click.exceptions.Abort:
+    except Terminated:
+        _fail("terminated", EXIT_TERMINATED)
+    except (click.exceptions.Abort, KeyboardInterrupt):
         _fail("interrupted", EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
-        _fail("interrupted", EXIT_INTERRUPTED)
-    except (ConfigError, APIError) as exc:
-        _fail(str(exc), EXIT_BAD_INPUT)
-    except RemoteSynthError as exc:
+    except GenerationFailed as exc:
         _fail(str(exc), EXIT_FAILURE)
+    except RemoteSynthError as exc:
+        _fail(str(exc), setup_exit_code(exc))
+
+
+def setup_exit_code(exc: RemoteSynthError) -> int:
+    """Before generation: what the user gave is wrong (2), or a server or the disk failed (1)."""
+    if isinstance(exc, (ServerError, StorageError)):
+        return EXIT_FAILURE
+    if isinstance(exc, APIStatusError) and exc.status_code >= 500:
+        return EXIT_FAILURE
+    if isinstance(exc, (ConfigError, APIError)):
+        return EXIT_BAD_INPUT
+    return EXIT_FAILURE
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -85,30 +109,49 @@ def _api_key(value: str | None, env_name: str | None) -> str | None:
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--base-model", help="Base model path or id (default: the run's metadata).")
-@click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for other hosts).")
+@click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for other hosts: needs a key).")
 @click.option("--port", type=int, default=8000)
 @click.option("--api-key", help="API key clients must send (visible in `ps`: prefer --api-key-env).")
 @click.option("--api-key-env", help="Name of an environment variable holding the API key.")
+@click.option("--insecure", is_flag=True, help="Serve beyond loopback with no key: every route open to anyone.")
 @click.option("--adapter-name", help="Name to serve the adapter under (default: derived from its files).")
 @click.option("--max-model-len", type=int, help="Server context length (default: fits NSS's max_seq_length).")
-@click.option("--log-file", type=click.Path(path_type=Path), help="vLLM's log (default: RUN_DIR/generate/logs/).")
+@click.option("--log-file", type=click.Path(path_type=Path), help="vLLM's log (default: in --log-dir).")
+@click.option(
+    "--log-dir",
+    type=click.Path(path_type=Path),
+    help="Logs and the key file.  [default: RUN_DIR/generate/logs, or $XDG_STATE_HOME/remote-synth]",
+)
 def serve(run_dir: Path, base_model: str | None, host: str, port: int, api_key: str | None, api_key_env: str | None,
-          adapter_name: str | None, max_model_len: int | None, log_file: Path | None) -> None:  # fmt: skip
-    """Serve RUN_DIR's adapter with vLLM until Ctrl-C (for the GPU host)."""
-    from ._launch import launch_settings
+          insecure: bool, adapter_name: str | None, max_model_len: int | None, log_file: Path | None,
+          log_dir: Path | None) -> None:  # fmt: skip
+    """Serve RUN_DIR's adapter with vLLM until Ctrl-C (for the GPU host).
+
+    Every route but /health needs the key. Beyond loopback a key must be given (or --insecure).
+    """
+    from ._launch import files_dir, is_loopback, launch_settings
     from ._server import VllmServer
 
     key = _api_key(api_key, api_key_env)
+    if not is_loopback(host) and key is None and not insecure:
+        raise ConfigError(
+            f"--host {host} listens beyond this machine, so clients need a key: pass --api-key-env NAME "
+            "(or --api-key), or --insecure to serve with every route open"
+        )
     key_note = f"from ${api_key_env}" if api_key_env else "as given" if api_key else None
     settings = RemoteSettings.load(base_model=base_model, host=host, port=port, api_key=key,
-                         adapter_name=adapter_name, max_model_len=max_model_len, server_log=log_file)  # fmt: skip
+                         adapter_name=adapter_name, max_model_len=max_model_len, server_log=log_file,
+                         log_dir=log_dir)  # fmt: skip
     run = RunDirectory.open(run_dir).check()
     launch = launch_settings(run, settings)
-    if key is None:
+    if insecure and key is None:
+        launch = dataclasses.replace(launch, insecure=True)
+        key_note = "none (--insecure: every route is open to anyone who can reach the port)"
+    elif key is None:
         key = secrets.token_urlsafe(24)
-        key_note = f"random, written to {_write_key(run.path, key)}"
+        key_note = f"random, written to {write_key(files_dir(run, settings) / KEY_FILE, key)}"
     server = VllmServer(dataclasses.replace(launch, api_key=key))
-    with _sigterm_raises_interrupt():
+    with _signals_raise_interrupt():
         try:
             server.start()
             server.wait_ready()
@@ -137,30 +180,43 @@ def _serve_until_interrupted(server: Any, adapter_name: str, key_note: str | Non
         click.echo("stopping the server")
 
 
-def _write_key(run_dir: Path, key: str) -> Path:
-    path = Path(run_dir) / "generate" / ".vllm-api-key"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key)
+KEY_FILE = ".vllm-api-key"
+
+
+def write_key(path: Path, key: str) -> Path:
+    """The key, readable by its owner only, also when the file was there before with another mode."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, key.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write the key file ({exc.strerror}); pass --log-dir") from None
     return path
 
 
 @contextlib.contextmanager
-def _sigterm_raises_interrupt() -> Iterator[None]:
-    """SIGTERM (``kill``, a container stop) unwinds like Ctrl-C, so the server we started is stopped."""
+def _signals_raise_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (``kill``, a container stop, a closed terminal) unwind like Ctrl-C.
+
+    So the server we started is stopped and the rows are kept; the exit code says which (143).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @cli.command()
@@ -202,34 +258,93 @@ def _sigterm_raises_interrupt() -> Iterator[None]:
 @click.option(
     "--detailed-errors", is_flag=True, default=None, help="Detailed validation messages (they quote record values)."
 )
+@click.option("--resume", is_flag=True, help="Continue the job whose journal is next to --output.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (and drop its journal).")
+@click.option(
+    "--retry-deadline", type=float, help="Seconds a request may keep failing before the job gives up.  [default: 600]"
+)
+@click.option(
+    "--log-dir",
+    type=click.Path(path_type=Path),
+    help="A launched server's log.  [default: RUN_DIR/generate/logs, or $XDG_STATE_HOME/remote-synth]",
+)
 def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None, adapter_name: str | None,
              base_model: str | None, output: Path | None, max_new_tokens: int | None, max_concurrency: int | None,
-             prompts_per_request: int | None, window: int | None, detailed_errors: bool | None,
-             **params: Any) -> None:  # fmt: skip
-    """Generate records for RUN_DIR (default: the bundled demo run, built if missing)."""
+             prompts_per_request: int | None, window: int | None, detailed_errors: bool | None, resume: bool,
+             overwrite: bool, retry_deadline: float | None, log_dir: Path | None, **params: Any) -> None:  # fmt: skip
+    """Generate records for RUN_DIR (default: the bundled demo run, built if missing).
+
+    Accepted records go to a journal next to the output as they come; after a crash or a
+    stop, the same command with --resume continues the job without losing or repeating any.
+    """
     from ._remote import RemoteBackend
 
     run = RunDirectory.open(run_dir) if run_dir is not None else _demo_run()
     settings = RemoteSettings.load(base_url=base_url, api_key=_api_key(None, api_key_env), adapter_name=adapter_name,
                          base_model=base_model, max_concurrency=max_concurrency, prompts_per_request=prompts_per_request,
-                         window=window, use_detailed_logs=detailed_errors)  # fmt: skip
+                         window=window, use_detailed_logs=detailed_errors, retry_deadline=retry_deadline,
+                         log_dir=log_dir)  # fmt: skip
     overrides = {k: v for k, v in params.items() if v is not None}
     target = OutputFile(output if output is not None else run.output_file).check()
+    journal_path = Journal.path_for(target.path)
+    _check_existing(target.path, journal_path, resume=resume, overwrite=overwrite)
     backend = RemoteBackend(run, overrides, settings=settings)
-    with _sigterm_raises_interrupt(), _ProgressBar(backend.config.num_records) as bar:
+    with _signals_raise_interrupt(), _ProgressBar(backend.config.num_records) as bar:
         backend.on_batch = bar.update
         try:
             backend.initialize()
             if max_new_tokens is not None:
                 backend.prepare_params(max_new_tokens=max_new_tokens)
-            results = backend.generate()
-        except (GenerationError, APIError, KeyboardInterrupt):
-            _save_partial(backend.gen_results, target)
-            raise
+            replayed = backend.open_journal(journal_path, resume=resume)
+            if replayed:
+                click.echo(f"resuming: {replayed} completions from {journal_path}", err=True)
+            results = _generate(backend, target)
         finally:
             backend.teardown()
-    path = target.write(results.df)
+    path = _write_output(target, results)
+    if backend.journal is not None:
+        backend.journal.remove()
     click.echo(_summary(results, path))
+
+
+def _check_existing(output: Path, journal: Path, *, resume: bool, overwrite: bool) -> None:
+    """An earlier job's output or journal is never replaced unless asked (it may be NSS's own file)."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pass one")
+    if overwrite:  # the old output stays until the new one replaces it, atomically
+        journal.unlink(missing_ok=True)
+        return
+    if resume:
+        if output.exists() and not journal.exists():
+            raise ConfigError(f"--resume: {output} exists and has no journal (that job finished); pass --overwrite")
+        return
+    for path in (journal, output):
+        if path.exists():
+            what = "an unfinished job's journal" if path == journal else "an earlier output"
+            raise ConfigError(
+                f"{path} exists ({what}): pass --resume to continue that job, or --overwrite to replace it"
+            )
+
+
+def _generate(backend: Any, target: OutputFile) -> GenerateJobResults:
+    """Generation proper: from here every failure exits 1, and what was accepted is kept."""
+    try:
+        results: GenerateJobResults = backend.generate()
+        return results
+    except KeyboardInterrupt:
+        _save_partial(backend, target)
+        raise
+    except RemoteSynthError as exc:
+        _save_partial(backend, target)
+        raise GenerationFailed(str(exc)) from exc
+
+
+def _write_output(target: OutputFile, results: GenerateJobResults) -> Path:
+    try:
+        return target.write(results.df)
+    except OSError as exc:
+        kept = f"; the records are kept in {Journal.path_for(target.path)}: --resume writes them"
+        raise GenerationFailed(f"cannot write {target.path} ({exc.strerror or exc}){kept}") from None
 
 
 def _demo_run() -> RunDirectory:
@@ -243,12 +358,20 @@ def _demo_run() -> RunDirectory:
         ) from None
 
 
-def _save_partial(results: GenerateJobResults | None, target: OutputFile) -> None:
-    """Nothing generated is lost: rows from before a failure go to a .partial file."""
+def _save_partial(backend: Any, target: OutputFile) -> None:
+    """Rows from before a stop: in the journal (``--resume`` continues), and readable now in a .partial file."""
+    results: GenerateJobResults | None = backend.gen_results
+    journal = backend.journal.path if backend.journal is not None else None
     if results is None or results.df.empty:
         return
-    path = target.write(results.df, target.partial_path)
-    click.echo(f"remote-synth: kept {len(results.df)} rows generated before the stop in {path}", err=True)
+    where = f"the journal {journal} (--resume continues the job)" if journal else "memory only"
+    try:
+        path = target.write(results.df, target.partial_path)
+    except OSError as exc:
+        click.echo(f"remote-synth: {len(results.df)} rows are kept in {where}; no .partial file "
+                   f"({exc.strerror or exc})", err=True)  # fmt: skip
+        return
+    click.echo(f"remote-synth: kept {len(results.df)} rows in {path}, and in {where}", err=True)
 
 
 def _summary(results: GenerateJobResults, path: Path) -> str:

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
+import html
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import tenacity
 from prometheus_client.parser import text_string_to_metric_families
 
 from ._exceptions import (
@@ -29,15 +32,16 @@ from ._exceptions import (
     AuthenticationError,
     BadRequestError,
     ConfigError,
+    MalformedResponseError,
     NotFoundError,
     ServerOverloadedError,
 )
+from ._retry import RetryPolicy
 
 __all__ = ["Completion", "InferenceClient", "RetryPolicy", "ServerLoad", "TimeoutPolicy", "completions_body"]
 
 logger = logging.getLogger("remote_synth.client")
 
-RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 KEEPALIVE_EXPIRY = 3.0
 """Seconds an idle pooled connection is kept; below the servers' usual 5 s keep-alive."""
 #: vLLM's gauges of sequences being generated and queued (one per prompt, not per request).
@@ -57,40 +61,6 @@ class TimeoutPolicy:
 
     def httpx(self) -> httpx.Timeout:
         return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=None)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Retry what may pass by itself: no answer, 408/409/429 and 5xx; never other 4xx.
-
-    A bounded number of attempts with exponential, jittered waits.
-    """
-
-    max_attempts: int = 3
-    initial_delay: float = 0.5
-    max_delay: float = 8.0
-
-    def should_retry(self, exc: BaseException) -> bool:
-        if isinstance(exc, APIConnectionError):
-            return True
-        return isinstance(exc, APIStatusError) and exc.status_code in RETRYABLE_STATUS
-
-    def retrying(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> tenacity.AsyncRetrying:
-        return tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(self.max_attempts),
-            wait=tenacity.wait_exponential_jitter(initial=self.initial_delay, max=self.max_delay),
-            retry=tenacity.retry_if_exception(self.should_retry),
-            before_sleep=_log_retry,
-            sleep=sleep,
-            reraise=True,
-        )
-
-
-def _log_retry(state: tenacity.RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    wait = state.next_action.sleep if state.next_action else 0.0
-    logger.warning("request failed after attempt %d (%s: %s); retrying in %.1f s", state.attempt_number,
-                   type(exc).__name__, exc, wait)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -166,6 +136,11 @@ class InferenceClient:
         await self._http.aclose()
 
     @property
+    def display_url(self) -> str:
+        """The base URL for messages: any credentials in it are masked."""
+        return redact_url(self.base_url)
+
+    @property
     def closed(self) -> bool:
         return self._http.is_closed
 
@@ -235,10 +210,25 @@ class InferenceClient:
         try:
             data = response.json()
         except ValueError:
-            raise APIError(f"{method} {path}: the server answered with something that is not JSON") from None
+            raise MalformedResponseError(
+                f"{method} {path}: the server's answer is not JSON (cut off?)", endpoint=f"{method} {path}"
+            ) from None
         if not isinstance(data, dict):
-            raise APIError(f"{method} {path}: unexpected answer shape ({type(data).__name__})")
+            raise MalformedResponseError(
+                f"{method} {path}: unexpected answer shape ({type(data).__name__})", endpoint=f"{method} {path}"
+            )
         return data
+
+
+def redact_url(url: str) -> str:
+    """``http://user:secret@host`` → ``http://***@host``: messages and logs never show credentials."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return url
+    if not parsed.userinfo:
+        return url
+    return str(parsed.copy_with(username="***", password=None))
 
 
 def completions_body(model: str, prompts: Sequence[str], params: Mapping[str, object]) -> dict[str, Any]:
@@ -270,7 +260,10 @@ def _choices(data: dict[str, Any], expected: int) -> list[Completion]:
     choices = data.get("choices")
     if not isinstance(choices, list) or len(choices) != expected:
         got = len(choices) if isinstance(choices, list) else "no"
-        raise APIError(f"the server returned {got} choices for {expected} prompts")
+        raise MalformedResponseError(
+            f"POST /v1/completions: the server returned {got} choices for {expected} prompts",
+            endpoint="POST /v1/completions",
+        )
     ordered = sorted(choices, key=lambda c: c.get("index", 0))
     return [Completion(text=c.get("text") or "", finish_reason=c.get("finish_reason")) for c in ordered]
 
@@ -288,16 +281,61 @@ _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
 
 
 def _status_error(method: str, path: str, response: httpx.Response) -> APIStatusError:
+    endpoint = f"{method} {path}"
+    message = _server_message(response) or response.reason_phrase
+    cls = _STATUS_ERRORS.get(response.status_code, APIStatusError)
+    return cls(
+        f"{endpoint} failed with HTTP {response.status_code}: {message}",
+        status_code=response.status_code,
+        body=response.text,
+        endpoint=endpoint,
+        retry_after=retry_after_seconds(response.headers.get("retry-after")),
+    )
+
+
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>|<h1[^>]*>(.*?)</h1>", re.IGNORECASE | re.DOTALL)
+_TAGS = re.compile(r"<[^>]+>")
+MESSAGE_CHARS = 300
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The server's own words, on one line: vLLM's JSON ``message``, an HTML page's title, or the text."""
     body = response.text
     try:
         detail = response.json()
-        error = detail.get("error", detail)
-        message = error.get("message") if isinstance(error, dict) else str(error)
-    except (ValueError, AttributeError):
-        message = body[:300]
-    cls = _STATUS_ERRORS.get(response.status_code, APIStatusError)
-    text = f"{method} {path} failed with HTTP {response.status_code}: {message or response.reason_phrase}"
-    return cls(text, status_code=response.status_code, body=body)
+    except ValueError:
+        detail = None
+    if isinstance(detail, dict):
+        error = detail.get("error", detail.get("detail", detail))
+        message = error.get("message", error) if isinstance(error, dict) else error
+        return _one_line(str(message))
+    if "html" in response.headers.get("content-type", "") or body.lstrip().lower().startswith(("<!doctype", "<html")):
+        found = _HTML_TITLE.search(body)
+        title = next((g for g in found.groups() if g), "") if found else ""
+        summary = _one_line(html.unescape(_TAGS.sub(" ", title))) if title else "no title"
+        return f"an HTML page ({summary})"
+    return _one_line(body)
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= MESSAGE_CHARS else line[: MESSAGE_CHARS - 1] + "…"
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 # httpx → ours, most specific first; the last row catches the rest (the tests check completeness).
@@ -317,4 +355,7 @@ def _translate(what: str) -> Iterator[None]:
         yield
     except _HTTPX_ERRORS as exc:
         target = next(target for sources, target in _TRANSLATIONS if isinstance(exc, sources))
-        raise target(f"{what}: {str(exc) or type(exc).__name__}") from exc
+        message = f"{what}: {str(exc) or type(exc).__name__}"
+        if issubclass(target, APIError):
+            raise target(message, endpoint=what) from exc
+        raise target(message) from exc

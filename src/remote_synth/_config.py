@@ -30,7 +30,7 @@ SchemaMethod = Literal["regex", "json_schema"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 class ValidationParameters(_Strict):
@@ -155,7 +155,9 @@ class RemoteSettings(BaseSettings):
     With no ``base_url`` the backend launches (and later stops) a local server.
     """
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_assignment=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", validate_assignment=True, allow_inf_nan=False
+    )
 
     base_url: str | None = None
     """A running server (``http://gpu-host:8000``); None launches one."""
@@ -179,11 +181,17 @@ class RemoteSettings(BaseSettings):
     max_num_seqs: int | None = Field(None, ge=1)
     """``--max-num-seqs`` for a launched server; it also starts the window there."""
     request_timeout: float = Field(900.0, gt=0)
-    max_attempts: int = Field(3, ge=1)
+    retry_deadline: float = Field(600.0, ge=0)
+    """Seconds a request may keep failing (server down, overloaded, restarting) before the job gives up."""
+    max_server_restarts: int = Field(2, ge=0)
+    """Times a launched server that dies during a job is started again."""
     startup_timeout: float = Field(900.0, gt=0)
     max_model_len: int | None = Field(None, ge=16)
     dtype: str = "auto"
     server_log: Path | None = None
+    log_dir: Path | None = None
+    """Where a launched server's log (and ``serve``'s key file) go; default: the run directory's
+    ``generate/logs``, or ``$XDG_STATE_HOME/remote-synth`` when the run directory is read-only."""
     use_detailed_logs: bool = False
     """Detailed validation messages (they quote record values) in logs and error tables."""
 

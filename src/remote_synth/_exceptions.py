@@ -5,11 +5,13 @@
     │   ├── RunDirError                     an NSS run directory is missing or corrupt
     │   └── UnsupportedSchemaError          the regex method cannot express a schema
     ├── GenerationError (RuntimeError)      generation stopped prematurely (NSS's error)
-    ├── ServerError (RuntimeError)          a vLLM server process we launched failed
+    ├── ServerError (RuntimeError)          a vLLM server process we launched failed (exit code, log tail)
     │   └── ServerStartError                it exited or never became ready
+    ├── StorageError (OSError)              a journal or output write failed (disk full…)
     └── APIError                            talking to the server failed
         ├── APIConnectionError              no answer: refused, reset, timed out
         │   └── APITimeoutError
+        ├── MalformedResponseError          an answer that cannot be read (truncated JSON…)
         ├── APIStatusError                  the server answered with an error status
         │   ├── BadRequestError             400
         │   ├── AuthenticationError         401 / 403
@@ -35,6 +37,8 @@ __all__ = [
     "BadRequestError",
     "ConfigError",
     "GenerationError",
+    "JournalMismatchError",
+    "MalformedResponseError",
     "NotFoundError",
     "RemoteSynthError",
     "RunDirError",
@@ -42,6 +46,7 @@ __all__ = [
     "ServerError",
     "ServerOverloadedError",
     "ServerStartError",
+    "StorageError",
     "UnsupportedSchemaError",
 ]
 
@@ -78,11 +83,7 @@ class GenerationError(RemoteSynthError, RuntimeError):
 
 
 class ServerError(RemoteSynthError, RuntimeError):
-    """A vLLM server process launched by remote-synth failed."""
-
-
-class ServerStartError(ServerError):
-    """The server exited, or did not become ready in time."""
+    """A vLLM server process launched by remote-synth failed; carries its exit code and log tail."""
 
     def __init__(self, message: str, *, log_tail: str = "", returncode: int | None = None) -> None:
         self.log_tail = log_tail
@@ -91,8 +92,46 @@ class ServerStartError(ServerError):
         super().__init__(text)
 
 
+class ServerStartError(ServerError):
+    """The server exited, or did not become ready in time."""
+
+
+class JournalMismatchError(ConfigError):
+    """``--resume`` with settings that differ from the journal's: names the first field."""
+
+    def __init__(self, path: object, field: str, ours: object, theirs: object) -> None:
+        self.path = str(path)
+        self.field = field
+        super().__init__(f"{self.path}: {field} differs from the journal's ({ours!r} now, {theirs!r} in the journal)")
+
+
+class StorageError(RemoteSynthError, OSError):
+    """Writing the journal or the output failed (a full disk, a lost mount)."""
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 class APIError(RemoteSynthError):
-    """Talking to the inference server failed."""
+    """Talking to the inference server failed.
+
+    Carries where (``endpoint``, e.g. ``POST /v1/completions``) and how many ``attempts``
+    were made; the message names both once a request has been retried.
+    """
+
+    def __init__(self, message: str, *, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.endpoint = endpoint
+        self.attempts = 1
+        self.elapsed = 0.0
+        """Seconds from the first attempt to the last failure."""
+
+    def __str__(self) -> str:
+        if self.attempts <= 1:
+            return self.message
+        return f"{self.message} (gave up after {self.attempts} attempts over {self.elapsed:.0f} s)"
 
 
 class APIConnectionError(APIError):
@@ -103,13 +142,27 @@ class APITimeoutError(APIConnectionError):
     """The request timed out."""
 
 
-class APIStatusError(APIError):
-    """The server answered with an error status; carries the code and the body."""
+class MalformedResponseError(APIError):
+    """The server answered 200 with a body that cannot be read (cut off, not JSON, wrong shape)."""
 
-    def __init__(self, message: str, *, status_code: int, body: str = "") -> None:
+
+class APIStatusError(APIError):
+    """The server answered with an error status; carries the code, the body and any Retry-After."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        body: str = "",
+        endpoint: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, endpoint=endpoint)
         self.status_code = status_code
         self.body = body
-        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds the server asked us to wait (its ``Retry-After``), if it said."""
 
 
 class BadRequestError(APIStatusError):

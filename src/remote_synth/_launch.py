@@ -7,7 +7,11 @@ benchmarks need no backend to launch a server.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import logging
+import os
+import tempfile
 from pathlib import Path
 
 from ._config import GenerateParameters, RemoteSettings
@@ -15,7 +19,9 @@ from ._exceptions import ConfigError
 from ._rundir import ModelMetadata, RunDirectory
 from ._server import ServerSettings
 
-__all__ = ["adapter_name_for", "launch_settings", "structured_outputs_backend"]
+__all__ = ["adapter_name_for", "files_dir", "is_loopback", "launch_settings", "state_dir", "structured_outputs_backend"]
+
+logger = logging.getLogger("remote_synth.launch")
 
 
 def adapter_name_for(run: RunDirectory) -> str:
@@ -51,9 +57,50 @@ def launch_settings(
         api_key=s.api_key.get_secret_value() if s.api_key else None,
         dtype=s.dtype,
         structured_outputs_backend=structured_outputs_backend(params),
-        log_file=s.server_log or run.path / "generate" / "logs" / "vllm-server.log",
+        log_file=s.server_log or files_dir(run, s) / "vllm-server.log",
         startup_timeout=s.startup_timeout,
     )
+
+
+def files_dir(run: RunDirectory, settings: RemoteSettings) -> Path:
+    """Where a server's log and key file go: ``--log-dir``, else the run's ``generate/logs``, else the state dir.
+
+    A run directory may be read-only (a shared mount, a container volume): then
+    ``$XDG_STATE_HOME/remote-synth/<adapter name>`` (``~/.local/state/…``) takes its place.
+    """
+    if settings.log_dir is not None:
+        return settings.log_dir
+    preferred = run.path / "generate" / "logs"
+    if _writable(preferred):
+        return preferred
+    fallback = state_dir() / (settings.adapter_name or adapter_name_for(run))
+    logger.info("%s is not writable: logs and keys go to %s", preferred, fallback)
+    return fallback
+
+
+def state_dir() -> Path:
+    """``$XDG_STATE_HOME/remote-synth``, or ``~/.local/state/remote-synth`` (the XDG default)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "remote-synth"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".remote-synth-check-"):
+            return True
+    except OSError:
+        return False
 
 
 def structured_outputs_backend(config: GenerateParameters) -> str:

@@ -1,7 +1,8 @@
 """Writing results: CSV (NSS's format), JSON lines or Parquet, chosen by the file's suffix.
 
 The target is checked before generation starts, and written atomically, so a
-bad path costs nothing and a failed write never leaves half a file.
+bad path costs nothing and a failed write never leaves half a file. Files get
+the mode the user's umask gives (0644 under umask 022), like any other tool's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ from ._exceptions import ConfigError
 __all__ = ["FORMATS", "OutputFile"]
 
 FORMATS = (".csv", ".jsonl", ".parquet")
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class OutputFile:
@@ -55,7 +63,10 @@ class OutputFile:
         target = path or self.path
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
+        try:
+            os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600
+        finally:
+            os.close(fd)
         tmp = Path(tmp_name)
         try:
             suffix = target.suffix.lower()

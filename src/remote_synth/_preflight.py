@@ -16,7 +16,7 @@ from typing import Any
 from ._client import Completion, InferenceClient
 from ._exceptions import APIConnectionError, AuthenticationError, BadRequestError, NotFoundError, ServerCheckError
 
-__all__ = ["ServerInfo", "check_server"]
+__all__ = ["ServerInfo", "check_server", "server_is_back"]
 
 logger = logging.getLogger("remote_synth.preflight")
 
@@ -44,18 +44,25 @@ class ServerInfo:
         return wanted
 
 
+async def server_is_back(client: InferenceClient, adapter: str) -> bool:
+    """After an outage: healthy, and serving the adapter again (a restarted server may not yet)."""
+    if await client.health() != 200:
+        return False
+    return adapter in {m.get("id") for m in await client.models()}
+
+
 async def check_server(
     client: InferenceClient, adapter: str, prompt: str, structured_outputs: Mapping[str, Any] | None
 ) -> ServerInfo:
     """Health, the adapter in ``/v1/models``, the prompt's length, and structured outputs."""
     health = await client.health()
     if health >= 500:  # 404: a gateway without /health; 0: no answer, which /v1/models reports below
-        raise ServerCheckError(f"the server at {client.base_url} is not healthy (/health answered HTTP {health})")
+        raise ServerCheckError(f"the server at {client.display_url} is not healthy (/health answered HTTP {health})")
     by_id = await _served_models(client)
     if adapter not in by_id:
         served = ", ".join(sorted(str(k) for k in by_id)) or "nothing"
         raise NotFoundError(
-            f"adapter {adapter!r} is not served by {client.base_url} (it serves: {served}); "
+            f"adapter {adapter!r} is not served by {client.display_url} (it serves: {served}); "
             "pass the served name with --adapter-name, or launch it with `remote-synth serve RUN_DIR`",
             status_code=404,
         )
@@ -77,11 +84,11 @@ async def _served_models(client: InferenceClient) -> dict[Any, dict[str, Any]]:
         models = await client.models()
     except APIConnectionError as exc:
         raise type(exc)(
-            f"cannot reach a server at {client.base_url} ({exc}); check --base-url and that it runs"
+            f"cannot reach a server at {client.display_url} ({exc}); check --base-url and that it runs"
         ) from None
     except AuthenticationError as exc:
         raise AuthenticationError(
-            f"the server at {client.base_url} refused the API key (HTTP {exc.status_code}); "
+            f"the server at {client.display_url} refused the API key (HTTP {exc.status_code}); "
             "pass the right key with --api-key-env NAME or REMOTE_SYNTH_API_KEY",
             status_code=exc.status_code,
         ) from None
@@ -109,7 +116,7 @@ async def _check_structured_outputs(
         ) from None
     if not _obeys_probe(answer, json_method):
         raise ServerCheckError(
-            f"the server at {client.base_url} ignored `structured_outputs` (vLLM older than 0.12, or a "
+            f"the server at {client.display_url} ignored `structured_outputs` (vLLM older than 0.12, or a "
             "gateway that drops unknown fields): upgrade the server or turn structured generation off"
         )
 

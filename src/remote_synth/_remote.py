@@ -8,7 +8,10 @@ server full and NSS's batch accounting over the completions it brings back.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -21,15 +24,17 @@ from pydantic import BaseModel
 
 from ._aio import LoopThread
 from ._backend import GeneratorBackend
-from ._client import InferenceClient, RetryPolicy, TimeoutPolicy
+from ._client import InferenceClient, TimeoutPolicy
 from ._config import GenerateParameters, RemoteSettings
-from ._engine import EngineStats, Progress, Scheduler, TabularJobs, WindowPolicy, WindowSettings
-from ._exceptions import BackendStateError, ConfigError
+from ._engine import EngineStats, Progress, Recovery, Scheduler, TabularJobs, WindowPolicy, WindowSettings
+from ._exceptions import BackendStateError, ConfigError, ServerError
+from ._journal import Journal
 from ._launch import adapter_name_for, launch_settings
-from ._preflight import ServerInfo, check_server
+from ._preflight import ServerInfo, check_server, server_is_back
 from ._processors import create_processor
 from ._prompt import build_prompt
 from ._results import DataActionsFn, GenerateJobResults, GenerationBatches, GenerationStatus
+from ._retry import RetryPolicy
 from ._rundir import ModelMetadata, RunDirectory
 from ._sampling import request_body, sampling_fields
 from ._server import ServerSettings, VllmServer
@@ -38,6 +43,9 @@ from ._structured import structured_outputs_payload
 __all__ = ["RemoteBackend"]
 
 logger = logging.getLogger("remote_synth.remote")
+
+SUPERVISE_INTERVAL = 0.5
+"""Seconds between checks that a server we launched still runs."""
 
 
 class RemoteBackend(GeneratorBackend):
@@ -98,6 +106,9 @@ class RemoteBackend(GeneratorBackend):
         self.server_info: ServerInfo | None = None
         self.engine_stats: EngineStats | None = None
         """What the last ``generate()`` sent: requests, prompts sent, retries, window readings."""
+        self.journal: Journal | None = None
+        """Where ``generate()`` keeps the completions it uses (``open_journal``), if anywhere."""
+        self._replay: list[list[str]] = []
         self._client: InferenceClient | None = None
         self._loop: LoopThread | None = None
         self._params: dict[str, Any] | None = None
@@ -117,7 +128,7 @@ class RemoteBackend(GeneratorBackend):
                 base_url,
                 api_key=api_key,
                 timeouts=TimeoutPolicy(read=self.settings.request_timeout),
-                retry=RetryPolicy(max_attempts=self.settings.max_attempts),
+                retry=RetryPolicy(deadline=self.settings.retry_deadline),
                 max_concurrency=self.settings.max_concurrency,
                 prompts_per_request=self.settings.prompts_per_request,
                 transport=self.transport,
@@ -134,6 +145,35 @@ class RemoteBackend(GeneratorBackend):
         """Sampling parameters under NSS's names; ``generate()`` uses exactly these (see ``sampling_fields``)."""
         self._params = sampling_fields(kwargs, self.config)
 
+    def open_journal(self, path: str | Path, *, resume: bool = False) -> int:
+        """Keep the completions ``generate()`` uses in a journal at ``path``; returns those replayed.
+
+        With ``resume`` an existing journal must be this job's (same adapter, schema, prompt and
+        settings, else ``JournalMismatchError`` naming the field), and ``generate()`` first
+        replays it: the job continues where it stopped, nothing lost and nothing counted twice.
+        Call after ``initialize()`` and ``prepare_params()``.
+        """
+        if self.server_info is None:
+            raise BackendStateError("call initialize() (and prepare_params()) before open_journal()")
+        journal = Journal(path, self.job_header())
+        self._replay = journal.open(resume=resume)
+        self.journal = journal
+        return sum(len(entry) for entry in self._replay)
+
+    def job_header(self) -> dict[str, object]:
+        """What makes two runs the same job: adapter, schema, prompt, settings and the request's sampling."""
+        assert self.server_info is not None
+        body = self._request_body(self.server_info)
+        header: dict[str, object] = {
+            "adapter": self.adapter_name,
+            "schema": _digest(self.run.schema),
+            "prompt": _digest(self.prompt),
+        }
+        header.update(_flatten(self.config.model_dump(mode="json")))
+        header.update({f"request.{k}": v for k, v in sorted(body.items()) if k != "structured_outputs"})
+        header["request.structured_outputs"] = _digest(body.get("structured_outputs"))
+        return header
+
     def generate(self, data_actions_fn: DataActionsFn | None = None) -> GenerateJobResults:
         """NSS's batches and stop rules, over requests that keep the server full until the target."""
         if self._client is None or self._loop is None or self.server_info is None or self._torn_down:
@@ -145,12 +185,15 @@ class RemoteBackend(GeneratorBackend):
             data_actions_fn=data_actions_fn,
         )
         jobs = TabularJobs(batches, self.processor, self.prompt, self._request_body(self.server_info),
-                           self.config.num_records, detailed_errors=self.use_detailed_logs, on_batch=self.on_batch)  # fmt: skip
+                           self.config.num_records, detailed_errors=self.use_detailed_logs, on_batch=self.on_batch,
+                           log=self.journal)  # fmt: skip
         scheduler = self._scheduler(self._client)
         started = time.monotonic()
         self.gen_results = None
         try:
-            self._loop.run(scheduler.run(jobs))
+            replay, self._replay = self._replay, []
+            jobs.replay(replay)
+            self._loop.run(self._run_engine(scheduler, jobs))
         finally:  # also on failure or Ctrl-C: what came back is counted and kept
             self.engine_stats = scheduler.stats
             jobs.flush()
@@ -165,7 +208,7 @@ class RemoteBackend(GeneratorBackend):
             return
         self._torn_down = True
         steps: list[tuple[str, Callable[[], Any]]] = []
-        loop, client, server = self._loop, self._client, self.server
+        loop, client, server, journal = self._loop, self._client, self.server, self.journal
         if loop is not None:
             steps.append(("cancel in-flight requests", loop.cancel_all))
             if client is not None:
@@ -173,6 +216,8 @@ class RemoteBackend(GeneratorBackend):
             steps.append(("stop the event loop", loop.close))
         if server is not None:
             steps.append(("stop the vLLM server we launched", server.stop))
+        if journal is not None:
+            steps.append(("close the journal", journal.close))
         self.run_cleanup_steps(steps)
         self._client = self._loop = None
         self.gen_method = None
@@ -187,8 +232,24 @@ class RemoteBackend(GeneratorBackend):
         self.teardown()
 
     def __del__(self) -> None:
+        """Collected without ``teardown()``: release everything without waiting on anything.
+
+        The collector can run on any thread, the loop's own included, so nothing here waits
+        on the loop: the server's group is killed, and the pool is closed by the loop itself
+        as its last task before it stops.
+        """
+        if getattr(self, "_torn_down", True):
+            return
+        self._torn_down = True
         with contextlib.suppress(Exception):
-            self.teardown()
+            if self.server is not None:
+                self.server.kill_now()
+        with contextlib.suppress(Exception):
+            if self._loop is not None:
+                self._loop.close_soon(self._client.aclose() if self._client is not None else None)
+        with contextlib.suppress(Exception):
+            if self.journal is not None:
+                self.journal.close()
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -219,14 +280,58 @@ class RemoteBackend(GeneratorBackend):
             structured_outputs=self.structured_outputs,
         )
 
+    async def _run_engine(self, scheduler: Scheduler, jobs: TabularJobs) -> None:
+        """The scheduler, and beside it (for a server we launched) a supervisor that restarts it if it dies."""
+        if self.server is None:
+            await scheduler.run(jobs)
+            return
+        run = asyncio.ensure_future(scheduler.run(jobs))
+        supervise = asyncio.ensure_future(self._supervise(self.server))
+        try:
+            await asyncio.wait({run, supervise}, return_when=asyncio.FIRST_COMPLETED)
+            if supervise.done() and not run.done():
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run
+                supervise.result()  # raises why the server could not be kept up
+            run.result()
+        finally:
+            for task in (run, supervise):
+                task.cancel()
+            await asyncio.gather(run, supervise, return_exceptions=True)
+
+    async def _supervise(self, server: VllmServer) -> None:
+        """Notice at once that our server exited; start it again, at most ``max_server_restarts`` times.
+
+        While it restarts, requests fail without an answer and wait on the scheduler's recovery probe.
+        """
+        limit = self.settings.max_server_restarts
+        while True:
+            await asyncio.sleep(SUPERVISE_INTERVAL)
+            code = server.returncode
+            if code is None:
+                continue
+            if server.restarts >= limit:
+                raise ServerError(
+                    f"vLLM exited with code {code} during generation, after {server.restarts} restart(s)",
+                    log_tail=server.log_tail(),
+                    returncode=code,
+                )
+            logger.error("vLLM exited with code %d during generation; restarting it (%d of %d). Log tail:\n%s",
+                         code, server.restarts + 1, limit, server.log_tail(10))  # fmt: skip
+            await asyncio.to_thread(server.restart)
+
     def _scheduler(self, client: InferenceClient) -> Scheduler:
         """The window starts at the server's slots where we launched it with a known count."""
         s = self.settings
         known_slots = self.server.settings.max_num_seqs if self.server is not None else None
         initial = min(known_slots or s.window, s.max_window)
         window = WindowPolicy(WindowSettings(initial=initial, maximum=s.max_window, step=s.prompts_per_request))
-        return Scheduler(client, self.adapter_name, window, prompts_per_request=s.prompts_per_request,
-                         load_interval=s.load_interval)  # fmt: skip
+        adapter = self.adapter_name
+        recovery = Recovery(lambda: server_is_back(client, adapter), deadline=s.retry_deadline,
+                            where=f"the server at {client.display_url}")  # fmt: skip
+        return Scheduler(client, adapter, window, prompts_per_request=s.prompts_per_request,
+                         load_interval=s.load_interval, recovery=recovery)  # fmt: skip
 
     def _results(self, batches: GenerationBatches) -> GenerateJobResults:
         """Results from what was generated so far (kept even when generation stops early)."""
@@ -235,6 +340,22 @@ class RemoteBackend(GeneratorBackend):
         truncate = self.group_by is None and batches.status is GenerationStatus.COMPLETE
         max_records = self.config.num_records if truncate else None
         return GenerateJobResults.from_batches(batches, max_records, self.columns, self.elapsed_time)
+
+
+def _digest(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, object]:
+    """``{"validation": {"x": 1}}`` → ``{"validation.x": 1}``: one named field per setting."""
+    flat: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _run_directory(workdir: Any) -> RunDirectory:

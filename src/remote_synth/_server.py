@@ -1,7 +1,9 @@
 """Owning a vLLM OpenAI-compatible server process: launch, readiness, stop.
 
 Building a ``VllmServer`` only computes the command and environment; ``start``
-spawns it in its own process group with its output in a log file;
+spawns it in its own process group with its output in a log file, under a
+lifeline (``_lifeline.py``) that takes the group down if this process dies,
+however it dies; every route but ``/health`` is behind the key (``_authgate.py``);
 ``wait_ready`` polls until ``/health`` is 200 **and** the adapter is listed in
 ``/v1/models``, failing at once (with the log's tail) if the process exits;
 ``stop`` sends SIGTERM to the group, waits, then SIGKILLs the group and checks
@@ -17,11 +19,13 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from ._exceptions import ConfigError, ServerStartError
+from ._exceptions import ConfigError, ServerError, ServerStartError
 
 __all__ = ["ServerSettings", "VllmServer", "free_port", "lora_rank_limit"]
 
@@ -39,6 +43,9 @@ logger = logging.getLogger("remote_synth.server")
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 LOG_TAIL_LINES = 40
+LIFELINE = Path(__file__).with_name("_lifeline.py")
+AUTH_GATE = Path(__file__).with_name("_authgate.py")
+AUTH_GATE_MODULE = "remote_synth_authgate"
 
 
 def lora_rank_limit(r: int) -> int:
@@ -81,7 +88,9 @@ class ServerSettings:
     port: int | None = None
     """None: a free port."""
     api_key: str | None = field(default=None, repr=False)
-    """None: a random key (the server is ours alone)."""
+    """None: a random key (the server is ours alone). Every route but /health needs it."""
+    insecure: bool = False
+    """No key at all: every route is open (``serve --insecure``)."""
     python: str = sys.executable
     dtype: str = "auto"
     structured_outputs_backend: str = "auto"
@@ -106,11 +115,16 @@ class VllmServer:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.port = settings.port or free_port(settings.host)
-        self.api_key = settings.api_key or secrets.token_urlsafe(24)
+        self.api_key = None if settings.insecure else settings.api_key or secrets.token_urlsafe(24)
         self.log_file = settings.log_file or Path(tempfile.gettempdir()) / f"remote-synth-vllm-{self.port}.log"
         self.command = self._command()
+        self.restarts = 0
         self._process: subprocess.Popen[bytes] | None = None
+        self._gate_dir: Path | None = None
         self._stopped = False
+        self._closed = False
+        """Set by ``stop``/``kill_now`` for good: a restart racing with a stop must not start anything."""
+        self._lock = threading.Lock()
 
     @property
     def base_url(self) -> str:
@@ -140,6 +154,8 @@ class VllmServer:
             cmd += ["--max-model-len", str(s.max_model_len)]
         if s.max_num_seqs:
             cmd += ["--max-num-seqs", str(s.max_num_seqs)]
+        if self.api_key:
+            cmd += ["--middleware", f"{AUTH_GATE_MODULE}.AuthGate"]
         return cmd + list(s.extra_args)
 
     def _structured_outputs_config(self) -> dict[str, Any]:
@@ -152,7 +168,11 @@ class VllmServer:
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["VLLM_API_KEY"] = self.api_key  # not on the command line, where `ps` would show it
+        env.pop("VLLM_API_KEY", None)
+        if self.api_key:
+            env["VLLM_API_KEY"] = self.api_key  # not on the command line, where `ps` would show it
+        if self._gate_dir is not None:  # the auth gate, importable by the server's interpreter
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self._gate_dir), env.get("PYTHONPATH")) if p)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         if self.settings.offline:
             env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -161,7 +181,7 @@ class VllmServer:
 
     def start(self) -> VllmServer:
         """Spawn the server in its own process group; does not wait."""
-        if self._process is not None:
+        if self._process is not None or self._closed:
             raise RuntimeError("this server was already started; create a new VllmServer")
         if importlib.util.find_spec("vllm") is None and self.settings.python == sys.executable:
             raise ConfigError(
@@ -169,13 +189,35 @@ class VllmServer:
                 "or pass --base-url to use a running one"
             )
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        if self.api_key and self._gate_dir is None:
+            self._gate_dir = Path(tempfile.mkdtemp(prefix="remote-synth-gate-"))
+            shutil.copyfile(AUTH_GATE, self._gate_dir / f"{AUTH_GATE_MODULE}.py")
         logger.info("starting vLLM on %s (log: %s)", self.base_url, self.log_file)
         with self.log_file.open("ab") as log:
+            # stdin is the lifeline: its write end stays here, and closes when this process ends.
             self._process = subprocess.Popen(  # noqa: S603 - an argument list, never a shell
-                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self._env(), start_new_session=True,
+                [sys.executable, str(LIFELINE), *self.command], stdin=subprocess.PIPE, stdout=log,
+                stderr=subprocess.STDOUT, env=self._env(), start_new_session=True,
             )  # fmt: skip
         return self
+
+    def restart(self) -> None:
+        """Stop what is left of the server, start it again on the same port, and wait until it is ready."""
+        with self._lock:
+            if self._closed:
+                raise ServerError("the server was stopped; it is not restarted")
+            self._stop_group()
+            self._process = None
+            self._stopped = False
+            self.restarts += 1
+            logger.warning("restarting vLLM on %s (restart %d)", self.base_url, self.restarts)
+            self.start()
+        self.wait_ready()
+
+    @property
+    def returncode(self) -> int | None:
+        """The server's exit code once it has exited, else None."""
+        return self._process.poll() if self._process is not None else None
 
     def wait_ready(
         self,
@@ -189,7 +231,7 @@ class VllmServer:
             raise RuntimeError("start() the server first")
         budget = timeout if timeout is not None else self.settings.startup_timeout
         deadline = clock() + budget
-        headers = {"Authorization": f"Bearer {self.api_key}"}
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         with httpx.Client(base_url=self.base_url, headers=headers, timeout=5.0) as http:
             while True:
                 self.raise_if_exited()
@@ -232,9 +274,28 @@ class VllmServer:
 
     def stop(self) -> None:
         """SIGTERM the group, wait, SIGKILL what is left; idempotent."""
+        with self._lock:
+            self._closed = True
         if self._process is None or self._stopped:
             return
         self._stopped = True
+        try:
+            self._stop_group()
+        finally:
+            self._remove_gate()
+        logger.info("vLLM on %s stopped", self.base_url)
+
+    def kill_now(self) -> None:
+        """SIGKILL the group and return at once (for finalizers, which must not block)."""
+        self._closed = True
+        if self._process is not None and not self._stopped:
+            self._stopped = True
+            _signal_group(self._process.pid, signal.SIGKILL)
+            self._close_lifeline()
+            self._remove_gate()
+
+    def _stop_group(self) -> None:
+        assert self._process is not None
         pgid = self._process.pid  # start_new_session: the leader's pid is the group id
         _signal_group(pgid, signal.SIGTERM)
         try:
@@ -249,7 +310,17 @@ class VllmServer:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(10)
         _wait_group_gone(pgid, timeout=10)
-        logger.info("vLLM on %s stopped", self.base_url)
+        self._close_lifeline()
+
+    def _close_lifeline(self) -> None:
+        if self._process is not None and self._process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+
+    def _remove_gate(self) -> None:
+        if self._gate_dir is not None:
+            shutil.rmtree(self._gate_dir, ignore_errors=True)
+            self._gate_dir = None
 
     def group_alive(self) -> bool:
         """Whether any process of the server's group remains."""

@@ -19,6 +19,7 @@ from remote_synth import (
     BadRequestError,
     ConfigError,
     InferenceClient,
+    MalformedResponseError,
     NotFoundError,
     RetryPolicy,
 )
@@ -106,47 +107,53 @@ def test_status_errors_are_typed_and_not_retried(status: int, error: type[Except
     assert len(calls) == 1
 
 
-def test_transient_errors_are_retried_then_succeed() -> None:
-    answers = [httpx.Response(503, text="busy"), httpx.Response(502, text="gateway")]
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        if answers:
-            return answers.pop(0)
-        return httpx.Response(200, json={"choices": [{"index": 0, "text": "ok"}]})
-
-    c = client(handle, retry=RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.001))
-    assert run(c.complete({"prompt": ["a"]}))[0].text == "ok"
-
-
-def test_retries_are_bounded() -> None:
-    calls = []
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        calls.append(1)
-        raise httpx.ConnectError("refused")
-
-    c = client(handle, retry=RetryPolicy(max_attempts=2, initial_delay=0.001, max_delay=0.001))
-    with pytest.raises(APIConnectionError, match="refused"):
-        run(c.complete({"prompt": ["a"]}))
-    assert len(calls) == 2
-
-
 def test_timeouts_are_typed() -> None:
     def handle(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("slow")
 
-    c = client(handle, retry=RetryPolicy(max_attempts=1))
+    c = client(handle, retry=RetryPolicy(deadline=0))
     with pytest.raises(APITimeoutError):
         run(c.complete({"prompt": ["a"]}))
 
 
-def test_wrong_choice_count_and_non_json_are_errors() -> None:
-    c = client(lambda r: httpx.Response(200, json={"choices": []}))
-    with pytest.raises(APIError, match="0 choices for 2 prompts"):
+def test_wrong_choice_count_and_non_json_are_malformed_answers() -> None:
+    c = client(lambda r: httpx.Response(200, json={"choices": []}), retry=RetryPolicy(deadline=0))
+    with pytest.raises(MalformedResponseError, match="0 choices for 2 prompts"):
         run(c.complete({"prompt": ["a", "b"]}))
-    c = client(lambda r: httpx.Response(200, text="<html>"))
-    with pytest.raises(APIError, match="not JSON"):
+    c = client(lambda r: httpx.Response(200, text='{"choices": [{"index": 0, "te'))
+    with pytest.raises(MalformedResponseError, match="not JSON"):
         run(c.models())
+
+
+def test_an_html_error_page_becomes_one_summarised_line() -> None:
+    page = "<!DOCTYPE html>\n<html><head><title>502 Bad\n Gateway</title></head><body>" + "<p>x</p>" * 500
+    c = client(lambda r: httpx.Response(502, text=page, headers={"content-type": "text/html"}))
+    with pytest.raises(APIStatusError) as info:
+        run(c.models())
+    message = str(info.value)
+    assert message == "GET /v1/models failed with HTTP 502: an HTML page (502 Bad Gateway)"
+    assert info.value.endpoint == "GET /v1/models" and info.value.status_code == 502
+
+
+@pytest.mark.parametrize(("header", "seconds"), [("7", 7.0), ("0", 0.0), ("soon", None), (None, None)])
+def test_retry_after_is_read_from_the_answer(header: str | None, seconds: float | None) -> None:
+    headers = {"retry-after": header} if header is not None else {}
+    c = client(lambda r: httpx.Response(429, json={"error": {"message": "slow down"}}, headers=headers))
+    with pytest.raises(APIStatusError) as info:
+        run(c.models())
+    assert info.value.retry_after == seconds
+
+
+def test_retry_after_as_an_http_date() -> None:
+    from remote_synth._client import retry_after_seconds
+
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412480.0) == 30.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412500.0) == 0.0
+
+
+def test_credentials_in_the_base_url_are_masked_in_messages() -> None:
+    c = InferenceClient("http://user:s3cret@server:8000", transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+    assert "s3cret" not in c.display_url and c.display_url.startswith("http://***@server:8000")
 
 
 def test_health_is_zero_when_nothing_answers() -> None:
@@ -175,13 +182,3 @@ def test_every_httpx_exception_is_translated() -> None:
     classes = [c for c in vars(httpx).values() if inspect.isclass(c) and issubclass(c, Exception)]
     sources = tuple(source for group, _ in _TRANSLATIONS for source in group)
     assert classes and all(issubclass(c, sources) for c in classes), [c for c in classes if not issubclass(c, sources)]
-
-
-def test_retry_policy_decisions() -> None:
-    policy = RetryPolicy()
-    assert policy.should_retry(APITimeoutError("t"))
-    assert policy.should_retry(APIStatusError("x", status_code=503))
-    assert policy.should_retry(APIStatusError("x", status_code=429))
-    assert not policy.should_retry(BadRequestError("x", status_code=400))
-    assert not policy.should_retry(AuthenticationError("x", status_code=401))
-    assert not policy.should_retry(ValueError("bug"))

@@ -40,7 +40,7 @@ def jobs(target: int, *, on_batch: Callable[[Progress], None] | None = None, fir
 def scheduler(transport: httpx.AsyncBaseTransport, window: int, *, ppr: int = 10, **kw: Any) -> Scheduler:
     client = InferenceClient("http://sim", transport=transport)
     policy = WindowPolicy(WindowSettings(initial=window, maximum=max(window, 4096), step=ppr))
-    retry = kw.pop("retry", RetryPolicy(max_attempts=1))
+    retry = kw.pop("retry", RetryPolicy(deadline=0))
     return Scheduler(client, "nss-adapter", policy, retry=retry, prompts_per_request=ppr, **kw)
 
 
@@ -249,7 +249,7 @@ def test_a_request_in_backoff_holds_no_room_and_overload_halves_the_window() -> 
             limit_during_backoff.append(sched.window.limit)
             server.pending.clear()
 
-        sched = scheduler(server, window=40, ppr=10, sleep=sleep, retry=RetryPolicy(max_attempts=2))
+        sched = scheduler(server, window=40, ppr=10, sleep=sleep, retry=RetryPolicy(deadline=60))
         task = asyncio.create_task(sched.run(source))
         await until(lambda: len(server.pending) == 2)  # 20 prompts: two requests
         first = server.pending[1]

@@ -4,16 +4,19 @@ Layering: the engine knows jobs, windows and the transport's typed errors
 (never HTTP status codes); ``RemoteBackend`` wires it to a run directory.
 """
 
-from ._accounting import Progress, TabularJobs
+from ._accounting import CompletionLog, Progress, TabularJobs
+from ._recovery import Recovery
 from ._scheduler import EngineStats, Job, JobSource, Scheduler
 from ._window import Gate, WindowPolicy, WindowSettings
 
 __all__ = [
+    "CompletionLog",
     "EngineStats",
     "Gate",
     "Job",
     "JobSource",
     "Progress",
+    "Recovery",
     "Scheduler",
     "TabularJobs",
     "WindowPolicy",

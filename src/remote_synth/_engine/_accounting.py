@@ -25,8 +25,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from .._batch import Batch, valid_fraction
 from .._client import Completion
@@ -34,12 +35,22 @@ from .._records import ParsedResponse
 from .._results import GenerationBatches
 from ._scheduler import Job
 
-__all__ = ["Progress", "TabularJobs"]
+__all__ = ["CompletionLog", "Progress", "TabularJobs"]
 
 logger = logging.getLogger("remote_synth.engine")
 
 FIRST_JOB_PROMPTS = 5
 """Prompts per job before any completion is back (a request returns when its slowest prompt does)."""
+
+
+class CompletionLog(Protocol):
+    """Where the completions a job uses are kept, so that it can be replayed (the journal)."""
+
+    def append(self, texts: Sequence[str]) -> None:
+        """One request's completion texts, before they are used."""
+
+    def commit(self) -> None:
+        """A batch has closed: make what was appended durable."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,7 @@ class TabularJobs:
         detailed_errors: bool = False,
         on_batch: Callable[[Progress], None] | None = None,
         first_job_prompts: int = FIRST_JOB_PROMPTS,
+        log: CompletionLog | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.batches = batches
@@ -93,6 +105,7 @@ class TabularJobs:
         self.detailed_errors = detailed_errors
         self.on_batch = on_batch
         self.first_job_prompts = first_job_prompts
+        self.log = log
         self._clock = clock
         self._started = clock()
         self._open = Batch(processor)
@@ -141,10 +154,25 @@ class TabularJobs:
         return Job(prompts=[self.prompt] * prompts, params=self.params)
 
     def complete(self, job: Job, completions: Sequence[Completion]) -> None:
-        for completion in completions:
+        texts = [c.text for c in completions]
+        if self.log is not None:
+            self.log.append(texts)  # kept before used: a crash from here on loses nothing used
+        self._use(texts)
+
+    def replay(self, entries: Iterable[Sequence[str]]) -> None:
+        """Use an earlier run's completions (the journal's) again, exactly as they were used then."""
+        log, self.log = self.log, None
+        try:
+            for texts in entries:
+                self._use(texts)
+        finally:
+            self.log = log
+
+    def _use(self, texts: Sequence[str]) -> None:
+        for text in texts:
             if self.done:
                 return
-            self._open.process(self._open.num_prompts, completion.text)
+            self._open.process(self._open.num_prompts, text)
             if self._open.num_prompts >= self._open_size or self.valid >= self.target:
                 self._close()
 
@@ -162,6 +190,8 @@ class TabularJobs:
         batch, self._open = self._open, Batch(self.processor)
         self.batches.add_batch(batch, judge=judge)
         batch.log_summary(detailed_errors=self.detailed_errors)
+        if self.log is not None:
+            self.log.commit()
         self._open_size = self.batches.get_next_num_prompts()
         progress = Progress(
             batch=self.batches.num_batches,

@@ -8,6 +8,8 @@ whatever is still in flight (vLLM aborts a request whose client goes away).
 
 Retries happen outside the window: a request sleeping in backoff gives its
 prompts back to the gate, and queues for them again before its next attempt.
+A request that got no answer at all first waits for the server to be back
+(``Recovery``: one shared probe), so an outage costs a probe, not a storm.
 A request that fails for good ends the run; every job that completed before it
 has already been handed to the source, so nothing it produced is lost.
 """
@@ -17,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .._client import Completion, InferenceClient, RetryPolicy, completions_body
-from .._exceptions import APIError, ServerOverloadedError
+from .._client import Completion, InferenceClient, completions_body
+from .._exceptions import APIConnectionError, APIError, ServerOverloadedError
+from .._retry import RetryPolicy
+from ._recovery import Recovery
 from ._window import Gate, WindowPolicy
 
 __all__ = ["EngineStats", "Job", "JobSource", "Scheduler"]
@@ -100,7 +105,9 @@ class Scheduler:
         retry: RetryPolicy | None = None,
         prompts_per_request: int = 25,
         load_interval: float = 0.5,
+        recovery: Recovery | None = None,
         sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if prompts_per_request < 1:
             raise ValueError("prompts_per_request must be at least 1")
@@ -110,7 +117,9 @@ class Scheduler:
         self.retry = retry or client.retry
         self.prompts_per_request = prompts_per_request
         self.load_interval = load_interval
+        self.recovery = recovery
         self._sleep = sleep
+        self._clock = clock
         self.stats = EngineStats()
         self._wake = asyncio.Event()
         self._gate = Gate(window.limit, on_release=self._wake.set)
@@ -139,6 +148,8 @@ class Scheduler:
                 self._collect(source)
         finally:
             watcher.cancel()
+            if self.recovery is not None:
+                self.recovery.cancel()
             await self._cancel_all()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
@@ -182,17 +193,27 @@ class Scheduler:
         """One job, retried by the policy; between attempts it holds no room in the window."""
         body = completions_body(self.model, job.prompts, job.params)
         holding = True  # the scheduler reserved the first attempt's room
-        async for attempt in self.retry.retrying(sleep=self._sleep):
+        unanswered = False
+        async for attempt in self.retry.retrying(sleep=self._sleep, clock=self._clock):
             with attempt:
                 if not holding:
                     self.stats.retries += 1
+                    if unanswered and self.recovery is not None:
+                        await self.recovery.wait()
                     await self._gate.acquire(job.size)
                     holding = True
                 try:
                     return await self.client.send_completions(body)
                 except ServerOverloadedError:
+                    unanswered = False
                     self.stats.overloads += 1
                     self._gate.resize(self.window.overloaded())
+                    raise
+                except APIConnectionError:
+                    unanswered = True
+                    raise
+                except APIError:
+                    unanswered = False
                     raise
                 finally:
                     self._gate.release(job.size)
