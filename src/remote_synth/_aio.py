@@ -22,8 +22,14 @@ class LoopThread:
 
     def __init__(self, name: str = "remote-synth-loop") -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._close_when_stopped = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        self._loop.run_forever()
+        if self._close_when_stopped:  # close_soon(): nobody will join this thread to close the loop
+            self._loop.close()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -82,6 +88,7 @@ class LoopThread:
             finally:
                 asyncio.get_running_loop().stop()
 
+        self._close_when_stopped = True
         self._loop.call_soon_threadsafe(lambda: self._loop.create_task(_finish()))
 
     def close(self, timeout: float = 5.0) -> None:

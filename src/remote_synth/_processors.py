@@ -105,13 +105,24 @@ class GroupedDataProcessor(Processor):
         out.valid_records.extend(records)
 
     def _group_problem(self, records: list[dict[str, Any]]) -> tuple[str, str] | None:
-        """Check (or, when allowed, fix in place) the group's key values and order."""
+        """Check the group's key values and order; apply the allowed fixes only to a group that passes.
+
+        The fixes are worked on copies: a group rejected after a key fix (say, for its order)
+        reports what the model wrote, as NSS does.
+        """
+        fixed = records
         keys = [tuple(r.get(g) for g in self.group_by) for r in records]
         if any(k != keys[0] for k in keys):
             if not self.validation.group_by_fix_non_unique_value:
                 return NOT_UNIQUE
-            for record in records[1:]:
-                record.update(zip(self.group_by, keys[0], strict=True))
+            fixed = [records[0]] + [{**r, **dict(zip(self.group_by, keys[0], strict=True))} for r in records[1:]]
+        problem = self._order_problem(fixed)
+        if problem is None:
+            records[:] = fixed
+        return problem
+
+    def _order_problem(self, records: list[dict[str, Any]]) -> tuple[str, str] | None:
+        """None when ordered (or sorted, where that fix is allowed); sorts ``records`` in place."""
         order_by = self.order_by
         if order_by is None:
             return None

@@ -102,7 +102,8 @@ class GenerationStopCondition:
 
     @property
     def reached(self) -> bool:
-        return self.counter >= self.patience
+        """Only on a value at or above the threshold: with patience ≤ 0 NSS still waits for one."""
+        return self.counter > 0 and self.counter >= self.patience
 
 
 @dataclass

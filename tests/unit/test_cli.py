@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from fakes.http_vllm import HttpVllm
 
 from remote_synth._cli import EXIT_BAD_INPUT, main
 from remote_synth._server import free_port
@@ -134,3 +137,145 @@ def test_ctrl_c_right_after_the_announcement_is_a_clean_stop(
     code, _ = run_main(monkeypatch, capsys, "serve", str(run), "--api-key", "k")
     assert code == 0
     assert fake.stopped == 1
+
+
+# -- durable jobs: inputs, existing files, exit codes by phase ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "field"),
+    [
+        (["--temperature", "inf"], {}, "temperature"),
+        (["--temperature", "nan"], {}, "temperature"),
+        (["--top-p", "nan"], {}, "top_p"),
+        (["--invalid-fraction-threshold", "-inf"], {}, "invalid_fraction_threshold"),
+        (["--retry-deadline", "inf"], {}, "retry_deadline"),
+        ([], {"REMOTE_SYNTH_LOAD_INTERVAL": "inf"}, "load_interval"),
+        ([], {"REMOTE_SYNTH_TEMPERATURE": "nan"}, "temperature"),
+    ],
+)
+def test_inf_and_nan_name_the_field_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path,
+    args: list[str], env: dict[str, str], field: str,
+) -> None:  # fmt: skip
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, err = run_main(monkeypatch, capsys, "generate", str(run), "--base-url", "http://127.0.0.1:1",
+                         "--output", str(tmp_path / "x.csv"), *args)  # fmt: skip
+    assert code == EXIT_BAD_INPUT and field in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+COUNTER = {"n": 0}
+
+
+def unique_record() -> str:
+    COUNTER["n"] += 1
+    return f'{{"a": {COUNTER["n"]}}}\n'
+
+
+def generate_args(run: Path, url: str, out: Path, *extra: str) -> list[str]:
+    return ["generate", str(run), "--base-url", url, "--adapter-name", "a", "--output", str(out),
+            "--retry-deadline", "0", *extra]  # fmt: skip
+
+
+def test_existing_output_or_journal_needs_resume_or_overwrite(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "x.csv"
+    out.write_text("a\n1\n")
+    with HttpVllm("a", unique_record) as server:
+        code, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, out, "--num-records", "5"))
+        assert code == EXIT_BAD_INPUT and "exists (an earlier output)" in err and "--overwrite" in err
+        assert out.read_text() == "a\n1\n" and server.completion_requests == 0
+        code, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, out, "--resume", "--overwrite"))
+        assert code == EXIT_BAD_INPUT and "contradict" in err
+        code, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, out, "--num-records", "5",
+                                                                 "--overwrite"))  # fmt: skip
+        assert code == 0, err
+    assert len(pd.read_csv(out)) == 5
+    assert not (tmp_path / "x.csv.journal").exists()
+
+
+def test_a_failure_during_generation_exits_1_and_resume_finishes_the_job_exactly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "x.csv"
+    journal = tmp_path / "x.csv.journal"
+    args = generate_args(run, "{url}", out, "--num-records", "120", "--prompts-per-request", "5", "--window", "5")
+    with HttpVllm("a", unique_record, good_requests=6, fail_status=400) as server:  # 30 prompts, then 400s
+        code, err = run_main(monkeypatch, capsys, *[a.format(url=server.url) for a in args])
+    assert code == 1 and "injected failure" in err and "Traceback" not in err
+    assert journal.exists() and not out.exists()
+    kept = pd.read_csv(tmp_path / "x.partial.csv")
+    assert len(kept) == 30 and "--resume" in err
+
+    with HttpVllm("a", unique_record) as server:
+        code, err = run_main(monkeypatch, capsys, *[a.format(url=server.url) for a in args])
+        assert code == EXIT_BAD_INPUT and "unfinished job's journal" in err
+        code, err = run_main(monkeypatch, capsys, *[a.format(url=server.url) for a in args], "--resume",
+                             "--temperature", "0.3")  # fmt: skip
+        assert code == EXIT_BAD_INPUT and "temperature differs from the journal's" in err
+        assert server.completion_requests == 0
+        code, err = run_main(monkeypatch, capsys, *[a.format(url=server.url) for a in args], "--resume")
+        assert code == 0, err
+        assert server.completion_requests == 90 // 5  # only what was missing
+    df = pd.read_csv(out)
+    assert len(df) == 120 and df["a"].is_unique and set(kept["a"]) <= set(df["a"])
+    assert not journal.exists()
+
+
+def test_a_server_that_stops_answering_mid_job_exits_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "x.csv"
+    with HttpVllm("a", unique_record, good_requests=2, fail_status=0) as server:
+        code, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, out, "--num-records", "500"))
+    assert code == 1 and "Traceback" not in err
+
+
+def test_outputs_follow_the_umask(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path
+) -> None:
+    old = os.umask(0o022)
+    try:
+        with HttpVllm("a", unique_record) as server:
+            code, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, tmp_path / "x.csv",
+                                                                     "--num-records", "3"))  # fmt: skip
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert (tmp_path / "x.csv").stat().st_mode & 0o777 == 0o644
+
+
+def test_serve_beyond_loopback_without_a_key_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path
+) -> None:
+    code, err = run_main(monkeypatch, capsys, "serve", str(run), "--host", "0.0.0.0")
+    assert code == EXIT_BAD_INPUT and "--insecure" in err and "--api-key-env" in err
+
+
+def test_a_key_file_is_private_even_when_it_existed(tmp_path: Path) -> None:
+    from remote_synth._cli import write_key
+
+    path = tmp_path / ".vllm-api-key"
+    path.write_text("old")
+    path.chmod(0o644)
+    write_key(path, "new-key")
+    assert path.read_text() == "new-key" and path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_read_only_run_directory_puts_logs_and_keys_in_the_state_dir(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from remote_synth import RemoteSettings, RunDirectory, launch_settings
+    from remote_synth._launch import files_dir
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    opened = RunDirectory.open(run)
+    assert files_dir(opened, RemoteSettings()) == run / "generate" / "logs"
+    monkeypatch.setattr("remote_synth._launch._writable", lambda d: False)
+    where = files_dir(opened, RemoteSettings())
+    assert where.parent == tmp_path / "state" / "remote-synth"
+    assert launch_settings(opened, RemoteSettings()).log_file == where / "vllm-server.log"
+    assert files_dir(opened, RemoteSettings(log_dir=tmp_path / "logs")) == tmp_path / "logs"

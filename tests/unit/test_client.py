@@ -11,8 +11,6 @@ import httpx
 import pytest
 
 from remote_synth import (
-    APIConnectionError,
-    APIError,
     APIStatusError,
     APITimeoutError,
     AuthenticationError,

@@ -360,3 +360,80 @@ def test_a_batch_cut_short_is_counted_but_not_judged() -> None:
     source.flush()
     assert source.batches.status is GenerationStatus.IN_PROGRESS  # NSS's rule would say STOP_NO_RECORDS
     assert (source.batches.num_prompts, source.batches.num_invalid_records) == (3, 3)
+
+
+# -- outages: one shared probe, then the job goes on ----------------------------------------
+
+
+class DownThenUp(httpx.AsyncBaseTransport):
+    """Refuses connections until ``up_after`` health probes have been made, then answers FIVE."""
+
+    def __init__(self, up_after: int) -> None:
+        self.up_after = up_after
+        self.probes = 0
+        self.refused = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            self.probes += 1
+        up = self.probes > self.up_after
+        if not up:
+            self.refused += 1
+            raise httpx.ConnectError("refused")
+        if request.url.path == "/health":
+            return httpx.Response(200)
+        if request.url.path == "/metrics":
+            return httpx.Response(404)
+        body = json.loads(request.content)
+        return httpx.Response(200, json={"choices": [{"index": k, "text": FIVE} for k in range(len(body["prompt"]))]})
+
+
+def test_an_outage_is_waited_out_with_one_probe_for_every_waiting_request() -> None:
+    from remote_synth._engine import Recovery
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await asyncio.sleep(0)
+
+    async def scenario() -> tuple[Any, DownThenUp]:
+        server = DownThenUp(up_after=5)
+        client = InferenceClient("http://sim", transport=server)
+
+        async def probe() -> bool:
+            return await client.health() == 200
+
+        recovery = Recovery(probe, deadline=600, sleep=sleep)
+        sched = scheduler(server, window=100, ppr=10, sleep=sleep, retry=RetryPolicy(deadline=600),
+                          recovery=recovery)  # fmt: skip
+        source = jobs(target=200)
+        await sched.run(source)
+        return source, server
+
+    source, server = run(scenario())
+    assert source.valid >= 200
+    assert server.probes == 6  # probes 1–5 refused, the 6th finds it back: one loop, not one per request
+    assert slept.count(1.0) == 5  # the probe's interval, five times
+
+
+def test_a_server_that_never_comes_back_ends_the_job_at_the_deadline() -> None:
+    from remote_synth import APIConnectionError
+    from remote_synth._engine import Recovery
+
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        await asyncio.sleep(0)
+
+    async def scenario() -> None:
+        server = DownThenUp(up_after=10**9)
+        recovery = Recovery(lambda: asyncio.sleep(0, False), deadline=30, sleep=sleep, clock=lambda: now[0])
+        sched = scheduler(server, window=20, ppr=10, sleep=sleep, clock=lambda: now[0],
+                          retry=RetryPolicy(deadline=30), recovery=recovery)  # fmt: skip
+        await sched.run(jobs(target=50))
+
+    with pytest.raises(APIConnectionError, match="did not come back within 30 s|refused"):
+        run(scenario())
+    assert 30 <= now[0] <= 62

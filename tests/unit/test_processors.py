@@ -97,6 +97,18 @@ def test_non_unique_group_value() -> None:
     assert [r["user"] for r in fixed.valid_records] == ["u1", "u1"]
 
 
+def test_a_group_fixed_for_its_key_but_rejected_for_its_order_reports_what_the_model_wrote() -> None:
+    """NSS's order: the key fix, then the order check; a rejected group's text is the model's own."""
+    processor = GroupedDataProcessor(SCHEMA, "user", "<s>", "</s>", order_by="t",
+                                     validation=ValidationParameters(group_by_fix_non_unique_value=True))  # fmt: skip
+    other = line(user="u2", t=0, v="a")
+    parsed = processor(0, group(GOOD[2], other))
+    assert parsed.errors == [("Group not ordered", "groupby")] * 2
+    assert [json.loads(r)["user"] for r in parsed.invalid_records] == ["u1", "u2"]
+    ordered = processor(0, group(GOOD[0], line(user="u2", t=5, v="a")))
+    assert [r["user"] for r in ordered.valid_records] == ["u1", "u1"]
+
+
 def test_unordered_group() -> None:
     parsed = grouped()(0, group(GOOD[2], GOOD[0]))
     assert parsed.errors == [("Group not ordered", "groupby")] * 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -215,3 +216,38 @@ def test_unhealthy_server_is_refused_but_a_gateway_without_health_is_fine(run: P
     fake.health = 404
     with backend(run, fake, {"num_records": 1}) as b:
         assert len(b.generate().df) == 1
+
+
+def test_a_backend_collected_without_teardown_never_waits_on_its_own_loop(run: Path) -> None:
+    """The collector may run the finalizer on the loop's own thread: it must not wait on that loop."""
+    import threading
+
+    b = backend(run, FakeVllm())
+    b.initialize()
+    loop, client = b._loop, b._client  # noqa: SLF001
+    assert loop is not None and client is not None
+    finished = threading.Event()
+    loop.loop.call_soon_threadsafe(lambda: (b.__del__(), finished.set()))
+    assert finished.wait(5), "the finalizer blocked"
+    loop._thread.join(5)  # noqa: SLF001
+    assert not loop._thread.is_alive() and client.closed  # noqa: SLF001
+    b.teardown()  # and a later teardown is a no-op
+
+
+def test_loop_thread_refuses_to_wait_on_itself() -> None:
+    from remote_synth._aio import LoopThread
+
+    loop = LoopThread()
+    try:
+        errors: list[BaseException] = []
+
+        async def inner() -> None:
+            try:
+                loop.run(asyncio.sleep(0))
+            except RuntimeError as exc:
+                errors.append(exc)
+
+        loop.run(inner())
+        assert errors and "own thread" in str(errors[0])
+    finally:
+        loop.close()

@@ -157,6 +157,11 @@ def test_metric_stop_after_a_perfect_batch_takes_six_bad_ones() -> None:
         (0.01, 1, [(1, 1)], GenerationStatus.STOP_METRIC_REACHED),
         (0.2, 3, [(1, 0), (0, 1), (1, 0)], GenerationStatus.IN_PROGRESS),
         (0.9, 3, [(1, 1), (1, 1), (1, 1)], GenerationStatus.IN_PROGRESS),
+        # patience ≤ 0: NSS stops only on a value at or above the threshold, not at once
+        (0.8, 0, [(1, 0), (1, 0), (1, 0)], GenerationStatus.IN_PROGRESS),
+        (0.6, 0, [(1, 0), (0, 5)], GenerationStatus.IN_PROGRESS),
+        (0.5, 0, [(1, 0), (0, 5)], GenerationStatus.STOP_METRIC_REACHED),
+        (0.6, -1, [(1, 0), (0, 5), (0, 5)], GenerationStatus.STOP_METRIC_REACHED),
     ],
 )
 def test_stop_metric_cases(threshold: float, patience: int, fractions: list, status: GenerationStatus) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from remote_synth import ConfigError, ServerSettings, ServerStartError, VllmServer
+from remote_synth import ConfigError, ServerError, ServerSettings, ServerStartError, VllmServer
 from remote_synth._server import lora_rank_limit, port_is_free
 
 FAKE = Path(__file__).parents[1] / "fakes" / "fake_vllm.py"
@@ -129,3 +129,69 @@ def test_start_twice_is_a_bug(server_factory) -> None:  # type: ignore[no-untype
     server.start()
     with pytest.raises(RuntimeError):
         server.start()
+
+
+def test_every_route_but_health_is_behind_the_key(tmp_path: Path) -> None:
+    server = VllmServer(settings(tmp_path, "/usr/bin/python3", api_key="s3cret"))
+    assert server.command[server.command.index("--middleware") + 1] == "remote_synth_authgate.AuthGate"
+    insecure = VllmServer(settings(tmp_path, "/usr/bin/python3", insecure=True))
+    assert insecure.api_key is None and "--middleware" not in insecure.command
+    assert "VLLM_API_KEY" not in insecure._env()  # noqa: SLF001
+
+
+def test_a_server_dies_with_its_owner_even_on_sigkill(tmp_path: Path, fake_python: str) -> None:
+    """The owner is SIGKILLed (no cleanup runs); the lifeline takes the server's whole group down."""
+    import signal
+    import subprocess
+    import time
+
+    owner_code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from remote_synth import ServerSettings, VllmServer\n"
+        f"s = ServerSettings(model='/m', adapter_name='a', adapter_path=Path('/a'), python={fake_python!r},\n"
+        f"                   log_file=Path({str(tmp_path / 'log')!r}), startup_timeout=20)\n"
+        "server = VllmServer(s).start(); server.wait_ready()\n"
+        "print(server.pid, flush=True); time.sleep(3600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", owner_code], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "FAKE_MODE": "stubborn"})  # fmt: skip
+    try:
+        assert owner.stdout is not None
+        pgid = int(owner.stdout.readline())
+        os.killpg(pgid, 0)  # the server's group runs
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        with pytest.raises(ProcessLookupError):  # stubborn ignores SIGTERM: the lifeline's SIGKILL got it
+            os.killpg(pgid, 0)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+
+
+def test_restart_starts_a_dead_server_again_on_the_same_port(server_factory) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import time
+
+    server = server_factory()
+    server.start()
+    server.wait_ready()
+    port, first = server.port, server.pid
+    os.killpg(first, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while server.returncode is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.returncode == -signal.SIGKILL or server.returncode == 128 + signal.SIGKILL
+    server.restart()
+    assert server.restarts == 1 and server.pid != first and server.port == port and server.returncode is None
+    server.stop()
+    with pytest.raises(ServerError, match="not restarted"):
+        server.restart()
+    assert not server.group_alive()

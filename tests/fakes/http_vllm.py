@@ -1,0 +1,76 @@
+"""A tiny vLLM look-alike over real HTTP (stdlib), for CLI tests that need a URL: it can fail on cue.
+
+Every completion is ``text()``; after ``good_requests`` completion requests it answers ``fail_status``
+(or, with ``fail_status=0``, closes the connection without an answer).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class HttpVllm:
+    def __init__(
+        self, adapter: str, text: Callable[[], str], *, good_requests: int = 10**9, fail_status: int = 400
+    ) -> None:
+        self.adapter = adapter
+        self.text = text
+        self.good_requests = good_requests
+        self.fail_status = fail_status
+        self.completion_requests = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                if self.path == "/health":
+                    return self._send(200, {})
+                if self.path == "/v1/models":
+                    return self._send(200, {"data": [{"id": "base", "max_model_len": 2048},
+                                                     {"id": owner.adapter, "parent": "base"}]})  # fmt: skip
+                return self._send(404, {"detail": "Not Found"})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                if self.path == "/tokenize":
+                    return self._send(200, {"count": 20})
+                owner.completion_requests += 1
+                if owner.completion_requests > owner.good_requests:
+                    if owner.fail_status == 0:
+                        self.close_connection = True
+                        self.connection.close()
+                        return None
+                    return self._send(owner.fail_status, {"error": {"message": "injected failure"}})
+                prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+                return self._send(200, {"choices": [{"index": i, "text": owner.text(), "finish_reason": "stop"}
+                                                    for i in range(len(prompts))]})  # fmt: skip
+
+            def _send(self, code: int, payload: Any) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._server.handle_error = lambda request, address: None  # type: ignore[method-assign]  # dropped on purpose
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> HttpVllm:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
