@@ -60,9 +60,10 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(EXIT_BAD_INPUT)
-    except Terminated:
-        _fail("terminated", EXIT_TERMINATED)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        # click turns an interrupt into Abort, keeping it as the cause
+        if isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated):
+            _fail("terminated", EXIT_TERMINATED)
         _fail("interrupted", EXIT_INTERRUPTED)
     except GenerationFailed as exc:
         _fail(str(exc), EXIT_FAILURE)

@@ -196,9 +196,11 @@ class RemoteBackend(GeneratorBackend):
             self._loop.run(self._run_engine(scheduler, jobs))
         finally:  # also on failure or Ctrl-C: what came back is counted and kept
             self.engine_stats = scheduler.stats
-            jobs.flush()
-            self.elapsed_time = time.monotonic() - started
-            self.gen_results = self._results(batches)
+            try:
+                jobs.flush()  # runs the progress callback: a second Ctrl-C may land in it
+            finally:
+                self.elapsed_time = time.monotonic() - started
+                self.gen_results = self._results(batches)
         batches.raise_for_status()
         return self.gen_results
 

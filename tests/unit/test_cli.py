@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -279,3 +281,55 @@ def test_a_read_only_run_directory_puts_logs_and_keys_in_the_state_dir(
     assert where.parent == tmp_path / "state" / "remote-synth"
     assert launch_settings(opened, RemoteSettings()).log_file == where / "vllm-server.log"
     assert files_dir(opened, RemoteSettings(log_dir=tmp_path / "logs")) == tmp_path / "logs"
+
+
+@pytest.mark.parametrize(("raise_it", "code", "word"), [
+    (lambda: os.kill(os.getpid(), signal.SIGINT), 130, "interrupted"),
+    (lambda: os.kill(os.getpid(), signal.SIGHUP), 143, "terminated"),
+    (lambda: os.kill(os.getpid(), signal.SIGTERM), 143, "terminated"),
+])  # fmt: skip
+def test_a_signal_during_generation_keeps_the_rows_and_exits_by_signal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path,
+    raise_it: Callable[[], object], code: int, word: str,
+) -> None:  # fmt: skip
+    import remote_synth._cli as cli_module
+
+    signalled = []
+
+    def update(self: object, progress: object) -> None:  # on the engine's thread: the signal goes to main's
+        if not signalled:
+            signalled.append(raise_it())
+
+    monkeypatch.setattr(cli_module._ProgressBar, "update", update)
+    out = tmp_path / "x.csv"
+    with HttpVllm("a", unique_record) as server:
+        got, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, out, "--num-records", "500"))
+    assert got == code and word in err and "Traceback" not in err, err
+    assert (tmp_path / "x.csv.journal").exists() and (tmp_path / "x.partial.csv").exists(), err
+
+
+def test_a_full_disk_at_the_final_write_exits_1_and_resume_writes_the_kept_records(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path
+) -> None:
+    import errno
+
+    from remote_synth._output import OutputFile
+
+    real_write = OutputFile.write
+
+    def full(self: OutputFile, df: pd.DataFrame, path: Path | None = None) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "x.csv"
+    monkeypatch.setattr(OutputFile, "write", full)
+    with HttpVllm("a", unique_record) as server:
+        code, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, out, "--num-records", "40"))
+        assert code == 1 and "No space left on device" in err and "--resume" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+        monkeypatch.setattr(OutputFile, "write", real_write)
+        sent = server.completion_requests
+        code, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, out, "--num-records", "40",
+                                                                 "--resume"))  # fmt: skip
+        assert code == 0, err
+        assert server.completion_requests == sent  # written from the journal: nothing generated again
+    assert len(pd.read_csv(out)) == 40

@@ -113,7 +113,7 @@ def test_the_budget_is_time_since_the_first_failure_not_attempts() -> None:
     with pytest.raises(ServerOverloadedError) as info:
         call_with(policy, time, [status(503)] * 1000)
     waited = sum(time.sleeps)
-    assert 60 <= time.now - 1000 <= 61 and waited <= 60  # never sleeps past the deadline
+    assert 60 <= time.now - 1000 <= 61 and waited <= 60 + 1e-9  # never sleeps past the deadline
     assert info.value.attempts == len(time.sleeps) + 1
     assert all(s <= 8 for s in time.sleeps)
 

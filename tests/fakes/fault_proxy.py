@@ -1,0 +1,154 @@
+"""A fault-injecting HTTP proxy, for putting a real vLLM server through a bad few minutes.
+
+It forwards each request to ``upstream`` (one request per connection, ``Connection:
+close``), unless ``plan(n, method, path)`` names a fault for the ``n``-th request:
+
+- ``("status", code, retry_after)``: answer that status itself (JSON body; Retry-After if given);
+- ``("reset",)``: drop the connection without an answer;
+- ``("truncate",)``: forward, then send only half of the answer's body and drop the connection;
+- ``("slow", seconds)``: forward, then hold the answer back for ``seconds``;
+- ``("html", code)``: answer with an HTML error page, as a gateway would.
+
+``outage(seconds)`` closes the listening socket (connections are refused) and opens it
+again on the same port afterwards. Runs its own event loop on a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import httpx
+
+Fault = tuple[object, ...]
+Plan = Callable[[int, str, str], Fault | None]
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, plan: Plan) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.plan = plan
+        self.port = 0
+        self.requests = 0
+        self.faults: Counter[str] = Counter()
+        self.outages: list[tuple[float, float]] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.AbstractServer | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._open(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()  # not left to the collector (its finalizer can run mid-compile: a CPython 3.11 bug)
+
+    def outage(self, seconds: float) -> None:
+        """Refuse connections for ``seconds`` (from another thread; returns at once)."""
+        asyncio.run_coroutine_threadsafe(self._outage(seconds), self._loop)
+
+    async def _open(self) -> None:
+        self._http = httpx.AsyncClient(base_url=self.upstream, timeout=900)
+        await self._listen()
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def _outage(self, seconds: float) -> None:
+        assert self._server is not None
+        started = time.monotonic()
+        self._server.close()
+        await asyncio.sleep(seconds)
+        await self._listen()
+        self.outages.append((started, time.monotonic()))
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            method, path, headers, body = await _read_request(reader)
+        except (asyncio.IncompleteReadError, ValueError, ConnectionError):
+            writer.close()
+            return
+        self.requests += 1
+        fault = self.plan(self.requests, method, path)
+        try:
+            await self._answer(writer, fault, method, path, headers, body)
+        except (ConnectionError, httpx.HTTPError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, writer: asyncio.StreamWriter, fault: Fault | None, method: str, path: str,
+                      headers: dict[str, str], body: bytes) -> None:  # fmt: skip
+        kind = str(fault[0]) if fault else "pass"
+        self.faults[kind] += 1
+        if kind == "reset":
+            writer.transport.abort()
+            return
+        if kind == "status":
+            code, retry_after = int(fault[1]), fault[2]  # type: ignore[index,call-overload]
+            extra = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+            payload = json.dumps({"error": {"message": f"injected {code}", "code": code}}).encode()
+            await _write(writer, code, payload, "application/json", extra)
+            return
+        if kind == "html":
+            page = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502</h1>" + b"x" * 2000 + b"</body>"
+            await _write(writer, int(fault[1]), page, "text/html")  # type: ignore[index,call-overload]
+            return
+        assert self._http is not None
+        forwarded = {k: v for k, v in headers.items() if k in ("authorization", "content-type")}
+        response = await self._http.request(method, path, content=body, headers=forwarded)
+        content = response.content
+        if kind == "slow":
+            await asyncio.sleep(float(fault[1]))  # type: ignore[index,arg-type]
+        if kind == "truncate":
+            head = _head(response.status_code, len(content), response.headers.get("content-type", ""), {})
+            writer.write(head + content[: len(content) // 2])
+            await writer.drain()
+            writer.transport.abort()
+            return
+        await _write(writer, response.status_code, content, response.headers.get("content-type", "text/plain"))
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes]:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    request_line, *lines = head.split("\r\n")
+    method, path, _ = request_line.split(" ", 2)
+    headers = {}
+    for line in lines:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return method, path, headers, body
+
+
+def _head(status: int, length: int, content_type: str, extra: dict[str, str]) -> bytes:
+    lines = [f"HTTP/1.1 {status} X", f"Content-Type: {content_type}", f"Content-Length: {length}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in extra.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def _write(writer: asyncio.StreamWriter, status: int, body: bytes, content_type: str,
+                 extra: dict[str, str] | None = None) -> None:  # fmt: skip
+    writer.write(_head(status, len(body), content_type, extra or {}) + body)
+    await writer.drain()
