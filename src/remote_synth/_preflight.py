@@ -45,8 +45,12 @@ class ServerInfo:
 
 
 async def server_is_back(client: InferenceClient, adapter: str) -> bool:
-    """After an outage: healthy, and serving the adapter again (a restarted server may not yet)."""
-    if await client.health() != 200:
+    """After an outage: healthy, and serving the adapter again (a restarted server may not yet).
+
+    As at start-up, a 404 from ``/health`` is a gateway without that route, not a sick server.
+    """
+    health = await client.health()
+    if health == 0 or (health != 200 and health != 404):
         return False
     return adapter in {m.get("id") for m in await client.models()}
 

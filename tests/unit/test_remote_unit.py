@@ -251,3 +251,19 @@ def test_loop_thread_refuses_to_wait_on_itself() -> None:
         assert errors and "own thread" in str(errors[0])
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize(("health", "adapters", "back"), [
+    (200, ["nss-adapter"], True),
+    (404, ["nss-adapter"], True),   # a gateway without /health
+    (503, ["nss-adapter"], False),
+    (200, [], False),               # restarted, adapter not loaded yet
+])  # fmt: skip
+def test_server_is_back_needs_health_and_the_adapter(health: int, adapters: list[str], back: bool) -> None:
+    from remote_synth import InferenceClient
+    from remote_synth._preflight import server_is_back
+
+    fake = FakeVllm()
+    fake.health, fake.adapters = health, adapters
+    client = InferenceClient("http://fake:8000", transport=httpx.MockTransport(fake))
+    assert asyncio.run(server_is_back(client, "nss-adapter")) is back
