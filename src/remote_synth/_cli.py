@@ -27,7 +27,15 @@ import click
 
 from ._config import RemoteSettings
 from ._engine import Progress
-from ._exceptions import APIError, APIStatusError, ConfigError, RemoteSynthError, ServerError, StorageError
+from ._exceptions import (
+    APIError,
+    APIStatusError,
+    ConfigError,
+    JournalMismatchError,
+    RemoteSynthError,
+    ServerError,
+    StorageError,
+)
 from ._journal import Journal
 from ._output import OutputFile
 from ._results import GenerateJobResults
@@ -296,7 +304,7 @@ def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None
             backend.initialize()
             if max_new_tokens is not None:
                 backend.prepare_params(max_new_tokens=max_new_tokens)
-            replayed = backend.open_journal(journal_path, resume=resume)
+            replayed = _open_journal(backend, journal_path, resume=resume)
             if replayed:
                 click.echo(f"resuming: {replayed} completions from {journal_path}", err=True)
             results = _generate(backend, target)
@@ -306,6 +314,15 @@ def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None
     if backend.journal is not None:
         backend.journal.remove()
     click.echo(_summary(results, path))
+
+
+def _open_journal(backend: Any, path: Path, *, resume: bool) -> int:
+    try:
+        return int(backend.open_journal(path, resume=resume))
+    except JournalMismatchError as exc:
+        raise ConfigError(f"--resume: {exc}; resume with the first run's settings, or pass --overwrite") from None
+    except ConfigError as exc:
+        raise ConfigError(f"--resume: {exc}; pass --overwrite to start the job again") from None
 
 
 def _check_existing(output: Path, journal: Path, *, resume: bool, overwrite: bool) -> None:

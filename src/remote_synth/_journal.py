@@ -88,13 +88,13 @@ class Journal:
             raise ConfigError(f"{self.path}: cannot read the journal ({exc.strerror})") from None
         *complete, torn = data.split(b"\n")
         if not complete:
-            raise ConfigError(f"{self.path}: not a remote-synth journal (no header); remove it or pass --overwrite")
+            raise ConfigError(f"{self.path}: not a remote-synth journal (no header)")
         self._check_header(complete[0])
         entries: list[list[str]] = []
         for number, line in enumerate(complete[1:], start=2):
             entry = _entry(line)
             if entry is None:
-                raise ConfigError(f"{self.path}: line {number} is not a journal entry; remove it or pass --overwrite")
+                raise ConfigError(f"{self.path}: line {number} is not a journal entry (damaged)")
             entries.append(entry)
         if torn:
             logger.warning("%s: dropping a last entry that was cut short", self.path)
@@ -107,7 +107,7 @@ class Journal:
         except ValueError:
             theirs = None
         if not isinstance(theirs, dict) or theirs.get("format") != FORMAT:
-            raise ConfigError(f"{self.path}: not a remote-synth journal; remove it or pass --overwrite")
+            raise ConfigError(f"{self.path}: not a remote-synth journal")
         for name, ours in self.header.items():
             if name in theirs and theirs[name] != ours:
                 raise JournalMismatchError(self.path, name, ours, theirs[name])

@@ -78,6 +78,7 @@ def test_a_job_through_a_bad_few_minutes_completes_with_the_exact_count(
         )
         outage.start()
         log = (tmp_path / "stderr.txt").open("w")
+        started = time.monotonic()
         result = subprocess.run(
             [*CLI, "generate", str(demo_run.path), "--base-url", proxy.url, "--api-key-env", "K",
              "--num-records", "2000", "--output", str(out)],
@@ -87,6 +88,9 @@ def test_a_job_through_a_bad_few_minutes_completes_with_the_exact_count(
         faults = dict(proxy.faults)
         outages = list(proxy.outages)
     stderr = (tmp_path / "stderr.txt").read_text()
+    retries = stderr.count("failed, retrying in")
+    print(f"\nfault drill: exit {result.returncode} in {time.monotonic() - started:.0f} s; proxy answers {faults}; "
+          f"outages {[round(b - a, 1) for a, b in outages]} s; {retries} retries logged")  # fmt: skip
     assert result.returncode == 0, stderr[-3000:]
     df = pd.read_csv(out)
     assert len(df) == 2000 and rows_valid(df, demo_run) == []
