@@ -8,7 +8,6 @@ server full and NSS's batch accounting over the completions it brings back.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -27,7 +26,7 @@ from ._backend import GeneratorBackend
 from ._client import InferenceClient, TimeoutPolicy
 from ._config import GenerateParameters, RemoteSettings
 from ._engine import EngineStats, Progress, Recovery, Scheduler, TabularJobs, WindowPolicy, WindowSettings
-from ._exceptions import BackendStateError, ConfigError, ServerError
+from ._exceptions import BackendStateError, ConfigError
 from ._journal import Journal
 from ._launch import adapter_name_for, launch_settings
 from ._preflight import ServerInfo, check_server, server_is_back
@@ -39,13 +38,11 @@ from ._rundir import ModelMetadata, RunDirectory
 from ._sampling import request_body, sampling_fields
 from ._server import ServerSettings, VllmServer
 from ._structured import structured_outputs_payload
+from ._supervisor import run_supervised
 
 __all__ = ["RemoteBackend"]
 
 logger = logging.getLogger("remote_synth.remote")
-
-SUPERVISE_INTERVAL = 0.5
-"""Seconds between checks that a server we launched still runs."""
 
 
 class RemoteBackend(GeneratorBackend):
@@ -283,45 +280,11 @@ class RemoteBackend(GeneratorBackend):
         )
 
     async def _run_engine(self, scheduler: Scheduler, jobs: TabularJobs) -> None:
-        """The scheduler, and beside it (for a server we launched) a supervisor that restarts it if it dies."""
+        """The scheduler; beside it, for a server we launched, a supervisor that restarts it if it dies."""
         if self.server is None:
             await scheduler.run(jobs)
-            return
-        run = asyncio.ensure_future(scheduler.run(jobs))
-        supervise = asyncio.ensure_future(self._supervise(self.server))
-        try:
-            await asyncio.wait({run, supervise}, return_when=asyncio.FIRST_COMPLETED)
-            if supervise.done() and not run.done():
-                run.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await run
-                supervise.result()  # raises why the server could not be kept up
-            run.result()
-        finally:
-            for task in (run, supervise):
-                task.cancel()
-            await asyncio.gather(run, supervise, return_exceptions=True)
-
-    async def _supervise(self, server: VllmServer) -> None:
-        """Notice at once that our server exited; start it again, at most ``max_server_restarts`` times.
-
-        While it restarts, requests fail without an answer and wait on the scheduler's recovery probe.
-        """
-        limit = self.settings.max_server_restarts
-        while True:
-            await asyncio.sleep(SUPERVISE_INTERVAL)
-            code = server.returncode
-            if code is None:
-                continue
-            if server.restarts >= limit:
-                raise ServerError(
-                    f"vLLM exited with code {code} during generation, after {server.restarts} restart(s)",
-                    log_tail=server.log_tail(),
-                    returncode=code,
-                )
-            logger.error("vLLM exited with code %d during generation; restarting it (%d of %d). Log tail:\n%s",
-                         code, server.restarts + 1, limit, server.log_tail(10))  # fmt: skip
-            await asyncio.to_thread(server.restart)
+        else:
+            await run_supervised(scheduler.run(jobs), self.server, max_restarts=self.settings.max_server_restarts)
 
     def _scheduler(self, client: InferenceClient) -> Scheduler:
         """The window starts at the server's slots where we launched it with a known count."""

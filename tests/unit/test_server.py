@@ -195,3 +195,48 @@ def test_restart_starts_a_dead_server_again_on_the_same_port(server_factory) -> 
     with pytest.raises(ServerError, match="not restarted"):
         server.restart()
     assert not server.group_alive()
+
+
+def test_a_supervised_server_that_dies_is_restarted_and_the_work_goes_on(server_factory) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import signal
+
+    from remote_synth._supervisor import run_supervised
+
+    server = server_factory()
+    server.start()
+    server.wait_ready()
+    first = server.pid
+
+    async def work() -> str:
+        os.killpg(first, signal.SIGKILL)
+        while server.restarts == 0 or server.returncode is not None:
+            await asyncio.sleep(0.05)
+        return "done"
+
+    assert asyncio.run(run_supervised(work(), server, max_restarts=2, interval=0.05)) == "done"
+    assert server.restarts == 1 and server.pid != first
+
+
+def test_a_supervised_server_out_of_restarts_ends_the_work_with_its_log_tail(server_factory) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import signal
+
+    from remote_synth._supervisor import run_supervised
+
+    server = server_factory()
+    server.start()
+    server.wait_ready()
+    cancelled = []
+
+    async def work() -> None:
+        os.killpg(server.pid, signal.SIGKILL)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    with pytest.raises(ServerError, match="exited with code -9 during generation, after 0 restart") as info:
+        asyncio.run(run_supervised(work(), server, max_restarts=0, interval=0.05))
+    assert cancelled and "fake vllm starting" in info.value.log_tail and info.value.returncode == -9
