@@ -112,9 +112,9 @@ class InferenceClient:
         try:
             httpx.URL(self.base_url)
         except httpx.InvalidURL as exc:
-            raise ConfigError(f"base URL {self.base_url!r} is not a valid URL: {exc}") from None
+            raise ConfigError(f"base URL {redact_url(self.base_url)!r} is not a valid URL: {exc}") from None
         if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"base URL {self.base_url!r} must start with http:// or https://")
+            raise ConfigError(f"base URL {redact_url(self.base_url)!r} must start with http:// or https://")
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         # Idle connections expire before the server's keep-alive (uvicorn, and so vLLM: 5 s) closes
         # them, or a reused connection can be closed under a request (a spurious connection error).
