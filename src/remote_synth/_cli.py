@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import threading
 import time
@@ -115,32 +117,42 @@ def _api_key(value: str | None, env_name: str | None) -> str | None:
     return None
 
 
-@cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--base-model", help="Base model path or id (default: the run's metadata).")
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED, metavar="RUN_DIR... [-- VLLM_ARGS...]")
+@click.option("--base-model", help="Base model path or hub id (default: the runs' metadata).")
 @click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for other hosts: needs a key).")
 @click.option("--port", type=int, default=8000)
 @click.option("--api-key", help="API key clients must send (visible in `ps`: prefer --api-key-env).")
 @click.option("--api-key-env", help="Name of an environment variable holding the API key.")
 @click.option("--insecure", is_flag=True, help="Serve beyond loopback with no key: every route open to anyone.")
-@click.option("--adapter-name", help="Name to serve the adapter under (default: derived from its files).")
+@click.option("--adapter-name", help="Name to serve the adapter under, with one RUN_DIR (default: from its files).")
 @click.option("--max-model-len", type=int, help="Server context length (default: fits NSS's max_seq_length).")
+@click.option("--max-loras", type=int, help="Adapters in one batch.  [default: one per RUN_DIR, up to 8]")
+@click.option("--max-cpu-loras", type=int, help="Adapters kept in CPU memory.  [default: vLLM's]")
+@click.option(
+    "--offline/--online",
+    default=None,
+    help="Keep vLLM off the model hub.  [default: offline when the base model is a local path]",
+)
 @click.option("--log-file", type=click.Path(path_type=Path), help="vLLM's log (default: in --log-dir).")
 @click.option(
     "--log-dir",
     type=click.Path(path_type=Path),
     help="Logs and the key file.  [default: RUN_DIR/generate/logs, or $XDG_STATE_HOME/remote-synth]",
 )
-def serve(run_dir: Path, base_model: str | None, host: str, port: int, api_key: str | None, api_key_env: str | None,
-          insecure: bool, adapter_name: str | None, max_model_len: int | None, log_file: Path | None,
+def serve(args: tuple[str, ...], base_model: str | None, host: str, port: int, api_key: str | None,
+          api_key_env: str | None, insecure: bool, adapter_name: str | None, max_model_len: int | None,
+          max_loras: int | None, max_cpu_loras: int | None, offline: bool | None, log_file: Path | None,
           log_dir: Path | None) -> None:  # fmt: skip
-    """Serve RUN_DIR's adapter with vLLM until Ctrl-C (for the GPU host).
+    """Serve the adapters of one or more RUN_DIRs (one base model) with vLLM until Ctrl-C.
 
     Every route but /health needs the key. Beyond loopback a key must be given (or --insecure).
+    vLLM's own flags go after `--` (e.g. `-- --tensor-parallel-size 2 --gpu-memory-utilization 0.8`).
     """
-    from ._launch import files_dir, is_loopback, launch_settings
-    from ._server import VllmServer
+    from ._launch import files_dir, is_loopback, serve_settings
+    from ._server import VllmServer, port_is_free
 
+    run_dirs, vllm_args = _split_pass_through(args)
     key = _api_key(api_key, api_key_env)
     if not is_loopback(host) and key is None and not insecure:
         raise ConfigError(
@@ -150,34 +162,57 @@ def serve(run_dir: Path, base_model: str | None, host: str, port: int, api_key: 
     key_note = f"from ${api_key_env}" if api_key_env else "as given" if api_key else None
     settings = RemoteSettings.load(base_model=base_model, host=host, port=port, api_key=key,
                          adapter_name=adapter_name, max_model_len=max_model_len, server_log=log_file,
-                         log_dir=log_dir)  # fmt: skip
-    run = RunDirectory.open(run_dir).check()
-    launch = launch_settings(run, settings)
+                         log_dir=log_dir, max_loras=max_loras, max_cpu_loras=max_cpu_loras, offline=offline)  # fmt: skip
+    runs = [RunDirectory.open(d).check() for d in run_dirs]
+    launch = dataclasses.replace(serve_settings(runs, settings), extra_args=vllm_args)
+    if not port_is_free(host, port):
+        raise ConfigError(f"--port {port}: something already listens on {host}:{port}; choose another port")
     if insecure and key is None:
         launch = dataclasses.replace(launch, insecure=True)
         key_note = "none (--insecure: every route is open to anyone who can reach the port)"
     elif key is None:
         key = secrets.token_urlsafe(24)
-        key_note = f"random, written to {write_key(files_dir(run, settings) / KEY_FILE, key)}"
+        key_note = f"random, written to {write_key(files_dir(runs[0], settings) / KEY_FILE, key)}"
     server = VllmServer(dataclasses.replace(launch, api_key=key))
+    adapters = [
+        (launch.adapter_name, runs[0].path),
+        *((n, r.path) for (n, _), r in zip(launch.more_adapters, runs[1:], strict=True)),
+    ]
     with _signals_raise_interrupt():
         try:
+            click.echo(f"starting vLLM for {len(adapters)} adapter(s) on {host}:{port} (log: {server.log_file})")
             server.start()
             server.wait_ready()
-            _serve_until_interrupted(server, launch.adapter_name, key_note)
+            _serve_until_interrupted(server, adapters, key_note)
         finally:
             server.stop()  # a second Ctrl-C while stopping kills the group at once
 
 
-def _serve_until_interrupted(server: Any, adapter_name: str, key_note: str | None) -> None:
-    """Print where the server is, then watch it until Ctrl-C.
+def _split_pass_through(args: tuple[str, ...]) -> tuple[list[Path], tuple[str, ...]]:
+    """Run directories first; from the first argument that is a flag on, vLLM's own (after `--`)."""
+    flags = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))
+    if flags == 0:
+        raise ConfigError("name at least one RUN_DIR before vLLM's flags (serve RUN_DIR... -- VLLM_ARGS...)")
+    return [Path(a) for a in args[:flags]], tuple(args[flags:])
+
+
+def client_base_url(host: str, port: int) -> str:
+    """The URL a client uses: this machine's name for a wildcard address, else the address itself."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming the wildcard, not binding it
+        return f"http://{socket.getfqdn()}:{port}"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _serve_until_interrupted(server: Any, adapters: list[tuple[str, Path]], key_note: str | None) -> None:
+    """Print where the server is and what it serves, then watch it until Ctrl-C.
 
     The interrupt handler covers the announcement too: a Ctrl-C sent the moment the last line appears
     is a clean stop (exit 0), not an interrupted start-up.
     """
     try:
-        click.echo(f"base URL:  http://{server.settings.host}:{server.port}")
-        click.echo(f"adapter:   {adapter_name}")
+        click.echo(f"base URL:  {client_base_url(server.settings.host, server.port)}")
+        for name, run_dir in adapters:
+            click.echo(f"adapter:   {name}  ({run_dir})")
         click.echo(f"API key:   {key_note}")
         click.echo(f"log:       {server.log_file}")
         click.echo("Ctrl-C stops the server.")
@@ -277,10 +312,15 @@ def _signals_raise_interrupt() -> Iterator[None]:
     type=click.Path(path_type=Path),
     help="A launched server's log.  [default: RUN_DIR/generate/logs, or $XDG_STATE_HOME/remote-synth]",
 )
+@click.option("--priority", type=int, help="Request priority, for a server with --scheduling-policy priority.")
+@click.option("--cache-salt", help="This tenant's prefix-cache salt (no cache sharing with other salts).")
+@click.option("--header", "headers", multiple=True, help="'Name: value' sent with every request (repeatable).")
+@click.option("--extra-body", help="JSON object merged into every completions request (a gateway's fields).")
 def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None, adapter_name: str | None,
              base_model: str | None, output: Path | None, max_new_tokens: int | None, max_concurrency: int | None,
              prompts_per_request: int | None, window: int | None, detailed_errors: bool | None, resume: bool,
-             overwrite: bool, retry_deadline: float | None, log_dir: Path | None, **params: Any) -> None:  # fmt: skip
+             overwrite: bool, retry_deadline: float | None, log_dir: Path | None, priority: int | None,
+             cache_salt: str | None, headers: tuple[str, ...], extra_body: str | None, **params: Any) -> None:  # fmt: skip
     """Generate records for RUN_DIR (default: the bundled demo run, built if missing).
 
     Accepted records go to a journal next to the output as they come; after a crash or a
@@ -292,7 +332,8 @@ def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None
     settings = RemoteSettings.load(base_url=base_url, api_key=_api_key(None, api_key_env), adapter_name=adapter_name,
                          base_model=base_model, max_concurrency=max_concurrency, prompts_per_request=prompts_per_request,
                          window=window, use_detailed_logs=detailed_errors, retry_deadline=retry_deadline,
-                         log_dir=log_dir)  # fmt: skip
+                         log_dir=log_dir, priority=priority, cache_salt=cache_salt,
+                         extra_headers=_headers(headers) or None, extra_body=_json_object("--extra-body", extra_body))  # fmt: skip
     overrides = {k: v for k, v in params.items() if v is not None}
     target = OutputFile(output if output is not None else run.output_file).check()
     journal_path = Journal.path_for(target.path)
@@ -314,6 +355,28 @@ def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None
     if backend.journal is not None:
         backend.journal.remove()
     click.echo(_summary(results, path))
+
+
+def _headers(values: tuple[str, ...]) -> dict[str, str]:
+    headers = {}
+    for value in values:
+        name, sep, text = value.partition(":")
+        if not sep or not name.strip():
+            raise ConfigError(f"--header {value!r}: write it as 'Name: value'")
+        headers[name.strip()] = text.strip()
+    return headers
+
+
+def _json_object(flag: str, text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag}: give a JSON object, like '{{\"field\": 1}}'")
+    return value
 
 
 def _open_journal(backend: Any, path: Path, *, resume: bool) -> int:

@@ -17,6 +17,7 @@ import html
 import logging
 import re
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,8 @@ class InferenceClient:
     """Requests in flight at once: the connection pool's size, and the cap of ``complete_many``.
     The generation engine sizes its own window (in prompts) below this."""
     prompts_per_request: int = 25
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Extra headers on every request (a gateway's tenant or routing headers)."""
     transport: httpx.AsyncBaseTransport | None = None
     """For tests: a fake transport instead of the network."""
 
@@ -115,7 +118,9 @@ class InferenceClient:
             raise ConfigError(f"base URL {redact_url(self.base_url)!r} is not a valid URL: {exc}") from None
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base URL {redact_url(self.base_url)!r} must start with http:// or https://")
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        headers = dict(self.headers)
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
         # Idle connections expire before the server's keep-alive (uvicorn, and so vLLM: 5 s) closes
         # them, or a reused connection can be closed under a request (a spurious connection error).
         limits = httpx.Limits(
@@ -129,6 +134,7 @@ class InferenceClient:
             timeout=self.timeouts.httpx(),
             limits=limits,
             transport=self.transport,
+            event_hooks={"request": [_stamp_request_id]},
         )
         self._semaphore = asyncio.Semaphore(self.max_concurrency)
 
@@ -218,6 +224,11 @@ class InferenceClient:
                 f"{method} {path}: unexpected answer shape ({type(data).__name__})", endpoint=f"{method} {path}"
             )
         return data
+
+
+async def _stamp_request_id(request: httpx.Request) -> None:
+    """Every request carries an ``X-Request-Id`` (kept if the caller set one): servers and gateways log it."""
+    request.headers.setdefault("X-Request-Id", f"remote-synth-{uuid.uuid4().hex}")
 
 
 def redact_url(url: str) -> str:

@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SecretStr,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._exceptions import ConfigError
@@ -180,6 +189,12 @@ class RemoteSettings(BaseSettings):
     """Seconds between readings of the server's ``/metrics``."""
     max_num_seqs: int | None = Field(None, ge=1)
     """``--max-num-seqs`` for a launched server; it also starts the window there."""
+    max_loras: int | None = Field(None, ge=1)
+    """``--max-loras`` for a launched server (adapters in one batch); default: one per adapter, up to 8."""
+    max_cpu_loras: int | None = Field(None, ge=1)
+    """``--max-cpu-loras`` for a launched server (adapters kept in CPU memory); default: vLLM's."""
+    offline: bool | None = None
+    """Keep a launched server off the model hub; None: offline exactly when the base model is a local path."""
     request_timeout: float = Field(900.0, gt=0)
     retry_deadline: float = Field(600.0, ge=0)
     """Seconds a request may keep failing (server down, overloaded, restarting) before the job gives up."""
@@ -194,11 +209,22 @@ class RemoteSettings(BaseSettings):
     ``generate/logs``, or ``$XDG_STATE_HOME/remote-synth`` when the run directory is read-only."""
     use_detailed_logs: bool = False
     """Detailed validation messages (they quote record values) in logs and error tables."""
+    priority: int | None = None
+    """The job's ``priority`` in every request, for a server run with ``--scheduling-policy priority``
+    (lower runs first)."""
+    cache_salt: str | None = None
+    """A per-tenant ``cache_salt``: prefix-cache entries are not shared with other salts."""
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+    """Sent with every request (gateways: tenant ids, routing); ``REMOTE_SYNTH_EXTRA_HEADERS`` is JSON."""
+    extra_body: dict[str, JsonValue] = Field(default_factory=dict)
+    """Merged into every completions request (gateways' own fields); ``REMOTE_SYNTH_EXTRA_BODY`` is JSON."""
 
     @model_validator(mode="after")
-    def _window_bounds(self) -> RemoteSettings:
+    def _bounds(self) -> RemoteSettings:
         if self.window > self.max_window:
             raise ValueError(f"window ({self.window}) must not exceed max_window ({self.max_window})")
+        if self.max_loras and self.max_cpu_loras and self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be at least max_loras ({self.max_loras})")
         return self
 
     @classmethod

@@ -6,12 +6,14 @@ benchmarks need no backend to launch a server.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from ._config import GenerateParameters, RemoteSettings
@@ -19,7 +21,15 @@ from ._exceptions import ConfigError
 from ._rundir import ModelMetadata, RunDirectory
 from ._server import ServerSettings
 
-__all__ = ["adapter_name_for", "files_dir", "is_loopback", "launch_settings", "state_dir", "structured_outputs_backend"]
+__all__ = [
+    "adapter_name_for",
+    "files_dir",
+    "is_loopback",
+    "launch_settings",
+    "serve_settings",
+    "state_dir",
+    "structured_outputs_backend",
+]
 
 logger = logging.getLogger("remote_synth.launch")
 
@@ -49,9 +59,12 @@ def launch_settings(
         model=model,
         adapter_name=s.adapter_name or adapter_name_for(run),
         adapter_path=run.adapter_dir,
+        max_loras=s.max_loras,
+        max_cpu_loras=s.max_cpu_loras,
         max_lora_rank=run.adapter_config.r,
         max_model_len=s.max_model_len or _fitting_context(model, meta),
         max_num_seqs=s.max_num_seqs,
+        offline=s.offline if s.offline is not None else Path(model).exists(),
         host=s.host,
         port=s.port,
         api_key=s.api_key.get_secret_value() if s.api_key else None,
@@ -59,6 +72,40 @@ def launch_settings(
         structured_outputs_backend=structured_outputs_backend(params),
         log_file=s.server_log or files_dir(run, s) / "vllm-server.log",
         startup_timeout=s.startup_timeout,
+    )
+
+
+def serve_settings(runs: Sequence[RunDirectory], settings: RemoteSettings | None = None) -> ServerSettings:
+    """One server for several runs' adapters: same base model, the largest rank and context of them.
+
+    Mixed base models cannot share a server, and two runs with the same adapter would be
+    served twice under one name: both are refused, naming the runs.
+    """
+    if not runs:
+        raise ConfigError("name at least one run directory")
+    s = settings if settings is not None else RemoteSettings()
+    if len(runs) > 1 and s.adapter_name:
+        raise ConfigError("--adapter-name names one adapter; with several run directories each keeps its own name")
+    launches = [launch_settings(run, s) for run in runs]
+    first = launches[0]
+    for run, launch in zip(runs[1:], launches[1:], strict=True):
+        if launch.model != first.model:
+            raise ConfigError(
+                f"{run.path} was trained on {launch.model}, {runs[0].path} on {first.model}: "
+                "one server serves adapters of one base model"
+            )
+    names = [launch.adapter_name for launch in launches]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"the same adapter ({', '.join(twice)}) is named twice; name each run directory once")
+    contexts = [launch.max_model_len for launch in launches]
+    backends = {launch.structured_outputs_backend for launch in launches}
+    return dataclasses.replace(
+        first,
+        more_adapters=tuple((launch.adapter_name, launch.adapter_path) for launch in launches[1:]),
+        max_lora_rank=max(launch.max_lora_rank for launch in launches),
+        max_model_len=None if None in contexts else max(c for c in contexts if c is not None),
+        structured_outputs_backend=backends.pop() if len(backends) == 1 else "auto",
     )
 
 

@@ -128,6 +128,7 @@ class RemoteBackend(GeneratorBackend):
                 retry=RetryPolicy(deadline=self.settings.retry_deadline),
                 max_concurrency=self.settings.max_concurrency,
                 prompts_per_request=self.settings.prompts_per_request,
+                headers=self.settings.extra_headers,
                 transport=self.transport,
             )
             self.server_info = self._loop.run(
@@ -160,7 +161,7 @@ class RemoteBackend(GeneratorBackend):
     def job_header(self) -> dict[str, object]:
         """What makes two runs the same job: adapter, schema, prompt, settings and the request's sampling."""
         assert self.server_info is not None
-        body = self._request_body(self.server_info)
+        body = self._sampling_body(self.server_info)  # tenant fields (priority…) may change on resume
         header: dict[str, object] = {
             "adapter": self.adapter_name,
             "schema": _digest(self.run.schema),
@@ -270,6 +271,15 @@ class RemoteBackend(GeneratorBackend):
         return self.server.base_url, self.server.api_key
 
     def _request_body(self, server: ServerInfo) -> dict[str, Any]:
+        """The sampling fields, then the tenant's own (priority, cache salt, a gateway's extras)."""
+        body = self._sampling_body(server)
+        s = self.settings
+        tenant = {"priority": s.priority, "cache_salt": s.cache_salt}
+        body.update({k: v for k, v in tenant.items() if v is not None})
+        body.update(s.extra_body)
+        return body
+
+    def _sampling_body(self, server: ServerInfo) -> dict[str, Any]:
         return request_body(
             self.config,
             max_seq_length=self.model_metadata.max_seq_length,

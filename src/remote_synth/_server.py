@@ -43,6 +43,8 @@ logger = logging.getLogger("remote_synth.server")
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 LOG_TAIL_LINES = 40
+DEFAULT_MAX_LORAS = 8
+"""``--max-loras`` when not given: every adapter served, up to this many in one batch."""
 LIFELINE = Path(__file__).with_name("_lifeline.py")
 AUTH_GATE = Path(__file__).with_name("_authgate.py")
 AUTH_GATE_MODULE = "remote_synth_authgate"
@@ -80,6 +82,12 @@ class ServerSettings:
     """Base model: a local path or a hub id the host can resolve."""
     adapter_name: str
     adapter_path: Path
+    more_adapters: tuple[tuple[str, Path], ...] = ()
+    """Further adapters on the same base model, as (name, path): one server, many tenants."""
+    max_loras: int | None = None
+    """Adapters in one batch (``--max-loras``); None: one per adapter served, capped at 8."""
+    max_cpu_loras: int | None = None
+    """Adapters kept in CPU memory (``--max-cpu-loras``); None: vLLM's default."""
     max_lora_rank: int = 16
     max_model_len: int | None = None
     max_num_seqs: int | None = None
@@ -135,14 +143,22 @@ class VllmServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    @property
+    def adapters(self) -> tuple[tuple[str, Path], ...]:
+        """Every adapter served, as (name, path), the first one first."""
+        return ((self.settings.adapter_name, self.settings.adapter_path), *self.settings.more_adapters)
+
     def _command(self) -> list[str]:
         s = self.settings
-        modules = json.dumps({"name": s.adapter_name, "path": str(s.adapter_path), "base_model_name": s.model})
+        modules = [
+            json.dumps({"name": name, "path": str(path), "base_model_name": s.model}) for name, path in self.adapters
+        ]
         cmd = [
             s.python, "-m", "vllm.entrypoints.openai.api_server",
             "--model", s.model,
             "--enable-lora",
-            "--lora-modules", modules,
+            "--lora-modules", *modules,
+            "--max-loras", str(s.max_loras or min(len(modules), DEFAULT_MAX_LORAS)),
             "--max-lora-rank", str(lora_rank_limit(s.max_lora_rank)),
             "--host", s.host,
             "--port", str(self.port),
@@ -154,6 +170,8 @@ class VllmServer:
             cmd += ["--max-model-len", str(s.max_model_len)]
         if s.max_num_seqs:
             cmd += ["--max-num-seqs", str(s.max_num_seqs)]
+        if s.max_cpu_loras:
+            cmd += ["--max-cpu-loras", str(s.max_cpu_loras)]
         if self.api_key:
             cmd += ["--middleware", f"{AUTH_GATE_MODULE}.AuthGate"]
         return cmd + list(s.extra_args)
@@ -236,7 +254,7 @@ class VllmServer:
             while True:
                 self.raise_if_exited()
                 if self._ready(http):
-                    logger.info("vLLM ready on %s serving %r", self.base_url, self.settings.adapter_name)
+                    logger.info("vLLM ready on %s serving %s", self.base_url, ", ".join(n for n, _ in self.adapters))
                     return
                 if clock() > deadline:
                     raise ServerStartError(
@@ -252,7 +270,8 @@ class VllmServer:
             models = http.get("/v1/models").json().get("data", [])
         except (httpx.HTTPError, ValueError):
             return False
-        return any(m.get("id") == self.settings.adapter_name for m in models)
+        served = {m.get("id") for m in models}
+        return all(name in served for name, _ in self.adapters)
 
     def raise_if_exited(self) -> None:
         """Raise ``ServerStartError`` with the log's tail if the process has ended."""

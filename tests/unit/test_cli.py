@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import sys
@@ -136,7 +138,7 @@ def test_ctrl_c_right_after_the_announcement_is_a_clean_stop(
             raise KeyboardInterrupt
 
     monkeypatch.setattr(cli_module.click, "echo", echo_then_interrupt)
-    code, _ = run_main(monkeypatch, capsys, "serve", str(run), "--api-key", "k")
+    code, _ = run_main(monkeypatch, capsys, "serve", str(run), "--api-key", "k", "--port", str(free_port()))
     assert code == 0
     assert fake.stopped == 1
 
@@ -333,3 +335,104 @@ def test_a_full_disk_at_the_final_write_exits_1_and_resume_writes_the_kept_recor
         assert code == 0, err
         assert server.completion_requests == sent  # written from the journal: nothing generated again
     assert len(pd.read_csv(out)) == 40
+
+
+# -- serve: several runs on one server ---------------------------------------------------------
+
+
+def test_one_server_for_several_runs_of_one_base_model(tmp_path: Path) -> None:
+    from remote_synth import RemoteSettings, RunDirectory, VllmServer
+    from remote_synth._launch import serve_settings
+
+    other = {"type": "object", "properties": {"b": {"type": "string"}}, "required": ["b"]}
+    runs = [RunDirectory.open(write_run_dir(tmp_path / "a", SCHEMA, base_model="m", lora_r=8)),
+            RunDirectory.open(write_run_dir(tmp_path / "b", other, base_model="m", lora_r=32))]  # fmt: skip
+    launch = serve_settings(runs, RemoteSettings())
+    cmd = VllmServer(dataclasses.replace(launch, extra_args=("--tensor-parallel-size", "2"))).command
+    modules = cmd[cmd.index("--lora-modules") + 1 : cmd.index("--max-loras")]
+    assert [json.loads(m)["path"] for m in modules] == [str(r.adapter_dir) for r in runs]
+    assert len({json.loads(m)["name"] for m in modules}) == 2
+    assert cmd[cmd.index("--max-loras") + 1] == "2" and cmd[cmd.index("--max-lora-rank") + 1] == "32"
+    assert cmd[-2:] == ["--tensor-parallel-size", "2"]
+    assert not launch.offline  # "m" is no local path: a hub id, so the hub stays reachable
+    capped = serve_settings(runs, RemoteSettings(max_loras=1, max_cpu_loras=4))
+    cmd = VllmServer(capped).command
+    assert cmd[cmd.index("--max-loras") + 1] == "1" and cmd[cmd.index("--max-cpu-loras") + 1] == "4"
+
+
+@pytest.mark.parametrize(
+    ("second_base", "extra", "message"),
+    [
+        ("other-model", [], "one server serves adapters of one base model"),
+        ("m", ["--adapter-name", "x"], "--adapter-name names one adapter"),
+        (None, [], "named twice"),
+    ],
+)
+def test_serve_refuses_what_one_server_cannot_serve(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path,
+    second_base: str | None, extra: list[str], message: str,
+) -> None:  # fmt: skip
+    second = run if second_base is None else write_run_dir(tmp_path / "b", SCHEMA, base_model=second_base)
+    code, err = run_main(monkeypatch, capsys, "serve", str(run), str(second), *extra)
+    assert code == EXIT_BAD_INPUT and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_busy_port_is_found_before_vllm_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path
+) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, err = run_main(monkeypatch, capsys, "serve", str(run), "--port", str(port))
+    assert code == EXIT_BAD_INPUT and f"--port {port}" in err and "Traceback" not in err
+
+
+def test_vllm_flags_pass_through_after_the_run_dirs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path
+) -> None:
+    import remote_synth._server as server_module
+
+    seen = []
+
+    def capture(settings: object) -> _ReadyServer:
+        seen.append(settings)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(server_module, "VllmServer", capture)
+    run_main(monkeypatch, capsys, "serve", str(run), "--api-key", "k", "--port", str(free_port()), "--",
+             "--gpu-memory-utilization", "0.8", "--enforce-eager")  # fmt: skip
+    assert seen and seen[0].extra_args == ("--gpu-memory-utilization", "0.8", "--enforce-eager")
+
+
+def test_a_local_base_model_keeps_the_server_offline(tmp_path: Path) -> None:
+    from remote_synth import RemoteSettings, RunDirectory, launch_settings
+
+    (tmp_path / "base").mkdir()
+    run = RunDirectory.open(write_run_dir(tmp_path / "r", SCHEMA, base_model=str(tmp_path / "base")))
+    assert launch_settings(run, RemoteSettings()).offline
+    assert not launch_settings(run, RemoteSettings(offline=False)).offline
+
+
+def test_the_announced_base_url_is_one_a_client_can_use() -> None:
+    import socket
+
+    from remote_synth._cli import client_base_url
+
+    assert client_base_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
+    assert client_base_url("0.0.0.0", 8000) == f"http://{socket.getfqdn()}:8000"
+    assert client_base_url("::1", 8000) == "http://[::1]:8000"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--header", "no-colon"], "'Name: value'"),
+    (["--extra-body", "[1]"], "JSON object"),
+    (["--extra-body", "{oops"], "not JSON"),
+])  # fmt: skip
+def test_bad_gateway_extras_are_bad_input(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, args: list[str], message: str
+) -> None:
+    code, err = run_main(monkeypatch, capsys, "generate", str(run), "--base-url", "http://127.0.0.1:1", *args)
+    assert code == EXIT_BAD_INPUT and message in err

@@ -267,3 +267,26 @@ def test_server_is_back_needs_health_and_the_adapter(health: int, adapters: list
     fake.health, fake.adapters = health, adapters
     client = InferenceClient("http://fake:8000", transport=httpx.MockTransport(fake))
     assert asyncio.run(server_is_back(client, "nss-adapter")) is back
+
+
+def test_tenant_fields_and_headers_reach_every_request(run: Path) -> None:
+    fake = FakeVllm()
+    seen: list[httpx.Request] = []
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return fake(request)
+
+    settings = RemoteSettings(base_url="http://fake:8000", adapter_name="nss-adapter", priority=-5,
+                              cache_salt="tenant-a", extra_headers={"X-Tenant": "a"},
+                              extra_body={"gateway_route": "blue"})  # fmt: skip
+    b = RemoteBackend(run, {"num_records": 30}, settings=settings, transport=httpx.MockTransport(recording))
+    with b:
+        b.generate()
+        header = b.job_header()
+    body = fake.bodies[-1]
+    assert body["priority"] == -5 and body["cache_salt"] == "tenant-a" and body["gateway_route"] == "blue"
+    assert all(r.headers["X-Tenant"] == "a" for r in seen)
+    ids = [r.headers["X-Request-Id"] for r in seen]
+    assert len(set(ids)) == len(ids) == len(seen) and all(i.startswith("remote-synth-") for i in ids)
+    assert not any(k.endswith(("priority", "cache_salt", "gateway_route")) for k in header)  # not the job's identity
