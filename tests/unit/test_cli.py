@@ -402,9 +402,10 @@ def test_vllm_flags_pass_through_after_the_run_dirs(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(server_module, "VllmServer", capture)
-    run_main(monkeypatch, capsys, "serve", str(run), "--api-key", "k", "--port", str(free_port()), "--",
-             "--gpu-memory-utilization", "0.8", "--enforce-eager")  # fmt: skip
+    run_main(monkeypatch, capsys, "serve", str(run), "--api-key", "k", "--port", str(free_port()),
+             "--runtime-adapters", "--", "--gpu-memory-utilization", "0.8", "--enforce-eager")  # fmt: skip
     assert seen and seen[0].extra_args == ("--gpu-memory-utilization", "0.8", "--enforce-eager")
+    assert ("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "1") in seen[0].extra_env
 
 
 def test_a_local_base_model_keeps_the_server_offline(tmp_path: Path) -> None:

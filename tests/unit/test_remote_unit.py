@@ -53,6 +53,8 @@ class FakeVllm:
             return httpx.Response(404)  # like a gateway: no vLLM metrics
         if request.url.path == "/tokenize":
             return httpx.Response(200, json={"count": self.prompt_tokens})
+        if request.url.path != "/v1/completions":
+            return httpx.Response(404, json={"detail": "Not Found"})
         body = json.loads(request.content)
         self.bodies.append(body)
         texts = [self.text(body) for _ in body["prompt"]]
@@ -290,3 +292,77 @@ def test_tenant_fields_and_headers_reach_every_request(run: Path) -> None:
     ids = [r.headers["X-Request-Id"] for r in seen]
     assert len(set(ids)) == len(ids) == len(seen) and all(i.startswith("remote-synth-") for i in ids)
     assert not any(k.endswith(("priority", "cache_salt", "gateway_route")) for k in header)  # not the job's identity
+
+
+class LoadingVllm(FakeVllm):
+    """A FakeVllm with vLLM's runtime adapter routes; ``forget_after`` completions, it "restarts"."""
+
+    def __init__(self, forget_after: int = 10**9) -> None:
+        super().__init__()
+        self.adapters = []
+        self.loads: list[dict] = []
+        self.unloads: list[str] = []
+        self.forget_after = forget_after
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/load_lora_adapter":
+            body = json.loads(request.content)
+            self.loads.append(body)
+            if body["lora_name"] in self.adapters:
+                return httpx.Response(400, json={"error": {"message": "has already been loaded"}})
+            self.adapters.append(body["lora_name"])
+            return httpx.Response(200, text="Success")
+        if request.url.path == "/v1/unload_lora_adapter":
+            name = json.loads(request.content)["lora_name"]
+            if name not in self.adapters:
+                return httpx.Response(404, json={"error": {"message": "cannot be found"}})
+            self.adapters.remove(name)
+            self.unloads.append(name)
+            return httpx.Response(200, text="Success")
+        if request.url.path == "/v1/completions":
+            model = json.loads(request.content)["model"]
+            if len(self.bodies) == self.forget_after:
+                self.adapters, self.forget_after = [], -1  # a restart: runtime-loaded adapters are gone
+            if model != "base" and model not in self.adapters:
+                return httpx.Response(404, json={"error": {"message": f"The model `{model}` does not exist."}})
+        return super().__call__(request)
+
+
+def test_load_adapter_registers_at_start_again_after_a_restart_and_unloads_at_teardown(run: Path) -> None:
+    fake = LoadingVllm(forget_after=3)
+    settings = RemoteSettings(base_url="http://fake:8000", adapter_name="nss-adapter", load_adapter=True,
+                              server_adapter_path="/srv/adapters/a", prompts_per_request=5, window=5)  # fmt: skip
+    with RemoteBackend(run, {"num_records": 60}, settings=settings, transport=httpx.MockTransport(fake)) as b:
+        results = b.generate()
+    assert results.num_valid_records >= 60
+    assert [load["lora_path"] for load in fake.loads] == ["/srv/adapters/a", "/srv/adapters/a"]  # start + re-register
+    assert fake.unloads == ["nss-adapter"] and fake.adapters == []
+
+
+def test_an_adapter_already_served_is_not_ours_to_unload(run: Path) -> None:
+    fake = LoadingVllm()
+    fake.adapters = ["nss-adapter"]
+    settings = RemoteSettings(base_url="http://fake:8000", adapter_name="nss-adapter", load_adapter=True)
+    with RemoteBackend(run, {"num_records": 5}, settings=settings, transport=httpx.MockTransport(fake)) as b:
+        b.generate()
+    assert fake.loads == [] and fake.unloads == [] and fake.adapters == ["nss-adapter"]
+
+
+def test_a_server_without_runtime_loading_is_one_clear_error(run: Path) -> None:
+    fake = FakeVllm()
+    fake.adapters = []
+    settings = RemoteSettings(base_url="http://fake:8000", adapter_name="nss-adapter", load_adapter=True)
+    with pytest.raises(ServerCheckError, match="VLLM_ALLOW_RUNTIME_LORA_UPDATING"):
+        RemoteBackend(run, {"num_records": 5}, settings=settings, transport=httpx.MockTransport(fake)).initialize()
+
+
+def test_lazy_adapter_check_accepts_an_adapter_a_resolver_will_load(run: Path) -> None:
+    fake = FakeVllm()
+    fake.adapters = []
+    strict = RemoteSettings(base_url="http://fake:8000", adapter_name="nss-adapter")
+    with pytest.raises(NotFoundError):
+        RemoteBackend(run, {"num_records": 5}, settings=strict, transport=httpx.MockTransport(fake)).initialize()
+    lazy = RemoteSettings(base_url="http://fake:8000", adapter_name="nss-adapter", adapter_check="lazy")
+    with RemoteBackend(run, {"num_records": 5}, settings=lazy, transport=httpx.MockTransport(fake)) as b:
+        assert b.server_info is not None and b.server_info.context == 300
+        assert b.generate().num_valid_records >= 5

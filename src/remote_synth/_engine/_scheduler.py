@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .._client import Completion, InferenceClient, completions_body
-from .._exceptions import APIConnectionError, APIError, ServerOverloadedError
+from .._exceptions import APIConnectionError, APIError, NotFoundError, ServerOverloadedError
 from .._retry import RetryPolicy
 from ._recovery import Recovery
 from ._window import Gate, WindowPolicy
@@ -106,6 +106,7 @@ class Scheduler:
         prompts_per_request: int = 25,
         load_interval: float = 0.5,
         recovery: Recovery | None = None,
+        reregister: Callable[[], Awaitable[object]] | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -118,6 +119,9 @@ class Scheduler:
         self.prompts_per_request = prompts_per_request
         self.load_interval = load_interval
         self.recovery = recovery
+        self.reregister = reregister
+        """Registers the model again after a 404 (a restarted server lost a runtime-loaded adapter)."""
+        self._reregistering: asyncio.Future[object] | None = None
         self._sleep = sleep
         self._clock = clock
         self.stats = EngineStats()
@@ -190,9 +194,21 @@ class Scheduler:
             raise failures[0]
 
     async def _send(self, job: Job) -> Sequence[Completion]:
-        """One job, retried by the policy; between attempts it holds no room in the window."""
+        """One job, retried by the policy; a model the server lost (404) is registered again, once per run."""
         body = completions_body(self.model, job.prompts, job.params)
-        holding = True  # the scheduler reserved the first attempt's room
+        try:
+            return await self._attempts(job, body, holding=True)  # the scheduler reserved the first room
+        except NotFoundError:
+            if self.reregister is None:
+                raise
+            if self._reregistering is None:
+                logger.warning("the server no longer serves %r (restarted?); registering it again", self.model)
+                self._reregistering = asyncio.ensure_future(self.reregister())
+            await asyncio.shield(self._reregistering)
+            return await self._attempts(job, body, holding=False)
+
+    async def _attempts(self, job: Job, body: dict[str, object], *, holding: bool) -> Sequence[Completion]:
+        """Attempts by the retry policy; between attempts the job holds no room in the window."""
         unanswered = False
         async for attempt in self.retry.retrying(sleep=self._sleep, clock=self._clock):
             with attempt:

@@ -1,0 +1,77 @@
+"""Adapters on a running server: list, register at runtime, unregister.
+
+vLLM loads adapters at runtime through ``/v1/load_lora_adapter`` when it runs
+with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=1``. Registering is idempotent: an
+adapter the server already serves is left alone (and is not ours to unload),
+and a load is confirmed in ``/v1/models``. The path is the one on the server's
+machine. Knows HTTP through the client, not records.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ._client import InferenceClient
+from ._exceptions import BadRequestError, NotFoundError, ServerCheckError
+
+__all__ = ["ServedModel", "register_adapter", "served_models", "unregister_adapter"]
+
+logger = logging.getLogger("remote_synth.adapters")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One entry of ``/v1/models``: a base model (no parent) or an adapter on one."""
+
+    id: str
+    parent: str | None
+    max_model_len: int | None
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.parent is not None
+
+
+async def served_models(client: InferenceClient) -> list[ServedModel]:
+    entries = await client.models()
+    return [
+        ServedModel(
+            id=str(m.get("id")),
+            parent=str(m["parent"]) if m.get("parent") else None,
+            max_model_len=m["max_model_len"] if isinstance(m.get("max_model_len"), int) else None,
+        )
+        for m in entries
+    ]
+
+
+async def register_adapter(client: InferenceClient, name: str, path: str) -> bool:
+    """Make the server serve ``name`` from ``path`` (on its machine); True when this call loaded it."""
+    if name in {m.id for m in await served_models(client)}:
+        logger.info("adapter %r is already served by %s", name, client.display_url)
+        return False
+    try:
+        await client.load_adapter(name, path)
+    except NotFoundError:
+        raise ServerCheckError(
+            f"the server at {client.display_url} does not load adapters at runtime "
+            "(vLLM needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=1)"
+        ) from None
+    except BadRequestError as exc:
+        if "already been loaded" not in str(exc):
+            raise ServerCheckError(f"the server at {client.display_url} could not load {path!r}: {exc}") from None
+        return False  # another client loaded it meanwhile: not ours
+    if name not in {m.id for m in await served_models(client)}:
+        raise ServerCheckError(f"the server at {client.display_url} said it loaded {name!r}, but does not list it")
+    logger.info("loaded adapter %r from %s on %s", name, path, client.display_url)
+    return True
+
+
+async def unregister_adapter(client: InferenceClient, name: str) -> bool:
+    """Stop serving ``name``; False when the server did not hold it."""
+    try:
+        await client.unload_adapter(name)
+    except NotFoundError:
+        return False
+    logger.info("unloaded adapter %r from %s", name, client.display_url)
+    return True
