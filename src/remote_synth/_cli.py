@@ -271,8 +271,18 @@ def _signals_raise_interrupt() -> Iterator[None]:
 
 @cli.command()
 @click.argument("run_dir", required=False, type=click.Path(path_type=Path))
-@click.option("--base-url", help="A running server (default: launch a local one, and stop it after).")
-@click.option("--api-key-env", help="Name of an environment variable holding the server's API key.")
+@click.option(
+    "--base-url",
+    "base_urls",
+    multiple=True,
+    help="A running server; repeat for replicas (default: launch a local one, and stop it after).",
+)
+@click.option(
+    "--api-key-env",
+    "api_key_envs",
+    multiple=True,
+    help="Environment variable holding the server's API key; repeat for one per --base-url.",
+)
 @click.option("--adapter-name", help="The adapter's name on the server (default: derived from its files).")
 @click.option("--base-model", help="Base model path or id for a launched server.")
 @click.option("--num-records", type=int, help="Valid records to generate (default: the run's num_records).")
@@ -329,7 +339,7 @@ def _signals_raise_interrupt() -> Iterator[None]:
 @click.option("--cache-salt", help="This tenant's prefix-cache salt (no cache sharing with other salts).")
 @click.option("--header", "headers", multiple=True, help="'Name: value' sent with every request (repeatable).")
 @click.option("--extra-body", help="JSON object merged into every completions request (a gateway's fields).")
-def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None, adapter_name: str | None,
+def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tuple[str, ...], adapter_name: str | None,
              base_model: str | None, output: Path | None, max_new_tokens: int | None, max_concurrency: int | None,
              prompts_per_request: int | None, window: int | None, detailed_errors: bool | None, resume: bool,
              overwrite: bool, retry_deadline: float | None, log_dir: Path | None, priority: int | None,
@@ -343,7 +353,8 @@ def generate(run_dir: Path | None, base_url: str | None, api_key_env: str | None
     from ._remote import RemoteBackend
 
     run = RunDirectory.open(run_dir) if run_dir is not None else _demo_run()
-    settings = RemoteSettings.load(base_url=base_url, api_key=_api_key(None, api_key_env), adapter_name=adapter_name,
+    keys = [_api_key(None, name) for name in api_key_envs]
+    settings = RemoteSettings.load(base_url=list(base_urls) or None, api_key=keys or None, adapter_name=adapter_name,
                          base_model=base_model, max_concurrency=max_concurrency, prompts_per_request=prompts_per_request,
                          window=window, use_detailed_logs=detailed_errors, retry_deadline=retry_deadline,
                          log_dir=log_dir, priority=priority, cache_salt=cache_salt,

@@ -37,6 +37,7 @@ from ._exceptions import (
     NotFoundError,
     ServerOverloadedError,
 )
+from ._replicas import Replica, ReplicaSet
 from ._retry import RetryPolicy
 
 __all__ = ["Completion", "InferenceClient", "RetryPolicy", "ServerLoad", "TimeoutPolicy", "completions_body"]
@@ -84,17 +85,20 @@ class Completion:
 
 @dataclass
 class InferenceClient:
-    """Async client for one server.
+    """Async client for one server, or for several replicas of it (``_replicas``).
 
     ```python
     client = InferenceClient("http://gpu-host:8000", api_key="...")
     texts = await client.complete_many("my-adapter", ["prompt"] * 100, {"max_tokens": 512})
     await client.aclose()
+    InferenceClient(["http://gpu-a:8000", "http://gpu-b:8000"], api_key=["key-a", "key-b"])
     ```
     """
 
-    base_url: str
-    api_key: str | None = field(default=None, repr=False)
+    base_url: str | Sequence[str]
+    """One base URL, or several replicas serving the same adapters (least in flight, failover)."""
+    api_key: str | Sequence[str | None] | None = field(default=None, repr=False)
+    """One key for every replica, or one per replica (in the order of ``base_url``)."""
     timeouts: TimeoutPolicy = field(default_factory=TimeoutPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_concurrency: int = 256
@@ -109,18 +113,22 @@ class InferenceClient:
     def __post_init__(self) -> None:
         if self.max_concurrency < 1 or self.prompts_per_request < 1:
             raise ConfigError("max_concurrency and prompts_per_request must be at least 1")
-        self.base_url = self.base_url.rstrip("/")
-        if self.base_url.endswith("/v1"):
-            self.base_url = self.base_url[: -len("/v1")]
-        try:
-            httpx.URL(self.base_url)
-        except httpx.InvalidURL as exc:
-            raise ConfigError(f"base URL {redact_url(self.base_url)!r} is not a valid URL: {exc}") from None
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"base URL {redact_url(self.base_url)!r} must start with http:// or https://")
+        urls = [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+        if not urls:
+            raise ConfigError("give at least one base URL")
+        keys = _keys_for(urls, self.api_key)
+        self.base_urls = [_checked_url(url) for url in urls]
+        self.base_url = self.base_urls[0]
+        self._replicas = ReplicaSet(
+            [Replica(redact_url(url), self._pool(url, key)) for url, key in zip(self.base_urls, keys, strict=True)],
+            probe_timeout=self.timeouts.probe,
+        )
+        self._semaphore = asyncio.Semaphore(self.max_concurrency)
+
+    def _pool(self, url: str, key: str | None) -> httpx.AsyncClient:
         headers = dict(self.headers)
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         # Idle connections expire before the server's keep-alive (uvicorn, and so vLLM: 5 s) closes
         # them, or a reused connection can be closed under a request (a spurious connection error).
         limits = httpx.Limits(
@@ -128,35 +136,42 @@ class InferenceClient:
             max_keepalive_connections=self.max_concurrency,
             keepalive_expiry=KEEPALIVE_EXPIRY,
         )
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
+        return httpx.AsyncClient(
+            base_url=url,
             headers=headers,
             timeout=self.timeouts.httpx(),
             limits=limits,
             transport=self.transport,
             event_hooks={"request": [_stamp_request_id]},
         )
-        self._semaphore = asyncio.Semaphore(self.max_concurrency)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._replicas.aclose()
 
     @property
     def display_url(self) -> str:
-        """The base URL for messages: any credentials in it are masked."""
-        return redact_url(self.base_url)
+        """The base URL(s) for messages: any credentials in them are masked."""
+        return ", ".join(replica.url for replica in self._replicas.replicas)
 
     @property
     def closed(self) -> bool:
-        return self._http.is_closed
+        return all(replica.http.is_closed for replica in self._replicas.replicas)
 
     async def health(self) -> int:
-        """Status of ``/health`` (0 when nothing answers)."""
+        """Status of ``/health`` (0 when nothing answers); with replicas, the best one's (200 if any)."""
+        statuses = await asyncio.gather(*(self._health(r) for r in self._replicas.replicas))
+        for status in (200, 404):
+            if status in statuses:
+                return status
+        return max(statuses)
+
+    async def _health(self, replica: Replica) -> int:
         try:
             with _translate("GET /health"):
-                response = await self._http.get("/health", timeout=self.timeouts.probe)
+                response = await replica.http.get("/health", timeout=self.timeouts.probe)
         except APIConnectionError:
             return 0
+        self._replicas.answered(replica, response.status_code)
         return response.status_code
 
     async def models(self) -> list[dict[str, Any]]:
@@ -172,9 +187,13 @@ class InferenceClient:
         await self._post_plain("/v1/unload_lora_adapter", {"lora_name": name})
 
     async def _post_plain(self, path: str, body: dict[str, Any]) -> None:
-        """A POST whose success answer is plain text (vLLM's adapter routes)."""
+        """A POST whose success answer is plain text (vLLM's adapter routes), on every replica."""
+        for replica in self._replicas.replicas:
+            await self._post_plain_to(replica, path, body)
+
+    async def _post_plain_to(self, replica: Replica, path: str, body: dict[str, Any]) -> None:
         with _translate(f"POST {path}"):
-            response = await self._http.post(path, json=body, timeout=self.timeouts.read)
+            response = await replica.http.post(path, json=body, timeout=self.timeouts.read)
         if response.status_code >= 400:
             raise _status_error("POST", path, response)
 
@@ -193,13 +212,41 @@ class InferenceClient:
 
         Raises ``APIError`` when the server could not be asked this time.
         """
+        readings = await asyncio.gather(
+            *(self._load(r) for r in self._replicas.admitted or self._replicas.replicas), return_exceptions=True
+        )
+        loads = [r for r in readings if isinstance(r, ServerLoad)]
+        if not loads:
+            failure = next((r for r in readings if isinstance(r, BaseException)), None)
+            if failure is not None:
+                raise failure
+            return None
+        return ServerLoad(running=sum(x.running for x in loads), waiting=sum(x.waiting for x in loads))
+
+    async def _load(self, replica: Replica) -> ServerLoad | None:
         with _translate("GET /metrics"):
-            response = await self._http.get("/metrics", timeout=self.timeouts.probe)
+            response = await replica.http.get("/metrics", timeout=self.timeouts.probe)
         if response.status_code == 404:
             return None
         if response.status_code >= 400:
             raise _status_error("GET", "/metrics", response)
         return parse_load(response.text)
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request on the replica with the fewest in flight; no answer or a 5xx takes it out for a while."""
+        replica = await self._replicas.pick()
+        replica.in_flight += 1
+        try:
+            with _translate(f"{method} {path}"):
+                response = await replica.http.request(method, path, **kwargs)
+        except APIConnectionError as exc:
+            self._replicas.failed(replica, exc.message)
+            raise
+        finally:
+            replica.in_flight -= 1
+        if response.status_code >= 500:
+            self._replicas.failed(replica, f"HTTP {response.status_code}")
+        return response
 
     async def send_completions(self, body: dict[str, Any]) -> list[Completion]:
         """One ``/v1/completions`` attempt, no retry; choices in prompt order (sorted by ``index``)."""
@@ -224,8 +271,7 @@ class InferenceClient:
         return [c for chunk in results for c in chunk]
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        with _translate(f"{method} {path}"):
-            response = await self._http.request(method, path, **kwargs)
+        response = await self._request(method, path, **kwargs)
         if response.status_code >= 400:
             raise _status_error(method, path, response)
         try:
@@ -255,6 +301,29 @@ def redact_url(url: str) -> str:
     if not parsed.userinfo:
         return url
     return str(parsed.copy_with(username="***", password=None))
+
+
+def _checked_url(url: str) -> str:
+    url = url.rstrip("/")
+    if url.endswith("/v1"):
+        url = url[: -len("/v1")]
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"base URL {redact_url(url)!r} is not a valid URL: {exc}") from None
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"base URL {redact_url(url)!r} must start with http:// or https://")
+    return url
+
+
+def _keys_for(urls: Sequence[str], keys: str | Sequence[str | None] | None) -> list[str | None]:
+    if keys is None or isinstance(keys, str):
+        return [keys] * len(urls)
+    if len(keys) == 1:
+        return [keys[0]] * len(urls)
+    if len(keys) != len(urls):
+        raise ConfigError(f"{len(keys)} API keys for {len(urls)} base URLs: give one key, or one per URL")
+    return list(keys)
 
 
 def completions_body(model: str, prompts: Sequence[str], params: Mapping[str, object]) -> dict[str, Any]:

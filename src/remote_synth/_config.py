@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -22,9 +22,10 @@ from pydantic import (
     SecretStr,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ._exceptions import ConfigError
 
@@ -169,9 +170,12 @@ class RemoteSettings(BaseSettings):
         env_prefix=ENV_PREFIX, extra="ignore", validate_assignment=True, allow_inf_nan=False
     )
 
-    base_url: str | None = None
+    base_url: Annotated[str | list[str] | None, NoDecode] = None
+    """A running server (``http://gpu-host:8000``), or several replicas (a list; in the environment,
+    comma-separated); None launches one."""
     """A running server (``http://gpu-host:8000``); None launches one."""
-    api_key: SecretStr | None = None
+    api_key: Annotated[SecretStr | list[SecretStr] | None, NoDecode] = None
+    """One key, or one per base URL (a list; in the environment, comma-separated)."""
     adapter_name: str | None = None
     """The adapter's name on the server; default: derived from the adapter's files."""
     base_model: str | None = None
@@ -227,6 +231,27 @@ class RemoteSettings(BaseSettings):
     """Sent with every request (gateways: tenant ids, routing); ``REMOTE_SYNTH_EXTRA_HEADERS`` is JSON."""
     extra_body: dict[str, JsonValue] = Field(default_factory=dict)
     """Merged into every completions request (gateways' own fields); ``REMOTE_SYNTH_EXTRA_BODY`` is JSON."""
+
+    @field_validator("base_url", "api_key", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str) and "," in value:
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def base_urls(self) -> list[str]:
+        """Every base URL given ([] to launch a server)."""
+        if self.base_url is None:
+            return []
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+
+    @property
+    def api_keys(self) -> list[str]:
+        if self.api_key is None:
+            return []
+        keys = [self.api_key] if isinstance(self.api_key, SecretStr) else self.api_key
+        return [k.get_secret_value() for k in keys]
 
     @model_validator(mode="after")
     def _bounds(self) -> RemoteSettings:

@@ -67,7 +67,7 @@ def launch_settings(
         offline=s.offline if s.offline is not None else Path(model).exists(),
         host=s.host,
         port=s.port,
-        api_key=s.api_key.get_secret_value() if s.api_key else None,
+        api_key=s.api_keys[0] if s.api_keys else None,
         dtype=s.dtype,
         structured_outputs_backend=structured_outputs_backend(params),
         log_file=s.server_log or files_dir(run, s) / "vllm-server.log",

@@ -271,10 +271,9 @@ class RemoteBackend(GeneratorBackend):
         """How this run's adapter is launched when no base URL is given (``launch_settings``)."""
         return launch_settings(self.run, self.settings, self.config, self.model_metadata)
 
-    def _server_address(self) -> tuple[str, str | None]:
-        if self.settings.base_url:
-            key = self.settings.api_key
-            return self.settings.base_url, key.get_secret_value() if key else None
+    def _server_address(self) -> tuple[str | list[str], str | list[str] | None]:
+        if self.settings.base_urls:
+            return self.settings.base_urls, self.settings.api_keys or None
         self.server = VllmServer(self.server_settings())
         self.server.start()
         self.server.wait_ready()

@@ -48,3 +48,36 @@ def test_adapters_are_loaded_listed_used_and_unloaded_at_runtime(
     assert unloaded.returncode == 0 and unloaded.stdout.strip() == "unloaded tenant-b"
     assert "tenant-b" not in listed(server, api_key)
     assert cli(["adapters", "unload", "tenant-b", *on_server], api_key).returncode == 2
+
+
+def test_two_replicas_one_killed_mid_job_the_job_completes_with_the_exact_count(
+    server: VllmServer, api_key: str, demo_run: RunDirectory, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    from remote_synth import RemoteSettings, launch_settings
+
+    second = VllmServer(launch_settings(demo_run, RemoteSettings(api_key=api_key, server_log=tmp_path / "b.log")))
+    out = tmp_path / "rows.csv"
+    journal = tmp_path / "rows.csv.journal"
+    try:
+        second.start()
+        second.wait_ready()
+        with (tmp_path / "stderr.txt").open("w") as stderr:
+            proc = subprocess.Popen(
+                [*CLI, "generate", str(demo_run.path), "--base-url", server.base_url, "--base-url", second.base_url,
+                 "--api-key-env", "K", "--num-records", "3000", "--output", str(out)],
+                stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, "K": api_key},
+            )  # fmt: skip
+            deadline = time.monotonic() + 600
+            while not (journal.exists() and journal.read_text().count("\n") >= 6):
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+            os.killpg(second.pid, signal.SIGKILL)  # one replica dies mid-job
+            assert proc.wait(900) == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    finally:
+        second.stop()
+    df = pd.read_csv(out)
+    assert len(df) == 3000 and rows_valid(df, demo_run) == []
+    assert "out of the rotation" in (tmp_path / "stderr.txt").read_text()
