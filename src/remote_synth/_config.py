@@ -190,6 +190,8 @@ class RemoteSettings(BaseSettings):
     """Prompts in flight at first; the whole job's window where the server publishes no metrics."""
     max_window: int = Field(4096, ge=1)
     """Prompts in flight at most, whatever the server's metrics say."""
+    share: float = Field(1.0, gt=0, le=1)
+    """On a shared server, this job's share of its capacity (the most sequences seen running)."""
     load_interval: float = Field(0.5, gt=0)
     """Seconds between readings of the server's ``/metrics``."""
     max_num_seqs: int | None = Field(None, ge=1)

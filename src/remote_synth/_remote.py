@@ -315,7 +315,9 @@ class RemoteBackend(GeneratorBackend):
         s = self.settings
         known_slots = self.server.settings.max_num_seqs if self.server is not None else None
         initial = min(known_slots or s.window, s.max_window)
-        window = WindowPolicy(WindowSettings(initial=initial, maximum=s.max_window, step=s.prompts_per_request))
+        window = WindowPolicy(
+            WindowSettings(initial=initial, maximum=s.max_window, step=s.prompts_per_request, share=s.share)
+        )
         adapter = self.adapter_name
         recovery = Recovery(lambda: server_is_back(client, adapter), deadline=s.retry_deadline,
                             where=f"the server at {client.display_url}")  # fmt: skip

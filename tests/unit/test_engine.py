@@ -437,3 +437,15 @@ def test_a_server_that_never_comes_back_ends_the_job_at_the_deadline() -> None:
     with pytest.raises(APIConnectionError, match="did not come back within 30 s|refused"):
         run(scenario())
     assert 30 <= now[0] <= 62
+
+
+def test_a_share_caps_the_window_at_that_part_of_the_capacity_seen() -> None:
+    policy = WindowPolicy(WindowSettings(initial=100, maximum=10_000, step=25, share=0.25))
+    assert policy.observe(ServerLoad(running=100, waiting=0), in_flight=100) == 25  # a quarter of 100 running
+    # others fill the server: 256 running is the capacity seen, so the cap is 64; growth stops there
+    limits = [policy.observe(ServerLoad(running=256, waiting=0), in_flight=policy.limit) for _ in range(4)]
+    assert limits == [37, 55, 64, 64]
+    whole = WindowPolicy(WindowSettings(initial=100, maximum=10_000, step=25))
+    assert whole.observe(ServerLoad(running=100, waiting=0), in_flight=100) == 150
+    with pytest.raises(ValueError, match="share"):
+        WindowSettings(share=0)

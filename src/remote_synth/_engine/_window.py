@@ -35,10 +35,14 @@ class WindowSettings:
     """Additive increase, in prompts (one request's worth)."""
     queue_fraction: float = 0.25
     """The server's queue may hold this share of its running sequences (at least ``step``)."""
+    share: float = 1.0
+    """On a shared server, at most this share of its capacity (the most sequences seen running)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.minimum <= self.initial <= self.maximum or self.step < 1:
             raise ValueError(f"window bounds must satisfy 1 <= minimum <= initial <= maximum, step >= 1: {self}")
+        if not 0 < self.share <= 1:
+            raise ValueError(f"share must be in (0, 1]: {self.share}")
 
 
 class WindowPolicy:
@@ -61,6 +65,8 @@ class WindowPolicy:
         """False once the server showed it publishes no vLLM metrics."""
         self._slow_start = True
         self._cut_pending = False
+        self._capacity = 0.0
+        """The most sequences seen running at once: the server's capacity as far as we know."""
 
     def observe(self, load: ServerLoad | None, in_flight: int) -> int:
         """A ``/metrics`` reading (None: no vLLM gauges there) and our prompts in flight then."""
@@ -79,6 +85,9 @@ class WindowPolicy:
         elif load.waiting < allowance and in_flight + s.step > self.limit:
             grown = self.limit * 3 // 2 if self._slow_start else self.limit + max(s.step, int(allowance - load.waiting))
             self.limit = self._bounded(grown)
+        self._capacity = max(self._capacity, load.running)
+        if s.share < 1 and self._capacity:
+            self.limit = min(self.limit, self._bounded(math.ceil(s.share * self._capacity)))
         return self.limit
 
     def overloaded(self) -> int:
