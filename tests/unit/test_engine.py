@@ -51,13 +51,23 @@ def test_slow_start_grows_until_a_queue_then_cuts_by_the_excess_and_holds() -> N
     policy = WindowPolicy(WindowSettings(initial=100, maximum=10_000, step=25, queue_fraction=0.05))
     assert policy.observe(ServerLoad(running=100, waiting=0), in_flight=100) == 150
     assert policy.observe(ServerLoad(running=150, waiting=0), in_flight=150) == 225
-    # a queue of 60 over an allowance of max(25, 5% of 256): cut by 60 - 25 from what is in flight
-    assert policy.observe(ServerLoad(running=256, waiting=60), in_flight=225) == 225 - 35
+    # alone on the server: a queue of 60 over an allowance of max(25, 5% of 165): cut by 60 - 25
+    assert policy.observe(ServerLoad(running=165, waiting=60), in_flight=225) == 225 - 35
     # the same queue seen again before the cut took effect is not counted twice
-    assert policy.observe(ServerLoad(running=256, waiting=60), in_flight=200) == 190
+    assert policy.observe(ServerLoad(running=165, waiting=60), in_flight=200) == 190
     # once in flight has come down, a queue below the allowance: grow by a step (no more slow start)
-    assert policy.observe(ServerLoad(running=256, waiting=0), in_flight=190) == 215
-    assert policy.observe(ServerLoad(running=256, waiting=10), in_flight=215) == 240
+    assert policy.observe(ServerLoad(running=190, waiting=0), in_flight=190) == 215
+    assert policy.observe(ServerLoad(running=205, waiting=10), in_flight=215) == 240
+
+
+def test_on_a_shared_server_each_job_cuts_and_grows_by_its_own_part_of_the_load() -> None:
+    """Four equal tenants see the same queue: each cuts a quarter of the excess, not all of it."""
+    settings = WindowSettings(initial=300, maximum=10_000, step=25, queue_fraction=0.25)
+    tenant = WindowPolicy(settings)
+    alone = WindowPolicy(WindowSettings(initial=1200, maximum=10_000, step=25, queue_fraction=0.25))
+    shared = ServerLoad(running=800, waiting=400)  # 4 tenants x 300 in flight
+    assert tenant.observe(shared, in_flight=300) == 300 - 50  # (400 - 200) / 4
+    assert alone.observe(ServerLoad(running=800, waiting=400), in_flight=1200) == 1000  # the whole excess
 
 
 def test_window_does_not_grow_when_demand_not_the_window_limits() -> None:
@@ -449,3 +459,10 @@ def test_a_share_caps_the_window_at_that_part_of_the_capacity_seen() -> None:
     assert whole.observe(ServerLoad(running=100, waiting=0), in_flight=100) == 150
     with pytest.raises(ValueError, match="share"):
         WindowSettings(share=0)
+
+
+def test_a_window_cut_below_one_request_is_not_held_forever() -> None:
+    """The gate lets one request through whatever the limit: a cut below it has taken effect then."""
+    policy = WindowPolicy(WindowSettings(initial=30, maximum=10_000, step=25, queue_fraction=0.25))
+    assert policy.observe(ServerLoad(running=10, waiting=40), in_flight=30) < 25  # a deep queue: cut hard
+    assert policy.observe(ServerLoad(running=25, waiting=0), in_flight=25) >= 25  # queue gone: grows again

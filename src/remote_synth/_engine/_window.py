@@ -75,15 +75,21 @@ class WindowPolicy:
             return self.limit
         s = self.settings
         allowance = max(s.step, math.ceil(s.queue_fraction * load.running))
-        if self._cut_pending and in_flight > self.limit:
+        # Hold until the cut has taken effect. Below one request's worth it has as soon as one
+        # request is out (the gate always lets one through), or the hold would never end.
+        if self._cut_pending and in_flight > max(self.limit, s.step):
             return self.limit
         self._cut_pending = False
+        # On a shared server the queue is everyone's: each job cuts (and grows) by its part of it,
+        # the part of the server's sequences that are its own (1 for a job alone on the server).
+        mine = min(1.0, in_flight / max(1.0, load.running + load.waiting))
         if load.waiting > allowance:
             self._slow_start = False
             self._cut_pending = True
-            self.limit = self._bounded(min(self.limit, in_flight) - int(load.waiting - allowance))
+            self.limit = self._bounded(min(self.limit, in_flight) - math.ceil((load.waiting - allowance) * mine))
         elif load.waiting < allowance and in_flight + s.step > self.limit:
-            grown = self.limit * 3 // 2 if self._slow_start else self.limit + max(s.step, int(allowance - load.waiting))
+            free = int((allowance - load.waiting) * mine)
+            grown = self.limit * 3 // 2 if self._slow_start else self.limit + max(s.step, free)
             self.limit = self._bounded(grown)
         self._capacity = max(self._capacity, load.running)
         if s.share < 1 and self._capacity:
