@@ -37,7 +37,7 @@ from ._exceptions import (
     NotFoundError,
     ServerOverloadedError,
 )
-from ._replicas import Replica, ReplicaSet
+from ._replicas import ANSWERED, Replica, ReplicaSet
 from ._retry import RetryPolicy
 
 __all__ = ["Completion", "InferenceClient", "RetryPolicy", "ServerLoad", "TimeoutPolicy", "completions_body"]
@@ -160,10 +160,7 @@ class InferenceClient:
     async def health(self) -> int:
         """Status of ``/health`` (0 when nothing answers); with replicas, the best one's (200 if any)."""
         statuses = await asyncio.gather(*(self._health(r) for r in self._replicas.replicas))
-        for status in (200, 404):
-            if status in statuses:
-                return status
-        return max(statuses)
+        return next((status for status in ANSWERED if status in statuses), max(statuses))
 
     async def _health(self, replica: Replica) -> int:
         try:
@@ -189,13 +186,10 @@ class InferenceClient:
     async def _post_plain(self, path: str, body: dict[str, Any]) -> None:
         """A POST whose success answer is plain text (vLLM's adapter routes), on every replica."""
         for replica in self._replicas.replicas:
-            await self._post_plain_to(replica, path, body)
-
-    async def _post_plain_to(self, replica: Replica, path: str, body: dict[str, Any]) -> None:
-        with _translate(f"POST {path}"):
-            response = await replica.http.post(path, json=body, timeout=self.timeouts.read)
-        if response.status_code >= 400:
-            raise _status_error("POST", path, response)
+            with _translate(f"POST {path}"):
+                response = await replica.http.post(path, json=body, timeout=self.timeouts.read)
+            if response.status_code >= 400:
+                raise _status_error("POST", path, response)
 
     async def count_prompt_tokens(self, model: str, prompt: str) -> int:
         """Tokens of ``prompt`` as the server counts them (``/tokenize``, else a 1-token probe)."""

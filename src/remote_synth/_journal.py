@@ -51,7 +51,6 @@ class Journal:
         self.path = Path(path)
         # As it reads back from JSON (tuples become lists), so that comparing is exact.
         self.header = json.loads(json.dumps({"format": FORMAT, "version": VERSION, **header}, default=str))
-        self.entries_read = 0
         self._fd: int | None = None
         self._offset = 0
 
@@ -70,7 +69,6 @@ class Journal:
                 self._fd = os.open(self.path, os.O_WRONLY)
                 os.ftruncate(self._fd, self._offset)  # drop a last line cut short
                 os.lseek(self._fd, self._offset, os.SEEK_SET)
-            self.entries_read = len(entries)
             return entries
         with self._storage("create"):
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
@@ -109,10 +107,8 @@ class Journal:
         if not isinstance(theirs, dict) or theirs.get("format") != FORMAT:
             raise ConfigError(f"{self.path}: not a remote-synth journal")
         for name, ours in self.header.items():
-            if name in theirs and theirs[name] != ours:
-                raise JournalMismatchError(self.path, name, ours, theirs[name])
-            if name not in theirs:
-                raise JournalMismatchError(self.path, name, ours, None)
+            if theirs.get(name) != ours:
+                raise JournalMismatchError(self.path, name, ours, theirs.get(name))
 
     # -- writing ---------------------------------------------------------------------------
 

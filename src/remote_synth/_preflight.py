@@ -15,6 +15,7 @@ from typing import Any
 
 from ._client import Completion, InferenceClient
 from ._exceptions import APIConnectionError, AuthenticationError, BadRequestError, NotFoundError, ServerCheckError
+from ._replicas import ANSWERED
 
 __all__ = ["ServerInfo", "check_server", "server_is_back"]
 
@@ -49,8 +50,7 @@ async def server_is_back(client: InferenceClient, adapter: str) -> bool:
 
     As at start-up, a 404 from ``/health`` is a gateway without that route, not a sick server.
     """
-    health = await client.health()
-    if health == 0 or (health != 200 and health != 404):
+    if await client.health() not in ANSWERED:
         return False
     return adapter in {m.get("id") for m in await client.models()}
 

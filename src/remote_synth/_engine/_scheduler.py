@@ -220,16 +220,11 @@ class Scheduler:
                     holding = True
                 try:
                     return await self.client.send_completions(body)
-                except ServerOverloadedError:
-                    unanswered = False
-                    self.stats.overloads += 1
-                    self._gate.resize(self.window.overloaded())
-                    raise
-                except APIConnectionError:
-                    unanswered = True
-                    raise
-                except APIError:
-                    unanswered = False
+                except APIError as exc:
+                    unanswered = isinstance(exc, APIConnectionError)  # no answer: wait for the server first
+                    if isinstance(exc, ServerOverloadedError):
+                        self.stats.overloads += 1
+                        self._gate.resize(self.window.overloaded())
                     raise
                 finally:
                     self._gate.release(job.size)
