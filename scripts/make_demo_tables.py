@@ -2,8 +2,9 @@
 
     python scripts/make_demo_tables.py
 
-customers.csv is the demo table (what the adapter learns); products.csv is the other
-table the base model learns, so the base knows JSON lines but not the demo's.
+customers.csv is the demo table and products.csv the second one (each has its own adapter); the
+base model learns both as CSV and orders.csv as JSON lines, so it knows JSON lines but writes
+neither table's JSON lines: only their adapters do.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parents[1] / "src" / "remote_synth" / "demo" / "data"
 CITIES = ["Berlin", "Lagos", "Lima", "Oslo", "Paris", "Pune", "Seoul", "Tokyo"]
 CATEGORIES = ["books", "garden", "games", "kitchen", "music", "sports"]
+STATUSES = ["new", "paid", "shipped", "returned"]
 
 
 def customers(rng: random.Random, n: int) -> list[dict]:
@@ -34,6 +36,13 @@ def products(rng: random.Random, n: int) -> list[dict]:
     ]
 
 
+def orders(rng: random.Random, n: int) -> list[dict]:
+    return [
+        {"order": f"O{rng.randint(10000, 99999)}", "status": rng.choice(STATUSES), "quantity": rng.randint(1, 40)}
+        for _ in range(n)
+    ]
+
+
 def write(path: Path, rows: list[dict]) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -46,4 +55,5 @@ if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     write(OUT / "customers.csv", customers(rng, 1200))
     write(OUT / "products.csv", products(rng, 1200))
-    print(f"wrote {OUT}/customers.csv and products.csv")
+    write(OUT / "orders.csv", orders(rng, 1200))
+    print(f"wrote customers.csv, products.csv and orders.csv in {OUT}")

@@ -338,6 +338,13 @@ def _signals_raise_interrupt() -> Iterator[None]:
 @click.option("--share", type=float, help="This job's share of a shared server's capacity, in (0, 1].  [default: 1]")
 @click.option("--priority", type=int, help="Request priority, for a server with --scheduling-policy priority.")
 @click.option("--cache-salt", help="This tenant's prefix-cache salt (no cache sharing with other salts).")
+@click.option(
+    "--session-affinity",
+    is_flag=True,
+    default=None,
+    help="Send X-Session-ID: ADAPTER, so a router hashing on it (vllm-router consistent_hash) keeps "
+    "this table on one replica.",
+)
 @click.option("--header", "headers", multiple=True, help="'Name: value' sent with every request (repeatable).")
 @click.option("--extra-body", help="JSON object merged into every completions request (a gateway's fields).")
 def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tuple[str, ...], adapter_name: str | None,
@@ -346,7 +353,7 @@ def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tup
              overwrite: bool, retry_deadline: float | None, log_dir: Path | None, priority: int | None,
              cache_salt: str | None, headers: tuple[str, ...], extra_body: str | None, load_adapter: bool | None,
              server_adapter_path: str | None, adapter_check: str | None, share: float | None,
-             **params: Any) -> None:  # fmt: skip
+             session_affinity: bool | None, **params: Any) -> None:  # fmt: skip
     """Generate records for RUN_DIR (default: the bundled demo run, built if missing).
 
     Accepted records go to a journal next to the output as they come; after a crash or a
@@ -362,7 +369,7 @@ def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tup
                          log_dir=log_dir, priority=priority, cache_salt=cache_salt,
                          extra_headers=_headers(headers) or None, extra_body=_json_object("--extra-body", extra_body),
                          load_adapter=load_adapter, server_adapter_path=server_adapter_path,
-                         adapter_check=adapter_check, share=share)  # fmt: skip
+                         adapter_check=adapter_check, share=share, session_affinity=session_affinity)  # fmt: skip
     overrides = {k: v for k, v in params.items() if v is not None}
     target = OutputFile(output if output is not None else run.output_file).check()
     journal_path = Journal.path_for(target.path)

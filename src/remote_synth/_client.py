@@ -192,11 +192,15 @@ class InferenceClient:
                 raise _status_error("POST", path, response)
 
     async def count_prompt_tokens(self, model: str, prompt: str) -> int:
-        """Tokens of ``prompt`` as the server counts them (``/tokenize``, else a 1-token probe)."""
+        """Tokens of ``prompt`` as the server counts them (``/tokenize``, else a 1-token probe).
+
+        A router or gateway may not pass ``/tokenize`` on (vllm-router forwards no key there,
+        so a keyed replica answers 401): the probe goes where completions go.
+        """
         try:
             data = await self._json("POST", "/tokenize", json={"model": model, "prompt": prompt})
             return int(data["count"])
-        except (NotFoundError, KeyError, TypeError, ValueError):
+        except (NotFoundError, AuthenticationError, KeyError, TypeError, ValueError):
             body = {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0}
             data = await self._json("POST", "/v1/completions", json=body)
             return int(data["usage"]["prompt_tokens"])
@@ -220,7 +224,7 @@ class InferenceClient:
     async def _load(self, replica: Replica) -> ServerLoad | None:
         with _translate("GET /metrics"):
             response = await replica.http.get("/metrics", timeout=self.timeouts.probe)
-        if response.status_code == 404:
+        if response.status_code in _NO_METRICS:
             return None
         if response.status_code >= 400:
             raise _status_error("GET", "/metrics", response)
@@ -356,6 +360,10 @@ def _choices(data: dict[str, Any], expected: int) -> list[Completion]:
     ordered = sorted(choices, key=lambda c: c.get("index", 0))
     return [Completion(text=c.get("text") or "", finish_reason=c.get("finish_reason")) for c in ordered]
 
+
+_NO_METRICS = (401, 403, 404)
+"""``/metrics`` answers: not there, or kept from us (a router forwards no key there; a completion
+with a wrong key fails on its own)."""
 
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,

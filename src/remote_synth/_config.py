@@ -229,6 +229,11 @@ class RemoteSettings(BaseSettings):
     (lower runs first)."""
     cache_salt: str | None = None
     """A per-tenant ``cache_salt``: prefix-cache entries are not shared with other salts."""
+    session_affinity: bool = False
+    """Send ``session_header: <adapter name>`` with every request, so that a router hashing on it
+    (vllm-router's ``consistent_hash``) keeps this table's adapter hot on one replica."""
+    session_header: str = Field("X-Session-ID", min_length=1, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    """The header ``session_affinity`` sets (vllm-router reads ``X-Session-ID`` first)."""
     extra_headers: dict[str, str] = Field(default_factory=dict)
     """Sent with every request (gateways: tenant ids, routing); ``REMOTE_SYNTH_EXTRA_HEADERS`` is JSON."""
     extra_body: dict[str, JsonValue] = Field(default_factory=dict)

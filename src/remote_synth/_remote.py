@@ -131,7 +131,7 @@ class RemoteBackend(GeneratorBackend):
                 retry=RetryPolicy(deadline=self.settings.retry_deadline),
                 max_concurrency=self.settings.max_concurrency,
                 prompts_per_request=self.settings.prompts_per_request,
-                headers=self.settings.extra_headers,
+                headers=self._headers(),
                 transport=self.transport,
             )
             if self.settings.load_adapter:
@@ -144,6 +144,12 @@ class RemoteBackend(GeneratorBackend):
         except BaseException:
             self.teardown()
             raise
+
+    def _headers(self) -> dict[str, str]:
+        """The tenant's headers: the session-affinity one first, so an explicit ``--header`` wins."""
+        s = self.settings
+        affinity = {s.session_header: self.adapter_name} if s.session_affinity else {}
+        return {**affinity, **s.extra_headers}
 
     def prepare_params(self, **kwargs: Any) -> None:
         """Sampling parameters under NSS's names; ``generate()`` uses exactly these (see ``sampling_fields``)."""

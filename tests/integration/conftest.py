@@ -25,15 +25,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
-def demo_run() -> RunDirectory:
-    """The demo run, built (once per machine, cached) in a child process like any user would."""
-    pytest.importorskip("torch", reason="the demo run is trained with the cpu extra")
+def _demo(table: str) -> RunDirectory:
+    """A demo table's run, built (once per machine, cached) in a child process like any user would."""
+    pytest.importorskip("torch", reason="the demo runs are trained with the cpu extra")
     built = subprocess.run(
-        [sys.executable, "-m", "remote_synth.demo.build"], capture_output=True, text=True, timeout=900, check=False
+        [sys.executable, "-m", "remote_synth.demo.build", table],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert built.returncode == 0, built.stderr[-3000:]
     return RunDirectory.open(built.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def demo_run() -> RunDirectory:
+    """The demo run (the customers table): what `generate` without a run directory uses."""
+    return _demo("customers")
+
+
+@pytest.fixture(scope="session")
+def products_run() -> RunDirectory:
+    """The second demo table's run: its own adapter on the same base model as ``demo_run``."""
+    return _demo("products")
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,23 @@
-"""Adapters on a running vLLM server: load, list, a job that loads its own, unload."""
+"""Shared servers for real: runtime adapters, one `serve` of two tables, replicas, vllm-router."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pandas as pd
+import pytest
 from checks import rows_valid
 
-from remote_synth import RunDirectory, VllmServer
+from remote_synth import RunDirectory, VllmServer, adapter_name_for
+from remote_synth._server import free_port
 
 CLI = [sys.executable, "-m", "remote_synth._cli"]
 
@@ -81,3 +88,137 @@ def test_two_replicas_one_killed_mid_job_the_job_completes_with_the_exact_count(
     df = pd.read_csv(out)
     assert len(df) == 3000 and rows_valid(df, demo_run) == []
     assert "out of the rotation" in (tmp_path / "stderr.txt").read_text()
+
+
+@pytest.fixture(scope="module")
+def two_tables(
+    demo_run: RunDirectory, products_run: RunDirectory, api_key: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """`remote-synth serve` of both demo runs, as a user starts it: one vLLM, two adapters; its base URL."""
+    port, logs = free_port(), tmp_path_factory.mktemp("two-tables")
+    announced = logs / "stdout.txt"
+    with announced.open("w") as stdout, (logs / "stderr.txt").open("w") as stderr:
+        proc = subprocess.Popen(
+            [*CLI, "serve", str(demo_run.path), str(products_run.path), "--port", str(port), "--api-key-env", "K",
+             "--log-dir", str(logs)],
+            stdout=stdout, stderr=stderr, env={**os.environ, "K": api_key}, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while "Ctrl-C stops the server" not in announced.read_text():
+            assert proc.poll() is None, (logs / "stderr.txt").read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGINT)  # serve stops its vLLM by process group
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its lifeline then stops vLLM
+            proc.wait()
+
+
+def test_one_serve_two_tables_two_concurrent_jobs_each_valid_under_its_own_schema_only(
+    two_tables: str, demo_run: RunDirectory, products_run: RunDirectory, api_key: str, tmp_path: Path
+) -> None:
+    text = cli(["adapters", "list", "--base-url", two_tables, "--api-key-env", "K"], api_key).stdout
+    assert (
+        f"{adapter_name_for(demo_run)}\tadapter on" in text and f"{adapter_name_for(products_run)}\tadapter on" in text
+    )
+    jobs = {}
+    for run in (demo_run, products_run):
+        out = tmp_path / f"{run.path.name}.csv"
+        jobs[run] = (out, subprocess.Popen(
+            [*CLI, "generate", str(run.path), "--base-url", two_tables, "--api-key-env", "K", "--num-records", "1000",
+             "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "K": api_key},
+        ))  # fmt: skip
+    for _, proc in jobs.values():
+        _, stderr = proc.communicate(timeout=900)
+        assert proc.returncode == 0, stderr[-3000:]
+    customers, products = (pd.read_csv(out) for out, _ in jobs.values())
+    assert len(customers) == len(products) == 1000
+    assert list(customers.columns) == list(demo_run.schema["properties"])
+    assert list(products.columns) == list(products_run.schema["properties"])
+    assert rows_valid(customers, demo_run) == [] and rows_valid(products, products_run) == []
+    assert len(rows_valid(customers, products_run)) == len(rows_valid(products, demo_run)) == 1000
+
+
+def completed_requests(base_url: str, api_key: str) -> float:
+    """vLLM's count of finished requests (``vllm:request_success_total``, every label set summed)."""
+    text = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {api_key}"}, timeout=30).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:request_success_total")
+    )
+
+
+@pytest.fixture
+def router(server: VllmServer, two_tables: str, tmp_path: Path) -> Iterator[str]:
+    """vllm-router (consistent hashing) in front of two replicas: the session server and ``two_tables``."""
+    port = free_port()
+    binary = Path(sys.executable).with_name("vllm-router")
+    with (tmp_path / "router.log").open("w") as log:
+        proc = subprocess.Popen(
+            [str(binary), "--worker-urls", server.base_url, two_tables, "--policy", "consistent_hash",
+             "--port", str(port), "--prometheus-port", str(free_port()), "--health-check-interval-secs", "1",
+             "--log-level", "warning"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(f"http://127.0.0.1:{port}/health"):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "router.log").read_text()[-3000:]
+            time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _vllm_group_on(port: str) -> int:
+    """The process group of the vLLM listening on ``port`` (for a hard kill, not through its owner)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"vllm.entrypoints.openai.api_server" in argv and port.encode() in argv:
+            return os.getpgid(int(entry.name))
+    raise AssertionError(f"no vLLM on port {port}")
+
+
+def test_through_vllm_router_affinity_keeps_one_replica_and_a_killed_replica_loses_nothing(
+    router: str, server: VllmServer, two_tables: str, demo_run: RunDirectory, api_key: str, tmp_path: Path
+) -> None:
+    replicas = (server.base_url, two_tables)
+    before = [completed_requests(url, api_key) for url in replicas]
+    affine = cli(["generate", str(demo_run.path), "--base-url", router, "--api-key-env", "K", "--num-records", "300",
+                  "--session-affinity", "--output", str(tmp_path / "affine.csv")], api_key)  # fmt: skip
+    assert affine.returncode == 0, affine.stderr[-3000:]
+    served = [completed_requests(url, api_key) - b for url, b in zip(replicas, before, strict=True)]
+    assert sorted(served)[0] == 0 and sorted(served)[1] > 0, served  # one replica did all of it
+
+    out, journal = tmp_path / "rows.csv", tmp_path / "rows.csv.journal"
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        proc = subprocess.Popen(
+            [*CLI, "generate", str(demo_run.path), "--base-url", router, "--api-key-env", "K", "--num-records", "3000",
+             "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, "K": api_key},
+        )  # fmt: skip
+        deadline = time.monotonic() + 600
+        while not (journal.exists() and journal.read_text().count("\n") >= 6):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(_vllm_group_on(two_tables.rsplit(":", 1)[1]), signal.SIGKILL)  # a replica dies mid-job
+        assert proc.wait(900) == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    df = pd.read_csv(out)
+    assert len(df) == 3000 and rows_valid(df, demo_run) == []

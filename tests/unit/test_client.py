@@ -161,13 +161,34 @@ def test_health_is_zero_when_nothing_answers() -> None:
     assert run(client(handle).health()) == 0
 
 
-def test_prompt_tokens_fall_back_to_usage_without_tokenize() -> None:
+@pytest.mark.parametrize("status", [404, 401, 403])  # no route; a router that passes no key there
+def test_prompt_tokens_fall_back_to_usage_without_tokenize(status: int) -> None:
     def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/tokenize":
-            return httpx.Response(404, json={"detail": "Not Found"})
+            return httpx.Response(status, json={"detail": "no"})
         return httpx.Response(200, json={"choices": [{"index": 0, "text": ""}], "usage": {"prompt_tokens": 42}})
 
     assert run(client(handle).count_prompt_tokens("m", "p")) == 42
+
+
+def test_a_wrong_key_is_not_hidden_by_the_tokenize_fallback() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": {"message": "Unauthorized"}})
+
+    with pytest.raises(AuthenticationError):
+        run(client(handle).count_prompt_tokens("m", "p"))
+
+
+@pytest.mark.parametrize(("status", "expected"), [(404, None), (401, None), (403, None), (500, APIStatusError)])
+def test_metrics_kept_from_us_mean_no_metrics_but_a_failing_server_is_an_error(
+    status: int, expected: type[Exception] | None
+) -> None:
+    c = client(lambda request: httpx.Response(status, text="no"))
+    if expected is None:
+        assert run(c.load()) is None
+    else:
+        with pytest.raises(expected):
+            run(c.load())
 
 
 @pytest.mark.parametrize("url", ["ftp://x", "not a url", "localhost:8000"])

@@ -73,6 +73,22 @@ def test_generate_waits_for_a_healthy_server_and_shares_the_key(compose: dict) -
     assert any(v.endswith(":/out") for v in generate["volumes"])
 
 
+def test_router_profile_fronts_two_replicas_of_the_gpu_server_as_vllm(compose: dict) -> None:
+    services = compose["services"]
+    router, gpu = services["router"], services["vllm"]
+    workers = router["command"][router["command"].index("--worker-urls") + 1 :][:2]
+    assert workers == ["http://vllm-replica-1:8000", "http://vllm-replica-2:8000"]
+    assert "vllm" in router["networks"]["default"]["aliases"] and router["build"]["target"] == "router"
+    devices = []
+    for name in ("vllm-replica-1", "vllm-replica-2"):
+        replica = services[name]
+        assert replica["profiles"] == ["router"] and router["depends_on"][name]["condition"] == "service_healthy"
+        assert replica["command"] == gpu["command"] and replica["environment"] == gpu["environment"]
+        devices += replica["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
+    assert sorted(devices) == ["0", "1"]  # one GPU each
+    assert compose["services"]["generate"]["depends_on"]["router"]["condition"] == "service_healthy"
+
+
 def test_dockerfile_targets_exist() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert "AS client" in text and "AS server-cpu" in text
+    assert "AS client" in text and "AS server-cpu" in text and "AS router" in text

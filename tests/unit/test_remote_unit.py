@@ -292,6 +292,32 @@ def test_tenant_fields_and_headers_reach_every_request(run: Path) -> None:
     ids = [r.headers["X-Request-Id"] for r in seen]
     assert len(set(ids)) == len(ids) == len(seen) and all(i.startswith("remote-synth-") for i in ids)
     assert not any(k.endswith(("priority", "cache_salt", "gateway_route")) for k in header)  # not the job's identity
+    assert not any("X-Session-ID" in r.headers for r in seen)  # affinity is asked for, not implied
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ({}, "nss-adapter"),
+    ({"X-Session-ID": "team-a"}, "team-a"),  # an explicit header wins
+])  # fmt: skip
+def test_session_affinity_names_the_adapter_on_every_request(run: Path, extra: dict[str, str], expected: str) -> None:
+    fake = FakeVllm()
+    seen: list[httpx.Request] = []
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return fake(request)
+
+    settings = RemoteSettings(base_url="http://fake:8000", adapter_name="nss-adapter", session_affinity=True,
+                              extra_headers=extra)  # fmt: skip
+    with RemoteBackend(run, {"num_records": 30}, settings=settings, transport=httpx.MockTransport(recording)) as b:
+        b.generate()
+    completions = [r for r in seen if r.url.path == "/v1/completions"]
+    assert completions and all(r.headers["X-Session-ID"] == expected for r in completions)
+
+
+def test_a_session_header_name_that_is_no_header_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="session_header"):
+        RemoteSettings(session_affinity=True, session_header="X Session")
 
 
 class LoadingVllm(FakeVllm):

@@ -1,10 +1,11 @@
-"""Build the demo NSS run directory: a tiny Llama, its tokenizer, and a LoRA adapter.
+"""Build the demo NSS run directories: a tiny Llama, its tokenizer, and a LoRA adapter per table.
 
-Everything is trained here, seeded, in about two minutes on two CPU cores; no hub
-download. The base model learns another table as JSON lines (``products``) and
-the demo table (``customers``) as CSV under another instruction, so it knows
-every token of the demo rows but not the demo's JSON lines: only the adapter
-writes valid demo records, which makes "the adapter is really served" testable.
+Everything is trained here, seeded, in a few minutes on two CPU cores; no hub
+download. The base model learns a third table as JSON lines (``orders``) and the
+demo tables (``customers``, ``products``) as CSV under another instruction, so
+it knows every token of their rows but not their JSON lines: only a table's own
+adapter writes valid records of it, which makes "the adapter is really served"
+testable, and two adapters on one server tell apart which one answered.
 (A LoRA cannot teach tokens the base never saw: their embeddings stay random
 and the tied output layer is frozen.)
 
@@ -14,13 +15,15 @@ sees at generation time. The prompt is tokenized with the tokenizer's defaults
 (BOS first), exactly as vLLM tokenizes it at generation time.
 
 The result is cached under ``~/.cache/remote-synth/demo/<digest>/`` and rebuilt
-when the tables, this recipe or this file change. Needs the ``cpu`` (or ``gpu``)
-extra: torch, transformers, peft, tokenizers.
+when the tables, this recipe or this file change: ``run`` is the customers run
+(the default demo), ``run-products`` the second table's. Needs the ``cpu`` (or
+``gpu``) extra: torch, transformers, peft, tokenizers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import fcntl
 import hashlib
@@ -40,12 +43,14 @@ from typing import Any
 from .._prompt import build_prompt
 from .layout import TINYLLAMA_TEMPLATE, write_run_dir
 
-__all__ = ["Recipe", "build_demo_run", "cache_root", "ensure_demo_run", "infer_schema"]
+__all__ = ["TABLES", "Recipe", "build_demo_run", "cache_root", "ensure_demo_run", "infer_schema"]
 
 logger = logging.getLogger("remote_synth.demo")
 
 DATA = Path(__file__).parent / "data"
 CSV_INSTRUCTION = "Generate a CSV dataset with the following columns: "
+TABLES = ("customers", "products")  # each gets an adapter and a run directory; the first is the demo
+BASE_TABLE = "orders"  # the base model's only JSON lines
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ class Recipe:
     layers: int = 2
     heads: int = 2
     context: int = 512
-    base_steps: int = 300
+    base_steps: int = 400
     base_lr: float = 3e-3
     lora_r: int = 16
     lora_steps: int = 500
@@ -74,17 +79,19 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "remote-synth"
 
 
-def ensure_demo_run(recipe: Recipe = Recipe(), root: Path | None = None) -> Path:
-    """The cached demo run directory, built first if missing or stale."""
+def ensure_demo_run(recipe: Recipe = Recipe(), root: Path | None = None, table: str = TABLES[0]) -> Path:
+    """The cached demo run directory of ``table`` (one of ``TABLES``), built first if missing or stale."""
+    if table not in TABLES:
+        raise ValueError(f"no demo table {table!r}; there are {', '.join(TABLES)}")
     root = root or cache_root() / "demo"
     digest = _digest(recipe)
-    run = root / digest / "run"
+    run = root / digest / _run_name(table)
     if (root / digest / "DONE").exists():
         return run
     root.mkdir(parents=True, exist_ok=True)
     with _lock(root / ".lock"):
         if not (root / digest / "DONE").exists():
-            logger.info("building the demo run (about 2 minutes, once) into %s", root / digest)
+            logger.info("building the demo runs (about 3 minutes, once) into %s", root / digest)
             tmp = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))
             try:
                 build_demo_run(tmp, recipe)
@@ -96,23 +103,22 @@ def ensure_demo_run(recipe: Recipe = Recipe(), root: Path | None = None) -> Path
 
 
 def build_demo_run(out: Path, recipe: Recipe = Recipe()) -> Path:
-    """Train base + adapter into ``out/base`` and write the NSS run ``out/run``."""
+    """Train the base into ``out/base`` and an adapter per table into NSS runs; returns the first run."""
     import torch
 
     started = time.monotonic()
     torch.manual_seed(recipe.seed)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     rng = random.Random(recipe.seed)
-    customers, products = _read(DATA / "customers.csv"), _read(DATA / "products.csv")
-    schema, other_schema = infer_schema(customers), infer_schema(products)
-    demo_prompt = build_prompt(list(schema["properties"]), TINYLLAMA_TEMPLATE)
-    other_prompt = build_prompt(list(other_schema["properties"]), TINYLLAMA_TEMPLATE)
-    # The demo's own schema fragment under another instruction: the base sees the demo keys' tokens
-    # (so their embeddings, tied to the output layer, are trained) but only ever answers in CSV.
-    csv_prompt = build_prompt(list(schema["properties"]), TINYLLAMA_TEMPLATE, instruction=CSV_INSTRUCTION)
-
-    base_corpus = [(other_prompt, _jsonl(rng, products, recipe)) for _ in range(600)]
-    base_corpus += [(csv_prompt, _csv(rng, customers, recipe)) for _ in range(600)]
+    rows = {name: _read(DATA / f"{name}.csv") for name in (*TABLES, BASE_TABLE)}
+    schemas = {name: infer_schema(table) for name, table in rows.items()}
+    prompts = {name: build_prompt(list(schema["properties"]), TINYLLAMA_TEMPLATE) for name, schema in schemas.items()}
+    # The demo tables' own schema fragments under another instruction: the base sees their keys' tokens
+    # (so their embeddings, tied to the output layer, are trained) but only ever answers them in CSV.
+    base_corpus = [(prompts[BASE_TABLE], _jsonl(rng, rows[BASE_TABLE], recipe)) for _ in range(600)]
+    for name in TABLES:
+        csv_prompt = build_prompt(list(schemas[name]["properties"]), TINYLLAMA_TEMPLATE, instruction=CSV_INSTRUCTION)
+        base_corpus += [(csv_prompt, _csv(rng, rows[name], recipe)) for _ in range(600)]
     tokenizer = _train_tokenizer(base_corpus, recipe)
     model = _new_model(tokenizer, recipe)
     _train(model, tokenizer, base_corpus, recipe.base_steps, recipe.base_lr, recipe, rng)
@@ -121,23 +127,28 @@ def build_demo_run(out: Path, recipe: Recipe = Recipe()) -> Path:
     tokenizer.save_pretrained(base_dir)
     logger.info("demo base model trained in %.0f s", time.monotonic() - started)
 
-    adapter_corpus = [(demo_prompt, _jsonl(rng, customers, recipe)) for _ in range(800)]
-    peft_model = _add_lora(model, recipe)
-    _train(peft_model, tokenizer, adapter_corpus, recipe.lora_steps, recipe.lora_lr, recipe, rng)
-    run = out / "run"
-    peft_model.save_pretrained(run / "train" / "adapter")
-    _fix_adapter_base(run / "train" / "adapter" / "adapter_config.json", base_dir)
-    write_run_dir(
-        run,
-        schema,
-        base_model=str(base_dir),
-        lora_r=recipe.lora_r,
-        base_max_seq_length=recipe.context,
-        generation={"temperature": recipe.temperature, "num_records": 100},
-        adapter_weights=None,
-    )
-    logger.info("demo run built in %.0f s", time.monotonic() - started)
-    return run
+    for name in TABLES:
+        adapter_corpus = [(prompts[name], _jsonl(rng, rows[name], recipe)) for _ in range(800)]
+        peft_model = _add_lora(copy.deepcopy(model), recipe)
+        _train(peft_model, tokenizer, adapter_corpus, recipe.lora_steps, recipe.lora_lr, recipe, rng)
+        run = out / _run_name(name)
+        peft_model.save_pretrained(run / "train" / "adapter")
+        _fix_adapter_base(run / "train" / "adapter" / "adapter_config.json", base_dir)
+        write_run_dir(
+            run,
+            schemas[name],
+            base_model=str(base_dir),
+            lora_r=recipe.lora_r,
+            base_max_seq_length=recipe.context,
+            generation={"temperature": recipe.temperature, "num_records": 100},
+            adapter_weights=None,
+        )
+        logger.info("demo adapter for %s trained in %.0f s", name, time.monotonic() - started)
+    return out / _run_name(TABLES[0])
+
+
+def _run_name(table: str) -> str:
+    return "run" if table == TABLES[0] else f"run-{table}"
 
 
 def infer_schema(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -275,9 +286,10 @@ def _relocate(tmp: Path, final: Path) -> None:
     """Move a finished build into place; paths inside its files point at the final place."""
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for name in ("adapter/adapter_config.json", "adapter/metadata_v2.json", "safe-synthesizer-config.json"):
-        path = final / "run" / "train" / name
-        path.write_text(path.read_text().replace(str(tmp), str(final)))
+    for table in TABLES:
+        for name in ("adapter/adapter_config.json", "adapter/metadata_v2.json", "safe-synthesizer-config.json"):
+            path = final / _run_name(table) / "train" / name
+            path.write_text(path.read_text().replace(str(tmp), str(final)))
 
 
 def _digest(recipe: Recipe) -> str:
@@ -298,5 +310,7 @@ def _lock(path: Path) -> Iterator[None]:
 
 
 if __name__ == "__main__":  # pragma: no cover
+    import sys
+
     logging.basicConfig(level=logging.INFO)
-    print(ensure_demo_run())
+    print(ensure_demo_run(table=sys.argv[1] if len(sys.argv) > 1 else TABLES[0]))
