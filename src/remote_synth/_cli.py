@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -21,19 +22,22 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import typing
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from ._config import RemoteSettings
+from ._config import GenerateParameters, RemoteSettings
 from ._engine import Progress
 from ._exceptions import (
     APIError,
     APIStatusError,
     ConfigError,
+    GenerationError,
     JournalMismatchError,
+    Remedy,
     RemoteSynthError,
     ServerError,
     StorageError,
@@ -50,6 +54,11 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 logger = logging.getLogger("remote_synth.cli")
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from ._client import InferenceClient
 
 
 class Terminated(KeyboardInterrupt):
@@ -78,7 +87,17 @@ def main() -> None:
     except GenerationFailed as exc:
         _fail(str(exc), EXIT_FAILURE)
     except RemoteSynthError as exc:
-        _fail(str(exc), setup_exit_code(exc))
+        advice = REMEDIES.get(exc.remedy, "") if exc.remedy is not None else ""
+        _fail(f"{exc}{advice}", setup_exit_code(exc))
+
+
+REMEDIES: dict[Remedy, str] = {
+    "adapter_name": "; pass the served name with --adapter-name, or launch it with `remote-synth serve RUN_DIR`",
+    "max_model_len": "; launch the server with a larger --max-model-len",
+    "base_url": "; check --base-url and that the server runs",
+    "api_key": "; pass the right key with --api-key-env NAME or REMOTE_SYNTH_API_KEY",
+}
+"""The library's remedies (``RemoteSynthError.remedy``) as command-line advice."""
 
 
 def setup_exit_code(exc: RemoteSynthError) -> int:
@@ -98,6 +117,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="remote-synth", message="remote-synth %(version)s")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def cli(verbose: int) -> None:
     """Generate synthetic tables through a vLLM server that serves an NSS LoRA adapter."""
@@ -121,7 +141,7 @@ def _api_key(value: str | None, env_name: str | None) -> str | None:
 @click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED, metavar="RUN_DIR... [-- VLLM_ARGS...]")
 @click.option("--base-model", help="Base model path or hub id (default: the runs' metadata).")
 @click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for other hosts: needs a key).")
-@click.option("--port", type=int, default=8000)
+@click.option("--port", type=int, default=8000, help="Port to listen on.")
 @click.option("--api-key", help="API key clients must send (visible in `ps`: prefer --api-key-env).")
 @click.option("--api-key-env", help="Name of an environment variable holding the API key.")
 @click.option("--insecure", is_flag=True, help="Serve beyond loopback with no key: every route open to anyone.")
@@ -187,10 +207,22 @@ def serve(args: tuple[str, ...], base_model: str | None, host: str, port: int, a
         try:
             click.echo(f"starting vLLM for {len(adapters)} adapter(s) on {host}:{port} (log: {server.log_file})")
             server.start()
-            server.wait_ready()
+            server.wait_ready(on_wait=_every(15.0, lambda waited: click.echo(f"starting vLLM… {waited:.0f} s")))
             _serve_until_interrupted(server, adapters, key_note)
         finally:
             server.stop()  # a second Ctrl-C while stopping kills the group at once
+
+
+def _every(seconds: float, report: Callable[[float], None]) -> Callable[[float], None]:
+    """``report`` at most once per ``seconds`` of the waited time it is given (a line, not a flood)."""
+    last = {"at": 0.0}
+
+    def maybe(waited: float) -> None:
+        if waited - last["at"] >= seconds:
+            last["at"] = waited
+            report(waited)
+
+    return maybe
 
 
 def _split_pass_through(args: tuple[str, ...]) -> tuple[list[Path], tuple[str, ...]]:
@@ -269,6 +301,41 @@ def _signals_raise_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _generation_options(*names: str) -> Callable[[F], F]:
+    """Options for NSS's generation parameters, from ``GenerateParameters``: one source for their
+    types, choices, help and defaults (the run's saved value wins over the default shown)."""
+
+    def decorate(command: F) -> F:
+        for name in reversed(names):
+            field = GenerateParameters.model_fields[name]
+            flag = "--" + name.replace("_", "-")
+            help_text = f"{field.description}  [default: the run's, else {_shown(field.default)}]"
+            if field.annotation is bool:
+                decorator = click.option(f"{flag}/--no-{flag[2:]}", default=None, help=help_text)
+            elif typing.get_origin(field.annotation) is typing.Literal:
+                choices = click.Choice(typing.get_args(field.annotation))
+                decorator = click.option(flag, type=choices, help=help_text, show_default=False)
+            else:
+                decorator = click.option(flag, type=field.annotation, help=help_text, show_default=False)
+            command = decorator(command)
+        return command
+
+    return decorate
+
+
+def _ca_bundle_option(command: F) -> F:
+    return click.option(
+        "--ca-bundle",
+        type=click.Path(path_type=Path),
+        help="PEM file of the CAs to trust for https base URLs (also REMOTE_SYNTH_CA_BUNDLE).  "
+        "[default: SSL_CERT_FILE, else certifi's]",
+    )(command)
+
+
+def _shown(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 @cli.command()
 @click.argument("run_dir", required=False, type=click.Path(path_type=Path))
 @click.option(
@@ -285,26 +352,17 @@ def _signals_raise_interrupt() -> Iterator[None]:
 )
 @click.option("--adapter-name", help="The adapter's name on the server (default: derived from its files).")
 @click.option("--base-model", help="Base model path or id for a launched server.")
-@click.option("--num-records", type=int, help="Valid records to generate (default: the run's num_records).")
+@_generation_options("num_records")
 @click.option(
     "--output",
     type=click.Path(path_type=Path),
     help="Output .csv, .jsonl or .parquet.  [default: RUN_DIR/generate/synthetic_data.csv]",
 )
-@click.option("--temperature", type=float)
-@click.option("--top-p", type=float)
-@click.option("--repetition-penalty", type=float)
-@click.option("--patience", type=int)
-@click.option("--invalid-fraction-threshold", type=float)
-@click.option("--use-structured-generation/--no-use-structured-generation", default=None)
-@click.option("--structured-generation-schema-method", type=click.Choice(["regex", "json_schema"]))
-@click.option(
-    "--structured-generation-backend",
-    type=click.Choice(["auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer"]),
-)
-@click.option(
-    "--structured-generation-use-single-sequence/--no-structured-generation-use-single-sequence", default=None
-)
+@_generation_options(
+    "temperature", "top_p", "repetition_penalty", "patience", "invalid_fraction_threshold",
+    "use_structured_generation", "structured_generation_schema_method", "structured_generation_backend",
+    "structured_generation_use_single_sequence",
+)  # fmt: skip
 @click.option(
     "--max-new-tokens", type=int, help="Tokens per completion (default: NSS's max_seq_length, fitted to the server)."
 )
@@ -345,6 +403,12 @@ def _signals_raise_interrupt() -> Iterator[None]:
     help="Send X-Session-ID: ADAPTER, so a router hashing on it (vllm-router consistent_hash) keeps "
     "this table on one replica.",
 )
+@click.option(
+    "--wait-for-server",
+    type=float,
+    help="Seconds to wait for a --base-url server to be ready (a stack starting it alongside).  [default: 0]",
+)
+@_ca_bundle_option
 @click.option("--header", "headers", multiple=True, help="'Name: value' sent with every request (repeatable).")
 @click.option("--extra-body", help="JSON object merged into every completions request (a gateway's fields).")
 def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tuple[str, ...], adapter_name: str | None,
@@ -353,7 +417,7 @@ def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tup
              overwrite: bool, retry_deadline: float | None, log_dir: Path | None, priority: int | None,
              cache_salt: str | None, headers: tuple[str, ...], extra_body: str | None, load_adapter: bool | None,
              server_adapter_path: str | None, adapter_check: str | None, share: float | None,
-             session_affinity: bool | None, **params: Any) -> None:  # fmt: skip
+             session_affinity: bool | None, wait_for_server: float | None, ca_bundle: Path | None, **params: Any) -> None:  # fmt: skip
     """Generate records for RUN_DIR (default: the bundled demo run, built if missing).
 
     Accepted records go to a journal next to the output as they come; after a crash or a
@@ -369,14 +433,15 @@ def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tup
                          log_dir=log_dir, priority=priority, cache_salt=cache_salt,
                          extra_headers=_headers(headers) or None, extra_body=_json_object("--extra-body", extra_body),
                          load_adapter=load_adapter, server_adapter_path=server_adapter_path,
-                         adapter_check=adapter_check, share=share, session_affinity=session_affinity)  # fmt: skip
+                         adapter_check=adapter_check, share=share, session_affinity=session_affinity,
+                         wait_for_server=wait_for_server, ca_bundle=ca_bundle)  # fmt: skip
     overrides = {k: v for k, v in params.items() if v is not None}
     target = OutputFile(output if output is not None else run.output_file).check()
     journal_path = Journal.path_for(target.path)
     _check_existing(target.path, journal_path, resume=resume, overwrite=overwrite)
     backend = RemoteBackend(run, overrides, settings=settings)
     with _signals_raise_interrupt(), _ProgressBar(backend.config.num_records) as bar:
-        backend.on_batch = bar.update
+        backend.on_batch, backend.on_status = bar.update, _with_server_log(backend, bar.status)
         try:
             backend.initialize()
             if max_new_tokens is not None:
@@ -391,6 +456,18 @@ def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tup
     if backend.journal is not None:
         backend.journal.remove()
     click.echo(_summary(results, path))
+
+
+def _with_server_log(backend: Any, status: Callable[[str], None]) -> Callable[[str], None]:
+    """With -v, what we wait for comes with the launched server's last log line."""
+
+    def show(text: str) -> None:
+        if logging.getLogger().isEnabledFor(logging.INFO) and backend.server is not None:
+            last = backend.server.log_tail(1).strip()
+            text = f"{text} | {last[-120:]}" if last else text
+        status(text)
+
+    return show
 
 
 def _headers(values: tuple[str, ...]) -> dict[str, str]:
@@ -451,9 +528,20 @@ def _generate(backend: Any, target: OutputFile) -> GenerateJobResults:
     except KeyboardInterrupt:
         _save_partial(backend, target)
         raise
+    except GenerationError as exc:
+        _save_partial(backend, target)
+        raise GenerationFailed(f"{exc}{_remedies(backend.config)}") from exc
     except RemoteSynthError as exc:
         _save_partial(backend, target)
         raise GenerationFailed(str(exc)) from exc
+
+
+def _remedies(config: GenerateParameters) -> str:
+    """The command-line spelling of the library's advice on invalid records, for this job's settings."""
+    flags = [f"--temperature {config.temperature / 2:g}"] if config.temperature > 0.05 else []
+    if not config.use_structured_generation:
+        flags.append("--use-structured-generation")
+    return f" On the command line: {' or '.join(flags)}." if flags else ""
 
 
 def _write_output(target: OutputFile, results: GenerateJobResults) -> Path:
@@ -472,36 +560,55 @@ def adapters() -> None:
     """
 
 
-def _server_options(command: Any) -> Any:
-    command = click.option("--api-key-env", help="Name of an environment variable holding the server's API key.")(
-        command
+@dataclasses.dataclass(frozen=True)
+class _Server:
+    """A running server as the adapters commands are told it."""
+
+    base_url: str
+    api_key_env: str | None
+    ca_bundle: Path | None
+
+    def run(self, work: Callable[[InferenceClient], Awaitable[T]]) -> T:
+        """``work(client)`` against the server, then the client closed."""
+        import asyncio
+
+        from ._client import InferenceClient
+
+        settings = RemoteSettings.load(ca_bundle=self.ca_bundle)
+
+        async def go() -> T:
+            client = InferenceClient(
+                self.base_url, api_key=_api_key(None, self.api_key_env), ca_bundle=settings.ca_bundle
+            )
+            try:
+                return await work(client)
+            finally:
+                await client.aclose()
+
+        return asyncio.run(go())
+
+
+def _server_options(command: F) -> F:
+    """``--base-url``, ``--api-key-env`` and ``--ca-bundle``, handed to the command as ``server``."""
+
+    @functools.wraps(command)
+    def wrapper(base_url: str, api_key_env: str | None, ca_bundle: Path | None, **kwargs: Any) -> Any:
+        return command(server=_Server(base_url, api_key_env, ca_bundle), **kwargs)
+
+    wrapped = _ca_bundle_option(wrapper)
+    wrapped = click.option("--api-key-env", help="Name of an environment variable holding the server's API key.")(
+        wrapped
     )
-    return click.option("--base-url", required=True, help="The running server.")(command)
-
-
-def _on_server(base_url: str, api_key_env: str | None, work: Any) -> Any:
-    """Run ``work(client)`` against the server, then close the client."""
-    import asyncio
-
-    from ._client import InferenceClient
-
-    async def go() -> Any:
-        client = InferenceClient(base_url, api_key=_api_key(None, api_key_env))
-        try:
-            return await work(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(go())
+    return typing.cast(F, click.option("--base-url", required=True, help="The running server.")(wrapped))
 
 
 @adapters.command("list")
 @_server_options
-def adapters_list(base_url: str, api_key_env: str | None) -> None:
+def adapters_list(server: _Server) -> None:
     """What the server serves: base models and the adapters on them."""
     from ._adapters import served_models
 
-    for model in _on_server(base_url, api_key_env, served_models):
+    for model in server.run(served_models):
         kind = f"adapter on {model.parent}" if model.is_adapter else "base model"
         click.echo(f"{model.id}\t{kind}")
 
@@ -511,8 +618,7 @@ def adapters_list(base_url: str, api_key_env: str | None) -> None:
 @_server_options
 @click.option("--adapter-name", help="Name to serve it under (default: derived from its files).")
 @click.option("--server-adapter-path", help="The adapter's directory on the server's machine (default: the run's).")
-def adapters_load(run_dir: Path, base_url: str, api_key_env: str | None, adapter_name: str | None,
-                  server_adapter_path: str | None) -> None:  # fmt: skip
+def adapters_load(run_dir: Path, server: _Server, adapter_name: str | None, server_adapter_path: str | None) -> None:
     """Load RUN_DIR's adapter into the running server (nothing happens if it is served already)."""
     from ._adapters import register_adapter
     from ._launch import adapter_name_for
@@ -520,20 +626,22 @@ def adapters_load(run_dir: Path, base_url: str, api_key_env: str | None, adapter
     run = RunDirectory.open(run_dir).check()
     name = adapter_name or adapter_name_for(run)
     path = server_adapter_path or str(run.adapter_dir)
-    loaded = _on_server(base_url, api_key_env, lambda client: register_adapter(client, name, path))
+    loaded = server.run(lambda client: register_adapter(client, name, path))
     click.echo(f"loaded {name}" if loaded else f"{name} is already served")
 
 
 @adapters.command("unload")
 @click.argument("name")
 @_server_options
-def adapters_unload(name: str, base_url: str, api_key_env: str | None) -> None:
+def adapters_unload(name: str, server: _Server) -> None:
     """Stop serving adapter NAME."""
     from ._adapters import unregister_adapter
     from ._client import redact_url
 
-    if not _on_server(base_url, api_key_env, lambda client: unregister_adapter(client, name)):
-        raise ConfigError(f"{name} is not served by {redact_url(base_url)} (or it does not unload adapters at runtime)")
+    if not server.run(lambda client: unregister_adapter(client, name)):
+        raise ConfigError(
+            f"{name} is not served by {redact_url(server.base_url)} (or it does not unload adapters at runtime)"
+        )
     click.echo(f"unloaded {name}")
 
 
@@ -541,7 +649,7 @@ def _demo_run() -> RunDirectory:
     try:
         from .demo.build import ensure_demo_run
 
-        return RunDirectory.open(ensure_demo_run())
+        return RunDirectory.open(ensure_demo_run(report=lambda line: click.echo(line, err=True)))
     except ImportError as exc:
         raise ConfigError(
             f"the bundled demo needs the cpu extra (pip install 'remote-synth[cpu]'), or pass RUN_DIR: {exc}"
@@ -574,25 +682,45 @@ def _summary(results: GenerateJobResults, path: Path) -> str:
 
 
 class _ProgressBar:
-    """valid/target, valid fraction and records/s, on stderr when it is a terminal."""
+    """valid/target, valid fraction and one rate (valid records/s since generation began), on stderr.
+
+    Before generation it shows what the job waits for ("starting vLLM… 35 s"); log lines go
+    through it, so they do not break the bar. Off a terminal, the bar is off and the waiting is
+    a line every ``STATUS_EVERY`` seconds.
+    """
+
+    STATUS_EVERY = 15.0
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 
     def __init__(self, total: int) -> None:
         from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
         self._total = total
-        self._bar = tqdm(total=total, unit="rec", desc="valid records", disable=None, file=sys.stderr)
+        self._bar = tqdm(total=total, unit="rec", desc="valid records", disable=None, file=sys.stderr,
+                         bar_format=self.FORMAT)  # fmt: skip
+        self._logs = logging_redirect_tqdm()
+        self._last_status = -self.STATUS_EVERY
+
+    def status(self, text: str) -> None:
+        if not self._bar.disable:
+            self._bar.set_description_str(text)
+        elif time.monotonic() - self._last_status >= self.STATUS_EVERY:
+            self._last_status = time.monotonic()
+            click.echo(text, err=True)
 
     def update(self, progress: Progress) -> None:
+        self._bar.set_description_str("valid records", refresh=False)
         self._bar.update(min(progress.valid, self._total) - self._bar.n)
-        self._bar.set_postfix(
-            valid_fraction=f"{progress.valid_fraction:.2f}", rec_s=f"{progress.records_per_second:.0f}"
-        )
+        self._bar.set_postfix_str(f"valid {progress.valid_fraction:.2f}, {progress.records_per_second:.0f} rec/s")
 
     def __enter__(self) -> _ProgressBar:
+        self._logs.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._bar.close()
+        self._logs.__exit__(None, None, None)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,10 +16,12 @@ import email.utils
 import html
 import logging
 import re
+import ssl
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -107,6 +109,8 @@ class InferenceClient:
     prompts_per_request: int = 25
     headers: Mapping[str, str] = field(default_factory=dict)
     """Extra headers on every request (a gateway's tenant or routing headers)."""
+    ca_bundle: str | Path | None = None
+    """A PEM file of the CAs to trust for https (a private CA); None: ``SSL_CERT_FILE``, else certifi's."""
     transport: httpx.AsyncBaseTransport | None = None
     """For tests: a fake transport instead of the network."""
 
@@ -143,6 +147,7 @@ class InferenceClient:
             limits=limits,
             transport=self.transport,
             event_hooks={"request": [_stamp_request_id]},
+            verify=ssl.create_default_context(cafile=str(self.ca_bundle)) if self.ca_bundle is not None else True,
         )
 
     async def aclose(self) -> None:

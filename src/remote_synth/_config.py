@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FilePath,
     JsonValue,
     SecretStr,
     ValidationError,
@@ -60,16 +61,24 @@ class ValidationParameters(_Strict):
 class GenerateParameters(_Strict):
     """NSS ``GenerateParameters`` plus the checks NSS lacks (temperature ≥ 0, num_records ≥ 1)."""
 
-    num_records: int = Field(1000, ge=1)
-    temperature: float = Field(0.9, ge=0.0)
-    repetition_penalty: float = Field(1.0, gt=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    patience: int = Field(3, ge=1)
-    invalid_fraction_threshold: float = Field(0.8, ge=0.0, le=1.0)
-    use_structured_generation: bool = False
-    structured_generation_backend: StructuredBackend = "auto"
-    structured_generation_schema_method: SchemaMethod = "regex"
-    structured_generation_use_single_sequence: bool = False
+    num_records: int = Field(1000, ge=1, description="Valid records to generate.")
+    temperature: float = Field(0.9, ge=0.0, description="Sampling temperature; lower gives fewer invalid records.")
+    repetition_penalty: float = Field(1.0, gt=0.0, description="Penalty on repeated tokens (1: none).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling: the probability mass sampled from.")
+    patience: int = Field(3, ge=1, description="Batches in a row above the invalid threshold before stopping.")
+    invalid_fraction_threshold: float = Field(
+        0.8, ge=0.0, le=1.0, description="A batch with this invalid fraction or more counts against patience."
+    )
+    use_structured_generation: bool = Field(
+        False, description="Constrain the server's output to the table's schema (few invalid records)."
+    )
+    structured_generation_backend: StructuredBackend = Field("auto", description="The server's structured outputs.")
+    structured_generation_schema_method: SchemaMethod = Field(
+        "regex", description="How the schema is sent: NSS's regex, or JSON schema."
+    )
+    structured_generation_use_single_sequence: bool = Field(
+        False, description="One record per completion under structured generation."
+    )
     enforce_timeseries_fidelity: bool = False
     validation: ValidationParameters = Field(default_factory=ValidationParameters)
     attention_backend: str = "auto"
@@ -205,6 +214,9 @@ class RemoteSettings(BaseSettings):
     request_timeout: float = Field(900.0, gt=0)
     retry_deadline: float = Field(600.0, ge=0)
     """Seconds a request may keep failing (server down, overloaded, restarting) before the job gives up."""
+    wait_for_server: float = Field(0.0, ge=0)
+    """Seconds to wait for a running server to become healthy and list the adapter before the job
+    starts (0: it must be ready now). For stacks that start server and client together (compose)."""
     max_server_restarts: int = Field(2, ge=0)
     """Times a launched server that dies during a job is started again."""
     startup_timeout: float = Field(900.0, gt=0)
@@ -214,6 +226,9 @@ class RemoteSettings(BaseSettings):
     log_dir: Path | None = None
     """Where a launched server's log (and ``serve``'s key file) go; default: the run directory's
     ``generate/logs``, or ``$XDG_STATE_HOME/remote-synth`` when the run directory is read-only."""
+    ca_bundle: FilePath | None = None
+    """A PEM file of the CAs to trust for https base URLs (a private CA); default: ``SSL_CERT_FILE``,
+    else certifi's bundle."""
     use_detailed_logs: bool = False
     """Detailed validation messages (they quote record values) in logs and error tables."""
     load_adapter: bool = False

@@ -27,6 +27,8 @@ teardown) raise ``BackendStateError``, a ``RuntimeError`` outside the tree, so
 
 from __future__ import annotations
 
+from typing import Literal, Self
+
 __all__ = [
     "APIConnectionError",
     "APIError",
@@ -51,8 +53,18 @@ __all__ = [
 ]
 
 
+Remedy = Literal["adapter_name", "max_model_len", "base_url", "api_key"]
+
+
 class RemoteSynthError(Exception):
     """Root of every error remote-synth raises on purpose."""
+
+    remedy: Remedy | None = None
+    """Which setting would fix it, for a front end to name in its own terms (the CLI: a flag)."""
+
+    def with_remedy(self, remedy: Remedy) -> Self:
+        self.remedy = remedy
+        return self
 
 
 class ConfigError(RemoteSynthError, ValueError):

@@ -6,10 +6,12 @@ server. Library messages say what is wrong; the CLI adds what to type.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +57,36 @@ async def server_is_back(client: InferenceClient, adapter: str) -> bool:
     return adapter in {m.get("id") for m in await client.models()}
 
 
+async def wait_for_server(
+    client: InferenceClient,
+    adapter: str | None,
+    timeout: float,
+    *,
+    on_wait: Callable[[float], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Until the server is healthy and lists ``adapter`` (None: health only), at most ``timeout`` s.
+
+    For stacks that start the server and the client together (compose): the client waits
+    instead of failing on a server that is still loading its model.
+    """
+    started = clock()
+    while not await _ready(client, adapter):
+        waited = clock() - started
+        if waited >= timeout:
+            raise ServerCheckError(f"the server at {client.display_url} was not ready after {timeout:.0f} s")
+        if on_wait is not None:
+            on_wait(waited)
+        await sleep(min(1.0, timeout - waited))
+
+
+async def _ready(client: InferenceClient, adapter: str | None) -> bool:
+    if adapter is not None:
+        return await server_is_back(client, adapter)
+    return await client.health() in ANSWERED
+
+
 async def check_server(
     client: InferenceClient,
     adapter: str,
@@ -80,18 +112,15 @@ async def check_server(
     if adapter not in by_id:
         served = ", ".join(sorted(str(k) for k in by_id)) or "nothing"
         raise NotFoundError(
-            f"adapter {adapter!r} is not served by {client.display_url} (it serves: {served}); "
-            "pass the served name with --adapter-name, or launch it with `remote-synth serve RUN_DIR`",
-            status_code=404,
-        )
+            f"adapter {adapter!r} is not served by {client.display_url} (it serves: {served})", status_code=404
+        ).with_remedy("adapter_name")
     info = ServerInfo(
         context=_context_length(by_id, adapter), prompt_tokens=await client.count_prompt_tokens(tokenizer, prompt)
     )
     if info.context is not None and info.context - info.prompt_tokens < 1:
         raise ServerCheckError(
-            f"the prompt ({info.prompt_tokens} tokens) does not fit the server's context ({info.context}); "
-            "launch the server with a larger --max-model-len"
-        )
+            f"the prompt ({info.prompt_tokens} tokens) does not fit the server's context ({info.context})"
+        ).with_remedy("max_model_len")
     if structured_outputs is not None:
         await _check_structured_outputs(client, adapter, prompt, structured_outputs, info)
     return info
@@ -101,15 +130,12 @@ async def _served_models(client: InferenceClient) -> dict[Any, dict[str, Any]]:
     try:
         models = await client.models()
     except APIConnectionError as exc:
-        raise type(exc)(
-            f"cannot reach a server at {client.display_url} ({exc}); check --base-url and that it runs"
-        ) from None
+        raise type(exc)(f"cannot reach a server at {client.display_url} ({exc})").with_remedy("base_url") from None
     except AuthenticationError as exc:
         raise AuthenticationError(
-            f"the server at {client.display_url} refused the API key (HTTP {exc.status_code}); "
-            "pass the right key with --api-key-env NAME or REMOTE_SYNTH_API_KEY",
+            f"the server at {client.display_url} refused the API key (HTTP {exc.status_code})",
             status_code=exc.status_code,
-        ) from None
+        ).with_remedy("api_key") from None
     return {m.get("id"): m for m in models}
 
 

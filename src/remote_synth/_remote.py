@@ -30,7 +30,7 @@ from ._engine import EngineStats, Progress, Recovery, Scheduler, TabularJobs, Wi
 from ._exceptions import BackendStateError, ConfigError
 from ._journal import Journal
 from ._launch import adapter_name_for, launch_settings
-from ._preflight import ServerInfo, check_server, server_is_back
+from ._preflight import ServerInfo, check_server, server_is_back, wait_for_server
 from ._processors import create_processor
 from ._prompt import build_prompt
 from ._results import DataActionsFn, GenerateJobResults, GenerationBatches, GenerationStatus
@@ -68,6 +68,7 @@ class RemoteBackend(GeneratorBackend):
         settings: RemoteSettings | None = None,
         use_detailed_logs: bool | None = None,
         on_batch: Callable[[Progress], None] | None = None,
+        on_status: Callable[[str], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.transport = transport  # a test seam: a fake transport instead of the network
@@ -78,6 +79,8 @@ class RemoteBackend(GeneratorBackend):
         self.model_metadata = _model_metadata(model_metadata, self.run)
         self.use_detailed_logs = self.settings.use_detailed_logs if use_detailed_logs is None else use_detailed_logs
         self.on_batch = on_batch
+        self.on_status = on_status
+        """Told what ``initialize()`` waits for ("starting vLLM… 35 s"), about every second."""
         self.columns = self.run.columns
         prompt_config = self.model_metadata.prompt_config
         self.group_by = self.run.config.data.group_training_examples_by
@@ -132,11 +135,14 @@ class RemoteBackend(GeneratorBackend):
                 max_concurrency=self.settings.max_concurrency,
                 prompts_per_request=self.settings.prompts_per_request,
                 headers=self._headers(),
+                ca_bundle=self.settings.ca_bundle,
                 transport=self.transport,
             )
+            lazy = self.settings.adapter_check == "lazy"
+            if self.settings.wait_for_server > 0:
+                self._loop.run(self._wait_for_server(self._client, health_only=lazy or self.settings.load_adapter))
             if self.settings.load_adapter:
                 self._loop.run(self._register_adapter(self._client))
-            lazy = self.settings.adapter_check == "lazy"
             self.server_info = self._loop.run(
                 check_server(self._client, self.adapter_name, self.prompt, self.structured_outputs, lazy=lazy)
             )
@@ -282,8 +288,19 @@ class RemoteBackend(GeneratorBackend):
             return self.settings.base_urls, self.settings.api_keys or None
         self.server = VllmServer(self.server_settings())
         self.server.start()
-        self.server.wait_ready()
+        self.server.wait_ready(on_wait=lambda waited: self._status(f"starting vLLM… {waited:.0f} s"))
         return self.server.base_url, self.server.api_key
+
+    async def _wait_for_server(self, client: InferenceClient, *, health_only: bool) -> None:
+        def waiting(waited: float) -> None:
+            self._status(f"waiting for the server at {client.display_url}… {waited:.0f} s")
+
+        adapter = None if health_only else self.adapter_name
+        await wait_for_server(client, adapter, self.settings.wait_for_server, on_wait=waiting)
+
+    def _status(self, text: str) -> None:
+        if self.on_status is not None:
+            self.on_status(text)
 
     def _request_body(self, server: ServerInfo) -> dict[str, Any]:
         """The sampling fields, then the tenant's own (priority, cache salt, a gateway's extras)."""

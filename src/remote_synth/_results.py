@@ -32,6 +32,12 @@ __all__ = [
 
 logger = logging.getLogger("remote_synth.results")
 
+TOO_MANY_INVALID = (
+    "Lower the temperature or turn on structured generation (use_structured_generation); if neither "
+    "helps, the adapter may need more training ('num_input_records_to_sample')."
+)
+"""What to do about a stop for invalid records: generation-side remedies first (NSS puts training first)."""
+
 MAX_NUM_PROMPTS_PER_BATCH = 100
 NUM_PROMPT_BUFFER = 10
 _EPS = 1e-15
@@ -243,18 +249,12 @@ class GenerationBatches:
     def raise_for_status(self) -> None:
         """Raise ``GenerationError`` for the STOP_* statuses; log the others."""
         if self.status is GenerationStatus.STOP_NO_RECORDS:
-            raise GenerationError(
-                "Generation stopped prematurely due to no valid records. Please consider increasing the "
-                "'num_input_records_to_sample' parameter (training), lowering the temperature, or turning "
-                "on structured generation."
-            )
+            raise GenerationError("Generation stopped prematurely due to no valid records. " + TOO_MANY_INVALID)
         if self.status is GenerationStatus.STOP_METRIC_REACHED and self.stop_condition is not None:
             raise GenerationError(
                 "Generation stopped prematurely because the average fraction of invalid records was at or above "
                 f"{self.stop_condition.threshold:.2%} for {self.stop_condition.patience} batches in a row "
-                f"(last {self.stop_condition.last_value or 0:.2%}). Please consider increasing the "
-                "'num_input_records_to_sample' parameter (training), lowering the temperature, or turning "
-                "on structured generation."
+                f"(last {self.stop_condition.last_value or 0:.2%}). " + TOO_MANY_INVALID
             )
         if self.status is GenerationStatus.INCOMPLETE:
             logger.warning("generation ended with %d of %s records", self.num_valid_records, self.target_num_records)

@@ -243,12 +243,18 @@ class VllmServer:
         *,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
-        """Block until /health is 200 and the adapter is listed; fail fast if the process dies."""
+        """Block until /health is 200 and the adapter is listed; fail fast if the process dies.
+
+        ``on_wait(seconds)`` is called about every second while it waits: a start takes
+        from 25 s to minutes, and someone is watching.
+        """
         if self._process is None:
             raise RuntimeError("start() the server first")
         budget = timeout if timeout is not None else self.settings.startup_timeout
-        deadline = clock() + budget
+        started = clock()
+        deadline = started + budget
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         with httpx.Client(base_url=self.base_url, headers=headers, timeout=5.0) as http:
             while True:
@@ -261,6 +267,8 @@ class VllmServer:
                         f"vLLM did not become ready within {budget:.0f} s; command: {' '.join(self.command)}",
                         log_tail=self.log_tail(),
                     )
+                if on_wait is not None:
+                    on_wait(clock() - started)
                 sleep(1.0)
 
     def _ready(self, http: httpx.Client) -> bool:

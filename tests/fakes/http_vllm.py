@@ -1,6 +1,6 @@
 """A tiny vLLM look-alike over real HTTP (stdlib), for CLI tests that need a URL: it can fail on cue.
 
-Every completion is ``text()``; after ``good_requests`` completion requests it answers ``fail_status``
+Every completion is ``text()``; ``/health`` is 503 for the first ``loading_for`` asks; after ``good_requests`` completion requests it answers ``fail_status``
 (or, with ``fail_status=0``, closes the connection without an answer).
 """
 
@@ -15,13 +15,22 @@ from typing import Any
 
 class HttpVllm:
     def __init__(
-        self, adapter: str, text: Callable[[], str], *, good_requests: int = 10**9, fail_status: int = 400
+        self,
+        adapter: str,
+        text: Callable[[], str],
+        *,
+        good_requests: int = 10**9,
+        fail_status: int = 400,
+        loading_for: int = 0,
     ) -> None:
         self.adapter = adapter
         self.text = text
         self.good_requests = good_requests
         self.fail_status = fail_status
         self.completion_requests = 0
+        self.loading_for = loading_for
+        """``/health`` answers 503 this many times first, as a server still loading its model."""
+        self.health_requests = 0
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -29,7 +38,8 @@ class HttpVllm:
 
             def do_GET(self) -> None:
                 if self.path == "/health":
-                    return self._send(200, {})
+                    owner.health_requests += 1
+                    return self._send(503 if owner.health_requests <= owner.loading_for else 200, {})
                 if self.path == "/v1/models":
                     return self._send(200, {"data": [{"id": "base", "max_model_len": 2048},
                                                      {"id": owner.adapter, "parent": "base"}]})  # fmt: skip

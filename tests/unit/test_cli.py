@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import click
 import pandas as pd
 import pytest
 from fakes.http_vllm import HttpVllm
@@ -50,6 +51,8 @@ def run(tmp_path: Path) -> Path:
         (["generate", "{run}", "--num-records", "abc"], "abc"),
         (["generate", "{run}", "--window", "0", "--base-url", "http://127.0.0.1:1"], "window"),
         (["generate", "{run}", "--window", "9000", "--base-url", "http://127.0.0.1:1"], "max_window"),
+        (["generate", "{run}", "--ca-bundle", "{tmp}/no-such.pem", "--base-url", "https://x:1"], "ca_bundle"),
+        (["generate", "{run}", "--wait-for-server", "-1", "--base-url", "http://127.0.0.1:1"], "wait_for_server"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
@@ -88,6 +91,63 @@ def test_help_lists_nss_names(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
         assert flag in out
 
 
+def test_version(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    monkeypatch.setattr(sys, "argv", ["remote-synth", "--version"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"remote-synth {version('remote-synth')}"
+
+
+def _commands(group: click.Group) -> list[click.Command]:
+    found: list[click.Command] = []
+    for command in group.commands.values():
+        found += _commands(command) if isinstance(command, click.Group) else [command]
+    return found
+
+
+def test_every_flag_has_help_and_generation_flags_show_nss_defaults_and_choices() -> None:
+    from typing import get_args
+
+    from remote_synth._cli import cli
+    from remote_synth._config import StructuredBackend
+
+    for command in _commands(cli):
+        for param in command.params:
+            assert not isinstance(param, click.Option) or param.help, f"{command.name} {param.opts} has no help"
+    generate = cli.commands["generate"]
+    options = {p.name: p for p in generate.params if isinstance(p, click.Option)}
+    assert "else 0.9" in (options["temperature"].help or "") and "else 1000" in (options["num_records"].help or "")
+    backend = options["structured_generation_backend"].type
+    assert isinstance(backend, click.Choice) and tuple(backend.choices) == get_args(StructuredBackend)
+
+
+def test_a_job_waits_for_a_server_still_loading_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "x.csv"
+    with HttpVllm("a", unique_record, loading_for=2) as server:
+        args = generate_args(run, server.url, out, "--num-records", "5")
+        code, err = run_main(monkeypatch, capsys, *args)
+        assert code != 0 and server.completion_requests == 0  # not waiting: a loading server is an error
+        server.health_requests = 0
+        code, err = run_main(monkeypatch, capsys, *args, "--wait-for-server", "30")
+    assert code == 0, err
+    assert f"waiting for the server at {server.url}" in err and len(pd.read_csv(out)) == 5
+
+
+def test_too_many_invalid_records_advise_generation_remedies_first(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path
+) -> None:
+    with HttpVllm("a", lambda: '{"b": 1}\n') as server:  # every record invalid
+        code, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, tmp_path / "x.csv"))
+    assert code == 1 and "Traceback" not in err
+    advice = err[err.index("Lower the temperature") :]
+    assert advice.index("structured generation") < advice.index("num_input_records_to_sample")
+    assert "--temperature 0.45 or --use-structured-generation" in err
+
+
 def test_bad_connection_settings_name_the_field(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path
 ) -> None:
@@ -111,7 +171,10 @@ class _ReadyServer:
 
     def start(self) -> None: ...
 
-    def wait_ready(self) -> None: ...
+    def wait_ready(self, on_wait: Callable[[float], None] | None = None) -> None:
+        if on_wait is not None:  # a start that takes a while, as told to the user
+            for waited in (0.0, 1.0, 15.0, 16.0, 30.0):
+                on_wait(waited)
 
     def raise_if_exited(self) -> None: ...
 
@@ -132,8 +195,11 @@ def test_ctrl_c_right_after_the_announcement_is_a_clean_stop(
 
     echo = cli_module.click.echo
 
+    said: list[str] = []
+
     def echo_then_interrupt(message: str = "", **kwargs: object) -> None:
         echo(message, **kwargs)
+        said.append(message)
         if message.startswith("Ctrl-C"):  # the signal lands as soon as the line is out
             raise KeyboardInterrupt
 
@@ -141,6 +207,7 @@ def test_ctrl_c_right_after_the_announcement_is_a_clean_stop(
     code, _ = run_main(monkeypatch, capsys, "serve", str(run), "--api-key", "k", "--port", str(free_port()))
     assert code == 0
     assert fake.stopped == 1
+    assert [m for m in said if m.startswith("starting vLLM… ")] == ["starting vLLM… 15 s", "starting vLLM… 30 s"]
 
 
 # -- durable jobs: inputs, existing files, exit codes by phase ----------------------------------

@@ -271,6 +271,47 @@ def test_server_is_back_needs_health_and_the_adapter(health: int, adapters: list
     assert asyncio.run(server_is_back(client, "nss-adapter")) is back
 
 
+@pytest.mark.parametrize(("ready_after", "timeout", "ready"), [(3, 60.0, True), (10**6, 30.0, False)])
+def test_wait_for_server_polls_each_second_until_ready_or_the_timeout(
+    ready_after: int, timeout: float, ready: bool
+) -> None:
+    from remote_synth import InferenceClient, ServerCheckError
+    from remote_synth._preflight import wait_for_server
+
+    fake = FakeVllm()
+    fake.adapters = ["nss-adapter"]
+    asked = {"n": 0}
+
+    def loading(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            asked["n"] += 1
+            return httpx.Response(200 if asked["n"] > ready_after else 503)
+        return fake(request)
+
+    now = {"t": 0.0}
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        now["t"] += seconds
+
+    async def go() -> None:
+        client = InferenceClient("http://fake:8000", transport=httpx.MockTransport(loading))
+        try:
+            await wait_for_server(
+                client, "nss-adapter", timeout, on_wait=waits.append, clock=lambda: now["t"], sleep=sleep
+            )
+        finally:
+            await client.aclose()
+
+    if ready:
+        asyncio.run(go())
+        assert waits == [0.0, 1.0, 2.0] and now["t"] == 3.0
+    else:
+        with pytest.raises(ServerCheckError, match="not ready after 30 s"):
+            asyncio.run(go())
+        assert now["t"] == timeout and len(waits) == 30  # never sleeps past the timeout
+
+
 def test_tenant_fields_and_headers_reach_every_request(run: Path) -> None:
     fake = FakeVllm()
     seen: list[httpx.Request] = []

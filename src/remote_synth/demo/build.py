@@ -35,7 +35,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ logger = logging.getLogger("remote_synth.demo")
 
 DATA = Path(__file__).parent / "data"
 CSV_INSTRUCTION = "Generate a CSV dataset with the following columns: "
+Report = Callable[[str], None]
 TABLES = ("customers", "products")  # each gets an adapter and a run directory; the first is the demo
 BASE_TABLE = "orders"  # the base model's only JSON lines
 
@@ -79,8 +80,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "remote-synth"
 
 
-def ensure_demo_run(recipe: Recipe = Recipe(), root: Path | None = None, table: str = TABLES[0]) -> Path:
-    """The cached demo run directory of ``table`` (one of ``TABLES``), built first if missing or stale."""
+def ensure_demo_run(
+    recipe: Recipe = Recipe(), root: Path | None = None, table: str = TABLES[0], report: Report | None = None
+) -> Path:
+    """The cached demo run directory of ``table`` (one of ``TABLES``), built first if missing or stale.
+
+    ``report(line)`` hears each phase of a build with its elapsed time (logged at INFO without it).
+    """
     if table not in TABLES:
         raise ValueError(f"no demo table {table!r}; there are {', '.join(TABLES)}")
     root = root or cache_root() / "demo"
@@ -91,10 +97,11 @@ def ensure_demo_run(recipe: Recipe = Recipe(), root: Path | None = None, table: 
     root.mkdir(parents=True, exist_ok=True)
     with _lock(root / ".lock"):
         if not (root / digest / "DONE").exists():
-            logger.info("building the demo runs (about 3 minutes, once) into %s", root / digest)
+            say = report or logger.info
+            say(f"building the demo runs (about 3 minutes, once) into {root / digest}")
             tmp = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))
             try:
-                build_demo_run(tmp, recipe)
+                build_demo_run(tmp, recipe, say)
                 _relocate(tmp, root / digest)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -102,11 +109,16 @@ def ensure_demo_run(recipe: Recipe = Recipe(), root: Path | None = None, table: 
     return run
 
 
-def build_demo_run(out: Path, recipe: Recipe = Recipe()) -> Path:
+def build_demo_run(out: Path, recipe: Recipe = Recipe(), report: Report | None = None) -> Path:
     """Train the base into ``out/base`` and an adapter per table into NSS runs; returns the first run."""
     import torch
 
     started = time.monotonic()
+    say = report or logger.info
+
+    def phase(what: str) -> Callable[[int, int], None]:
+        return lambda step, steps: say(f"demo: {what}, step {step}/{steps} ({time.monotonic() - started:.0f} s)")
+
     torch.manual_seed(recipe.seed)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     rng = random.Random(recipe.seed)
@@ -121,16 +133,16 @@ def build_demo_run(out: Path, recipe: Recipe = Recipe()) -> Path:
         base_corpus += [(csv_prompt, _csv(rng, rows[name], recipe)) for _ in range(600)]
     tokenizer = _train_tokenizer(base_corpus, recipe)
     model = _new_model(tokenizer, recipe)
-    _train(model, tokenizer, base_corpus, recipe.base_steps, recipe.base_lr, recipe, rng)
+    _train(model, tokenizer, base_corpus, recipe.base_steps, recipe.base_lr, recipe, rng, phase("base model"))
     base_dir = out / "base"
     model.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
-    logger.info("demo base model trained in %.0f s", time.monotonic() - started)
 
     for name in TABLES:
         adapter_corpus = [(prompts[name], _jsonl(rng, rows[name], recipe)) for _ in range(800)]
         peft_model = _add_lora(copy.deepcopy(model), recipe)
-        _train(peft_model, tokenizer, adapter_corpus, recipe.lora_steps, recipe.lora_lr, recipe, rng)
+        _train(peft_model, tokenizer, adapter_corpus, recipe.lora_steps, recipe.lora_lr, recipe, rng,
+               phase(f"{name} adapter"))  # fmt: skip
         run = out / _run_name(name)
         peft_model.save_pretrained(run / "train" / "adapter")
         _fix_adapter_base(run / "train" / "adapter" / "adapter_config.json", base_dir)
@@ -143,7 +155,7 @@ def build_demo_run(out: Path, recipe: Recipe = Recipe()) -> Path:
             generation={"temperature": recipe.temperature, "num_records": 100},
             adapter_weights=None,
         )
-        logger.info("demo adapter for %s trained in %.0f s", name, time.monotonic() - started)
+    say(f"demo: built in {time.monotonic() - started:.0f} s")
     return out / _run_name(TABLES[0])
 
 
@@ -251,7 +263,14 @@ def _encode(tokenizer: Any, prompt: str, text: str) -> tuple[list[int], list[int
 
 
 def _train(
-    model: Any, tokenizer: Any, corpus: list[tuple[str, str]], steps: int, lr: float, recipe: Recipe, rng: random.Random
+    model: Any,
+    tokenizer: Any,
+    corpus: list[tuple[str, str]],
+    steps: int,
+    lr: float,
+    recipe: Recipe,
+    rng: random.Random,
+    progress: Callable[[int, int], None],
 ) -> None:
     import torch
 
@@ -260,7 +279,7 @@ def _train(
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         batch = rng.sample(examples, recipe.batch_size)
         width = max(len(ids) for ids, _ in batch)
         pad = tokenizer.eos_token_id
@@ -272,6 +291,8 @@ def _train(
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
+        if step % 100 == 0 or step == steps:
+            progress(step, steps)
     model.eval()
     logger.debug("last training loss %.3f", float(loss.detach()))
 
