@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._config import ValidationParameters
-from ._records import ParsedResponse, RecordValidator, extract_records, sanitize_text
+from ._records import ErrorTuple, ParsedResponse, RecordValidator, extract_records, sanitize_text
+from ._timeseries import allows_rollover, parse_timestamp, step_problem
 
-__all__ = ["GroupedDataProcessor", "Processor", "TabularDataProcessor", "create_processor"]
+__all__ = ["GroupedDataProcessor", "Processor", "TabularDataProcessor", "TimeSeriesDataProcessor", "create_processor"]
 
 GROUPBY = "groupby"
 NO_DELIMITERS = ("Group BOS and/or EOS tokens missing", GROUPBY)
@@ -136,6 +137,84 @@ class GroupedDataProcessor(Processor):
         except TypeError:
             pass
         return NOT_ORDERED
+
+
+TIMESERIES = "TimeSeries"
+AFTER_BAD_STEP = ("Invalid due to previous record error", TIMESERIES)
+
+
+class TimeSeriesDataProcessor(Processor):
+    """Records in time order: each must parse, carry a readable timestamp, and (with an interval)
+    come exactly one interval after the record before it in the same completion.
+
+    As NSS (reference §2.6): the first unreadable record ends the completion (later ones are not
+    counted); a bad step makes that record and every later one invalid. The first record is checked
+    against the group's last timestamp by the job source, which knows the group.
+    """
+
+    def __init__(
+        self,
+        schema: dict[str, Any],
+        timestamp_column: str,
+        timestamp_format: str,
+        interval: float | None,
+        validation: ValidationParameters | None = None,
+        detailed_errors: bool = True,
+    ) -> None:
+        super().__init__(schema, validation, detailed_errors)
+        self.column = timestamp_column
+        self.format = timestamp_format
+        self.interval = interval
+        self.rollover = allows_rollover(timestamp_format)
+
+    def process_text(self, text: str) -> ParsedResponse:
+        out = ParsedResponse()
+        previous: float | None = None
+        raws = extract_records(text)
+        for i, raw in enumerate(raws):
+            record = self.validator.parse(raw)
+            if type(record) is not dict:
+                _invalid(out, raw, record)  # type: ignore[arg-type]
+                return out
+            stamp = self.timestamp(record)
+            if isinstance(stamp, tuple):
+                _invalid(out, raw, stamp)
+                return out
+            step = self._step_problem(previous, stamp)
+            if step is not None:
+                _invalid(out, raw, step)
+                for later in raws[i + 1 :]:
+                    _invalid(out, later, AFTER_BAD_STEP)
+                return out
+            out.valid_records.append(record)
+            previous = stamp
+        return out
+
+    def timestamp(self, record: dict[str, Any]) -> float | ErrorTuple:
+        """The record's time in seconds, or NSS's error for a missing or unreadable one."""
+        value = record.get(self.column)
+        if value is None:
+            return (f"Missing '{self.column}' required for interval validation", TIMESERIES)
+        try:
+            return parse_timestamp(value, self.format)
+        except (TypeError, ValueError) as exc:
+            shown = f" '{value}': {exc}" if self.validator.detailed_errors else ""
+            return (f"Invalid '{self.column}' value{shown}", TIMESERIES)
+
+    def _step_problem(self, previous: float | None, current: float) -> ErrorTuple | None:
+        if self.interval is None:
+            return None
+        problem = step_problem(previous, current, self.interval, rollover=self.rollover)
+        if problem == "backwards":
+            return (f"'{self.column}' must be strictly increasing", TIMESERIES)
+        if problem == "gap":
+            return (f"'{self.column}' must advance in {self.interval:g} seconds increments with no gaps", TIMESERIES)
+        return None
+
+
+def _invalid(out: ParsedResponse, raw: str, error: ErrorTuple) -> None:
+    out.invalid_records.append(raw)
+    out.errors.append(error)
 
 
 def _reject(out: ParsedResponse, part: ParsedResponse, reason: tuple[str, str] | None = None) -> None:

@@ -26,17 +26,27 @@ from ._aio import LoopThread
 from ._backend import GeneratorBackend
 from ._client import InferenceClient, TimeoutPolicy
 from ._config import GenerateParameters, RemoteSettings
-from ._engine import EngineStats, Progress, Recovery, Scheduler, TabularJobs, WindowPolicy, WindowSettings
+from ._engine import (
+    EngineStats,
+    Progress,
+    Recovery,
+    Scheduler,
+    TabularJobs,
+    TimeseriesJobs,
+    WindowPolicy,
+    WindowSettings,
+)
 from ._exceptions import BackendStateError, ConfigError
 from ._journal import Journal
 from ._launch import adapter_name_for, launch_settings
 from ._preflight import ServerInfo, check_server, server_is_back, wait_for_server
-from ._processors import create_processor
+from ._processors import Processor, create_processor
 from ._prompt import build_prompt
 from ._results import DataActionsFn, GenerateJobResults, GenerationBatches, GenerationStatus
 from ._retry import RetryPolicy
 from ._rundir import ModelMetadata, RunDirectory
 from ._sampling import request_body, sampling_fields
+from ._series_run import SeriesRun
 from ._server import ServerSettings, VllmServer
 from ._structured import structured_outputs_payload
 from ._supervisor import run_supervised
@@ -84,25 +94,36 @@ class RemoteBackend(GeneratorBackend):
         self.columns = self.run.columns
         prompt_config = self.model_metadata.prompt_config
         self.group_by = self.run.config.data.group_training_examples_by
-        self.processor = create_processor(
-            self.run.schema,
-            group_by=self.group_by,
-            order_by=self.run.config.data.order_training_examples_by,
-            bos_token=prompt_config.bos_token,
-            eos_token=prompt_config.eos_token,
-            validation=self.config.validation,
-            detailed_errors=self.use_detailed_logs,
+        self.series = (
+            SeriesRun.open(self.run, self.model_metadata, self.config.validation, self.use_detailed_logs)
+            if self.run.is_timeseries
+            else None
         )
-        self.prompt = build_prompt(self.columns, prompt_config.template, self.model_metadata.instruction)
+        """A time-series run's settings (None for tabular and grouped runs)."""
         self.adapter_name = self.settings.adapter_name or adapter_name_for(self.run)
-        self.structured_outputs = structured_outputs_payload(
-            self.config,
-            self.run.schema,
-            grouped=self.group_by is not None,
-            bos_token=prompt_config.bos_token,
-            eos_token=prompt_config.eos_token,
-            max_sequences_per_example=self.run.config.max_sequences_per_example,
-        )
+        if self.series is not None:
+            self.processor: Processor = self.series.processor
+            self.prompt = self.series.prompt("")  # the preflight's; each job ends in its group's prefill
+            self.structured_outputs: dict[str, Any] | None = None  # NSS sends none for time series
+        else:
+            self.processor = create_processor(
+                self.run.schema,
+                group_by=self.group_by,
+                order_by=self.run.config.data.order_training_examples_by,
+                bos_token=prompt_config.bos_token,
+                eos_token=prompt_config.eos_token,
+                validation=self.config.validation,
+                detailed_errors=self.use_detailed_logs,
+            )
+            self.prompt = build_prompt(self.columns, prompt_config.template, self.model_metadata.instruction)
+            self.structured_outputs = structured_outputs_payload(
+                self.config,
+                self.run.schema,
+                grouped=self.group_by is not None,
+                bos_token=prompt_config.bos_token,
+                eos_token=prompt_config.eos_token,
+                max_sequences_per_example=self.run.config.max_sequences_per_example,
+            )
         self.server: VllmServer | None = None
         self.server_info: ServerInfo | None = None
         self.engine_stats: EngineStats | None = None
@@ -174,7 +195,8 @@ class RemoteBackend(GeneratorBackend):
         journal = Journal(path, self.job_header())
         self._replay = journal.open(resume=resume)
         self.journal = journal
-        return sum(len(entry) for entry in self._replay)
+        keys = 1 if self.series is not None else 0  # a time-series entry names its group first
+        return sum(len(entry) - keys for entry in self._replay)
 
     def job_header(self) -> dict[str, object]:
         """What makes two runs the same job: adapter, schema, prompt, settings and the request's sampling."""
@@ -200,9 +222,7 @@ class RemoteBackend(GeneratorBackend):
             patience=self.config.patience,
             data_actions_fn=data_actions_fn,
         )
-        jobs = TabularJobs(batches, self.processor, self.prompt, self._request_body(self.server_info),
-                           self.config.num_records, detailed_errors=self.use_detailed_logs, on_batch=self.on_batch,
-                           log=self.journal)  # fmt: skip
+        jobs = self._jobs(batches, self._request_body(self.server_info))
         scheduler = self._scheduler(self._client)
         started = time.monotonic()
         self.gen_results = None
@@ -216,7 +236,7 @@ class RemoteBackend(GeneratorBackend):
                 jobs.flush()  # runs the progress callback: a second Ctrl-C may land in it
             finally:
                 self.elapsed_time = time.monotonic() - started
-                self.gen_results = self._results(batches)
+                self.gen_results = self._results(batches, done=jobs.done)
         batches.raise_for_status()
         return self.gen_results
 
@@ -326,7 +346,7 @@ class RemoteBackend(GeneratorBackend):
         if await register_adapter(client, self.adapter_name, path):
             self._loaded_adapter = True
 
-    async def _run_engine(self, scheduler: Scheduler, jobs: TabularJobs) -> None:
+    async def _run_engine(self, scheduler: Scheduler, jobs: TabularJobs | TimeseriesJobs) -> None:
         """The scheduler; beside it, for a server we launched, a supervisor that restarts it if it dies."""
         if self.server is None:
             await scheduler.run(jobs)
@@ -348,13 +368,28 @@ class RemoteBackend(GeneratorBackend):
         return Scheduler(client, adapter, window, prompts_per_request=s.prompts_per_request,
                          load_interval=s.load_interval, recovery=recovery, reregister=reregister)  # fmt: skip
 
-    def _results(self, batches: GenerationBatches) -> GenerateJobResults:
+    def _jobs(self, batches: GenerationBatches, body: dict[str, Any]) -> TabularJobs | TimeseriesJobs:
+        if self.series is None:
+            return TabularJobs(batches, self.processor, self.prompt, body, self.config.num_records,
+                               detailed_errors=self.use_detailed_logs, on_batch=self.on_batch,
+                               log=self.journal)  # fmt: skip
+        return TimeseriesJobs(batches, self.series.processor, self.series.spec, self.series.prompt, body,
+                              self.series.initial_prefill, target=self.config.num_records,
+                              threshold=self.config.invalid_fraction_threshold, patience=self.config.patience,
+                              detailed_errors=self.use_detailed_logs, on_batch=self.on_batch,
+                              log=self.journal)  # fmt: skip
+
+    def _results(self, batches: GenerationBatches, *, done: bool) -> GenerateJobResults:
         """Results from what was generated so far (kept even when generation stops early)."""
-        if batches.status is GenerationStatus.IN_PROGRESS and batches.num_valid_records >= self.config.num_records:
+        reached = batches.num_valid_records >= self.config.num_records
+        if batches.status is GenerationStatus.IN_PROGRESS and (reached or (self.series is not None and done)):
             batches.job_complete()
-        truncate = self.group_by is None and batches.status is GenerationStatus.COMPLETE
+        truncate = self.group_by is None and self.series is None and batches.status is GenerationStatus.COMPLETE
         max_records = self.config.num_records if truncate else None
-        return GenerateJobResults.from_batches(batches, max_records, self.columns, self.elapsed_time)
+        results = GenerateJobResults.from_batches(batches, max_records, self.columns, self.elapsed_time)
+        if self.series is not None:  # no truncation: num_records is only a progress target here
+            results.df = self.series.sort(results.df)
+        return results
 
 
 def _digest(value: object) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ._exceptions import ConfigError, RunDirError
+from ._exceptions import RunDirError
 
 __all__ = ["AdapterConfig", "ModelMetadata", "NSSConfig", "PromptConfig", "RunDirectory"]
 
@@ -99,8 +99,15 @@ class _TrainingSection(_Lenient):
     lora_r: int | None = None
 
 
-class _TimeSeriesSection(_Lenient):
+class TimeSeriesSection(_Lenient):
+    """``time_series`` of ``safe-synthesizer-config.json``, as NSS's training set it (reference §5)."""
+
     is_timeseries: bool | None = False
+    timestamp_column: str | None = None
+    timestamp_format: str | None = None
+    timestamp_interval_seconds: float | None = Field(None, gt=0)
+    start_timestamp: str | None = None
+    stop_timestamp: str | None = None
 
 
 class NSSConfig(_Lenient):
@@ -109,7 +116,7 @@ class NSSConfig(_Lenient):
     generation: dict[str, Any] = Field(default_factory=dict)
     data: _DataSection = Field(default_factory=_DataSection)
     training: _TrainingSection = Field(default_factory=_TrainingSection)
-    time_series: _TimeSeriesSection = Field(default_factory=_TimeSeriesSection)
+    time_series: TimeSeriesSection = Field(default_factory=TimeSeriesSection)
 
     @property
     def max_sequences_per_example(self) -> int | None:
@@ -195,9 +202,24 @@ class RunDirectory:
             raise RunDirError(
                 self.adapter_dir / "adapter_model.safetensors", "missing: the adapter weights are not there"
             )
-        if self.config.time_series.is_timeseries:
-            raise ConfigError(f"{self.config_file}: time-series runs are not supported yet by remote-synth")
+        if self.is_timeseries:
+            self._check_time_series()
         return self
+
+    @property
+    def is_timeseries(self) -> bool:
+        return bool(self.config.time_series.is_timeseries)
+
+    def _check_time_series(self) -> None:
+        series = self.config.time_series
+        if not series.timestamp_column or not series.timestamp_format:
+            raise RunDirError(self.config_file, "a time-series run needs time_series.timestamp_column and _format")
+        prefill = self.metadata.initial_prefill
+        if not isinstance(prefill, dict) or not prefill or not all(isinstance(v, str) for v in prefill.values()):
+            raise RunDirError(
+                self.adapter_dir / "metadata_v2.json",
+                "a time-series run needs initial_prefill: each group's first records, as NSS's training writes",
+            )
 
 
 def _has_adapter(run: Path) -> bool:

@@ -11,20 +11,21 @@ import calendar
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "ELAPSED_SECONDS",
     "MAX_ACTIVE_GROUPS",
     "allows_rollover",
     "expected_records",
-    "next_step_ok",
+    "step_problem",
     "parse_bound",
     "parse_timestamp",
     "prefill",
     "samples_per_prompt",
 ]
 
+StepProblem = Literal["backwards", "gap"]
 ELAPSED_SECONDS = "elapsed_seconds"
 """The format NSS gives the column it makes when a table has no timestamp (integer seconds)."""
 SAMPLES_PER_PROMPT = 5
@@ -76,14 +77,17 @@ def parse_bound(value: object, fmt: str) -> float | None:
     return calendar.timegm(parsed.timetuple()) + parsed.microsecond / 1e6
 
 
-def next_step_ok(previous: float | None, current: float, interval: float, *, rollover: bool) -> bool:
-    """Whether ``current`` is exactly one ``interval`` after ``previous`` (None: any first value is)."""
+def step_problem(previous: float | None, current: float, interval: float, *, rollover: bool) -> StepProblem | None:
+    """None when ``current`` is exactly one ``interval`` after ``previous`` (or is the first value);
+    ``"backwards"`` when it is not later (a time of day may pass midnight instead); else ``"gap"``."""
     if previous is None:
-        return True
+        return None
     if rollover:
         while current <= previous:
             current += DAY
-    return current - previous == interval
+    elif current <= previous:
+        return "backwards"
+    return None if current - previous == interval else "gap"
 
 
 def expected_records(start: float | None, stop: float | None, interval: float | None) -> int:

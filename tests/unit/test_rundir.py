@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from remote_synth import ConfigError, RunDirectory, RunDirError
+from remote_synth import RunDirectory, RunDirError
 from remote_synth.demo.layout import write_run_dir
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"enum": ["x"]}}, "required": ["a"]}
@@ -99,11 +99,18 @@ def test_missing_weights(tmp_path: Path) -> None:
         RunDirectory.open(run).check()
 
 
-def test_time_series_runs_are_refused_clearly(run: Path) -> None:
-    cfg = run / "train" / "safe-synthesizer-config.json"
-    cfg.write_text(json.dumps({"time_series": {"is_timeseries": True}}))
-    with pytest.raises(ConfigError, match="time-series"):
-        RunDirectory.open(run).check()
+def test_time_series_runs_need_their_time_settings_and_initial_prefill(tmp_path: Path) -> None:
+    series = {"timestamp_column": "t", "timestamp_format": "%H:%M", "timestamp_interval_seconds": 600}
+    whole = write_run_dir(tmp_path / "ok", SCHEMA, base_model="m", time_series=series,
+                          initial_prefill={"a": '{"t":"00:00"}\n'})  # fmt: skip
+    assert RunDirectory.open(whole).check().is_timeseries
+    no_format = write_run_dir(tmp_path / "f", SCHEMA, base_model="m", time_series={"timestamp_column": "t"},
+                              initial_prefill={"a": "x"})  # fmt: skip
+    with pytest.raises(RunDirError, match="safe-synthesizer-config.json: .*timestamp_column and _format"):
+        RunDirectory.open(no_format).check()
+    no_prefill = write_run_dir(tmp_path / "p", SCHEMA, base_model="m", time_series=series)
+    with pytest.raises(RunDirError, match="metadata_v2.json: .*initial_prefill"):
+        RunDirectory.open(no_prefill).check()
 
 
 def test_unknown_keys_from_other_nss_versions_are_ignored(run: Path) -> None:

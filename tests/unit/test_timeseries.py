@@ -13,11 +13,11 @@ from remote_synth._timeseries import (
     MAX_ACTIVE_GROUPS,
     allows_rollover,
     expected_records,
-    next_step_ok,
     parse_bound,
     parse_timestamp,
     prefill,
     samples_per_prompt,
+    step_problem,
 )
 
 
@@ -67,12 +67,12 @@ def test_stop_timestamps_stored_by_pandas_are_read_whatever_the_table_format(fmt
 
 
 def test_each_step_is_exactly_one_interval() -> None:
-    assert next_step_ok(None, 123.0, 60, rollover=False)  # a first record: anything readable
-    assert next_step_ok(0, 60, 60, rollover=False)
-    assert not next_step_ok(0, 120, 60, rollover=False)  # a gap
-    assert not next_step_ok(60, 0, 60, rollover=False)  # backwards
-    assert next_step_ok(23 * 3600 + 1800, 0, 1800, rollover=True)  # 23:30 → 00:00 passes midnight
-    assert not next_step_ok(23 * 3600 + 1800, 3600, 1800, rollover=True)
+    assert step_problem(None, 123.0, 60, rollover=False) is None  # a first record: anything readable
+    assert step_problem(0, 60, 60, rollover=False) is None
+    assert step_problem(0, 120, 60, rollover=False) == "gap"
+    assert step_problem(60, 0, 60, rollover=False) == step_problem(60, 60, 60, rollover=False) == "backwards"
+    assert step_problem(23 * 3600 + 1800, 0, 1800, rollover=True) is None  # 23:30 → 00:00 passes midnight
+    assert step_problem(23 * 3600 + 1800, 3600, 1800, rollover=True) == "gap"
 
 
 @given(start=st.integers(0, 10**9), steps=st.integers(0, 10_000), interval=st.integers(1, 86_400))

@@ -7,6 +7,7 @@ Layering: the engine knows jobs, windows and the transport's typed errors
 from ._accounting import CompletionLog, Progress, TabularJobs
 from ._recovery import Recovery
 from ._scheduler import EngineStats, Job, JobSource, Scheduler
+from ._series import SeriesSpec, TimeseriesJobs
 from ._window import Gate, WindowPolicy, WindowSettings
 
 __all__ = [
@@ -18,7 +19,9 @@ __all__ = [
     "Progress",
     "Recovery",
     "Scheduler",
+    "SeriesSpec",
     "TabularJobs",
+    "TimeseriesJobs",
     "WindowPolicy",
     "WindowSettings",
 ]

@@ -27,11 +27,14 @@ def write_run_dir(
     generation: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
     adapter_weights: bytes | None = b"",
+    time_series: dict[str, Any] | None = None,
+    initial_prefill: dict[str, str] | None = None,
 ) -> Path:
     """Write ``train/adapter/*`` metadata and ``safe-synthesizer-config.json`` as NSS does.
 
     The adapter weights themselves are written by peft (the demo) or, for tests,
-    as ``adapter_weights`` bytes (None: no weights file).
+    as ``adapter_weights`` bytes (None: no weights file). A time-series run gets its
+    ``time_series`` section (``is_timeseries`` set) and each group's ``initial_prefill``.
     """
     adapter = run / "train" / "adapter"
     adapter.mkdir(parents=True, exist_ok=True)
@@ -53,13 +56,13 @@ def write_run_dir(
         "is_adapter": True,
         "instruction": "Generate a JSONL dataset with the following columns: ",
         "rope_parameters_location": "autoconfig",
-        "initial_prefill": None,
+        "initial_prefill": initial_prefill,
     }
     config = {
         "data": {"group_training_examples_by": None, "order_training_examples_by": None, **(data or {})},
         "training": {"pretrained_model": base_model, "lora_r": lora_r},
         "generation": {"num_records": 1000, **(generation or {})},
-        "time_series": {"is_timeseries": False},
+        "time_series": {"is_timeseries": time_series is not None, **(time_series or {})},
     }
     _write(adapter / "metadata_v2.json", metadata)
     _write(adapter / "dataset_schema.json", schema)

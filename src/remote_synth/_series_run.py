@@ -1,0 +1,78 @@
+"""A time-series run's generation settings, read once from its run directory (reference §5).
+
+What ``RemoteBackend`` needs to drive ``TimeseriesJobs``: the processor, the time settings in
+seconds, the prompt for a group's prefill, each group's first prefill, and the output's order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from ._config import ValidationParameters
+from ._engine import SeriesSpec
+from ._processors import TimeSeriesDataProcessor
+from ._prompt import build_prompt
+from ._rundir import ModelMetadata, RunDirectory
+from ._timeseries import parse_bound
+
+__all__ = ["PSEUDO_GROUP", "SeriesRun"]
+
+PSEUDO_GROUP = "__nss_sequence_id"
+"""The group NSS's training adds to a table without one; it is in no prompt and no output."""
+
+
+@dataclass(frozen=True)
+class SeriesRun:
+    processor: TimeSeriesDataProcessor
+    spec: SeriesSpec
+    columns: list[str]
+    """The prompt's column order: group, time, then the rest, as training wrote the records (bug 5)."""
+    template: str
+    instruction: str
+    initial_prefill: dict[str, str]
+
+    @classmethod
+    def open(
+        cls,
+        run: RunDirectory,
+        metadata: ModelMetadata,
+        validation: ValidationParameters | None = None,
+        detailed_errors: bool = False,
+    ) -> SeriesRun:
+        series = run.config.time_series
+        column, fmt = str(series.timestamp_column), str(series.timestamp_format)
+        group = run.config.data.group_training_examples_by
+        group_column = group if isinstance(group, str) and group != PSEUDO_GROUP else None
+        processor = TimeSeriesDataProcessor(run.schema, column, fmt, series.timestamp_interval_seconds,
+                                            validation, detailed_errors)  # fmt: skip
+        spec = SeriesSpec(
+            interval=series.timestamp_interval_seconds,
+            start=parse_bound(series.start_timestamp, fmt),
+            stop=parse_bound(series.stop_timestamp, fmt),
+            group_column=group_column,
+        )
+        first = [c for c in (group_column, column) if c is not None]
+        columns = first + [c for c in run.columns if c not in first and c != PSEUDO_GROUP]
+        prefills = {str(k): str(v) for k, v in (metadata.initial_prefill or {}).items()}
+        return cls(processor, spec, columns, metadata.prompt_config.template, metadata.instruction, prefills)
+
+    def prompt(self, prefill: str) -> str:
+        return build_prompt(self.columns, self.template, self.instruction, prefill=prefill)
+
+    def sort(self, df: pd.DataFrame) -> pd.DataFrame:
+        """By group, then by time as time (NSS sorted formatted timestamps as text: bug 9)."""
+        if df.empty:
+            return df.drop(columns=[PSEUDO_GROUP], errors="ignore")
+        stamps = df[self.processor.column].map(self._seconds)
+        keys: list[Any] = [stamps.rename("__time__")]
+        if self.spec.group_column is not None and self.spec.group_column in df:
+            keys.insert(0, df[self.spec.group_column].astype(str).rename("__group__"))
+        order = pd.concat(keys, axis=1).sort_values(list(pd.concat(keys, axis=1).columns), kind="stable").index
+        return df.loc[order].reset_index(drop=True).drop(columns=[PSEUDO_GROUP], errors="ignore")
+
+    def _seconds(self, value: object) -> float:
+        stamp = self.processor.timestamp({self.processor.column: value})
+        return float("inf") if isinstance(stamp, tuple) else stamp

@@ -1,0 +1,192 @@
+"""Time-series runs on the engine: windows and prefills, steps, group ends, n by active groups, results."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from remote_synth import GenerationStatus, RemoteBackend, RemoteSettings
+from remote_synth._processors import TimeSeriesDataProcessor
+from remote_synth.demo.layout import write_run_dir
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "v": {"type": "integer", "minimum": 0, "maximum": 100},
+        "t": {"type": "string"},
+        "device": {"enum": ["a", "b", "c"]},
+    },
+    "required": ["v", "t", "device"],
+}
+FMT = "%Y-%m-%d %H:%M"
+START = datetime(2026, 1, 1)
+
+
+def stamp(hour: int) -> str:
+    return (START + timedelta(hours=hour)).strftime(FMT)
+
+
+def record(device: str, hour: int, v: int = 1) -> dict:
+    return {"device": device, "t": stamp(hour), "v": v}
+
+
+def nss_initial_prefill(device: str) -> str:
+    """As NSS's assembler writes it: a leading space, records separated by blank lines."""
+    return " " + "\n".join(json.dumps(record(device, h), separators=(",", ":")) + "\n" for h in range(3))
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    series = {
+        "timestamp_column": "t",
+        "timestamp_format": FMT,
+        "timestamp_interval_seconds": 3600,
+        "start_timestamp": "2026-01-01 00:00:00",
+        "stop_timestamp": "2026-01-01 11:00:00",
+    }  # pandas' str()
+    return write_run_dir(tmp_path / "ts", SCHEMA, base_model="base", base_max_seq_length=1024,
+                         data={"group_training_examples_by": "device", "order_training_examples_by": "t"},
+                         generation={"num_records": 20, "temperature": 0.7}, time_series=series,
+                         initial_prefill={d: nss_initial_prefill(d) for d in ("a", "b", "c")})  # fmt: skip
+
+
+Continuation = Callable[[str, int], str]
+
+
+def next_records(count: int = 4) -> Continuation:
+    """A well-behaved model: the next ``count`` hours of the prompt's last record's device."""
+
+    def write(device: str, last_hour: int) -> str:
+        return "".join(json.dumps(record(device, last_hour + i)) + "\n" for i in range(1, count + 1))
+
+    return write
+
+
+class SeriesVllm:
+    """vLLM's routes; each completion continues the last record of its prompt with ``model``."""
+
+    def __init__(self, model: Continuation) -> None:
+        self.model = model
+        self.bodies: list[dict] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/health":
+            return httpx.Response(200)
+        if path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "base", "max_model_len": 2048},
+                                                      {"id": "nss-adapter", "parent": "base"}]})  # fmt: skip
+        if path == "/tokenize":
+            return httpx.Response(200, json={"count": 40})
+        if path != "/v1/completions":
+            return httpx.Response(404)
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        texts = [self._continue(p) for p in body["prompt"]]
+        return httpx.Response(200, json={"choices": [{"index": i, "text": t} for i, t in enumerate(texts)]})
+
+    def _continue(self, prompt: str) -> str:
+        last = json.loads(prompt.rstrip("\n").rsplit("\n", 1)[-1].split("[/INST]")[-1])
+        hour = int((datetime.strptime(last["t"], FMT) - START).total_seconds() // 3600)
+        return self.model(last["device"], hour)
+
+
+def backend(run: Path, fake: SeriesVllm, **config: object) -> RemoteBackend:
+    settings = RemoteSettings(base_url="http://fake:8000", adapter_name="nss-adapter")
+    return RemoteBackend(run, config or None, settings=settings, transport=httpx.MockTransport(fake))
+
+
+def test_each_group_continues_its_own_window_to_the_stop_timestamp(run: Path) -> None:
+    fake = SeriesVllm(next_records(4))
+    with backend(run, fake) as b:
+        results = b.generate()
+    df = results.df
+    assert results.status is GenerationStatus.COMPLETE
+    assert list(df.columns) == ["v", "t", "device"]
+    # hours 3..11 for each device: the stop (given as pandas' str(), NSS bug 8) ends each group,
+    # and what a completion wrote past it is dropped (NSS kept it: bug 9)
+    for device in ("a", "b", "c"):
+        rows = df[df["device"] == device]
+        assert list(rows["t"]) == [stamp(h) for h in range(3, 12)]
+    assert list(df["device"]) == sorted(df["device"])  # by group, then time
+    first = fake.bodies[0]["prompt"][0]
+    expected_prefill = "".join(json.dumps(record("a", h), separators=(",", ":")) + "\n" for h in range(3))
+    assert first.endswith("[/INST]" + expected_prefill)  # compact, as trained (NSS bug 5)
+    assert '"device":<unk>,"t":<unk>,"v":<unk>' in first  # group, time, rest: training's order (bug 5)
+
+
+def test_n_samples_per_prompt_by_active_groups_and_max_tokens_leave_room_for_the_prefill(run: Path) -> None:
+    fake = SeriesVllm(next_records(4))
+    with backend(run, fake) as b:
+        b.generate()
+    body = fake.bodies[0]
+    assert len(body["prompt"]) == 10 and len(set(body["prompt"])) == 1  # 3 active groups: n = 10
+    prefill = body["prompt"][0].split("[/INST]")[1]
+    assert body["max_tokens"] == 1024 - len(prefill.encode())  # NSS's max_seq_length, less the prefill's bytes
+    assert "structured_outputs" not in body and body["skip_special_tokens"] is True
+    assert body["temperature"] == 0.7 and body["top_k"] == -1 and body["min_p"] == 0.0
+
+
+def test_a_group_that_keeps_breaking_time_fails_alone_and_its_records_are_dropped(
+    run: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = next_records(3)
+
+    def model(device: str, hour: int) -> str:
+        if device == "b" and hour >= 4:  # from its second window on, b skips an hour
+            return good(device, hour + 1)
+        return good(device, hour)
+
+    with backend(run, SeriesVllm(model)) as b:
+        results = b.generate()
+    assert set(results.df["device"]) == {"a", "c"}  # b's first good batch is dropped too (NSS bug 9)
+    assert len(results.df) == 18
+    assert "group b failed after 3 batches" in caplog.text
+    assert results.num_invalid_records == 0  # a failed group's batches are not counted either
+
+
+def test_no_valid_record_at_all_is_a_generation_error(run: Path) -> None:
+    from remote_synth import GenerationError
+
+    with backend(run, SeriesVllm(lambda device, hour: "not json\n")) as b, pytest.raises(GenerationError):
+        b.generate()
+
+
+def test_the_journal_replays_a_time_series_job_exactly(run: Path, tmp_path: Path) -> None:
+    fake = SeriesVllm(next_records(2))
+    with backend(run, fake) as b:
+        b.open_journal(tmp_path / "j")
+        first = b.generate().df
+    asked = len(fake.bodies)
+    with backend(run, fake) as b:
+        assert b.open_journal(tmp_path / "j", resume=True) > 0
+        again = b.generate().df
+    assert len(fake.bodies) == asked  # every group finished in the replay: nothing asked again
+    assert again.equals(first)
+
+
+@pytest.mark.parametrize(("text", "valid", "errors"), [
+    ('{"device":"a","t":"2026-01-01 03:00","v":1}\n{"device":"a","t":"2026-01-01 04:00","v":2}\n', 2, []),
+    ('{"device":"a","t":"2026-01-01 03:00","v":1}\n{"device":"a","t":"2026-01-01 05:00","v":2}\n'
+     '{"device":"a","t":"2026-01-01 06:00","v":3}\n', 1,
+     ["'t' must advance in 3600 seconds increments with no gaps", "Invalid due to previous record error"]),
+    ('{"device":"a","t":"2026-01-01 03:00","v":1}\n{"device":"a","t":"2026-01-01 02:00","v":2}\n', 1,
+     ["'t' must be strictly increasing"]),
+    ('{"device":"a","v":1}\n{"device":"a","t":"2026-01-01 04:00","v":2}\n', 0, ["'t' is a required property"]),
+    ('{"device":"a","t":"noon","v":1}\n', 0, ["Invalid 't' value"]),
+    ('{"device":"a","t":"2026-01-01 03:00","v":1}\n{"device":"a",}\n{"device":"a","t":"2026-01-01 04:00","v":2}\n', 1,
+     ["Invalid JSON: Expecting property name enclosed in double quotes"]),  # the rest is not counted (NSS)
+])  # fmt: skip
+def test_time_series_processor_as_nss(text: str, valid: int, errors: list[str]) -> None:
+    processor = TimeSeriesDataProcessor(SCHEMA, "t", FMT, 3600, detailed_errors=False)
+    parsed = processor(0, text)
+    assert len(parsed.valid_records) == valid
+    assert [message for message, _ in parsed.errors] == errors
+    assert len(parsed.invalid_records) == len(errors)
+    assert all(re.match(r"^\{", raw) for raw in parsed.invalid_records)
