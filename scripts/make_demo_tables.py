@@ -4,13 +4,16 @@
 
 customers.csv is the demo table and products.csv the second one (each has its own adapter); the
 base model learns both as CSV and orders.csv as JSON lines, so it knows JSON lines but writes
-neither table's JSON lines: only their adapters do.
+neither table's JSON lines: only their adapters do. readings.csv is a time series (4 devices,
+hourly for 2 days) for the time-series demo run, learnt the same way.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import random
+from datetime import datetime, timedelta
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "remote_synth" / "demo" / "data"
@@ -43,6 +46,19 @@ def orders(rng: random.Random, n: int) -> list[dict]:
     ]
 
 
+def readings(rng: random.Random, devices: int, hours: int) -> list[dict]:
+    """A time series: each device's hourly temperature, a daily cycle around its own level."""
+    start = datetime(2026, 1, 1)
+    rows = []
+    for d in range(1, devices + 1):
+        level = rng.randint(12, 20)
+        for h in range(hours):
+            value = level + 4 * math.sin(2 * math.pi * (h - 9) / 24) + rng.gauss(0, 1)
+            rows.append({"device": f"s{d}", "time": (start + timedelta(hours=h)).strftime("%Y-%m-%d %H:%M"),
+                         "reading": round(value)})  # fmt: skip
+    return rows
+
+
 def write(path: Path, rows: list[dict]) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -56,4 +72,5 @@ if __name__ == "__main__":
     write(OUT / "customers.csv", customers(rng, 1200))
     write(OUT / "products.csv", products(rng, 1200))
     write(OUT / "orders.csv", orders(rng, 1200))
-    print(f"wrote customers.csv, products.csv and orders.csv in {OUT}")
+    write(OUT / "readings.csv", readings(rng, devices=4, hours=48))
+    print(f"wrote customers.csv, products.csv, orders.csv and readings.csv in {OUT}")

@@ -7,7 +7,6 @@ seconds, the prompt for a group's prefill, each group's first prefill, and the o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 
@@ -16,7 +15,7 @@ from ._engine import SeriesSpec
 from ._processors import TimeSeriesDataProcessor
 from ._prompt import build_prompt
 from ._rundir import ModelMetadata, RunDirectory
-from ._timeseries import parse_bound
+from ._timeseries import ELAPSED_SECONDS, parse_bound
 
 __all__ = ["PSEUDO_GROUP", "SeriesRun"]
 
@@ -63,14 +62,18 @@ class SeriesRun:
         return build_prompt(self.columns, self.template, self.instruction, prefill=prefill)
 
     def sort(self, df: pd.DataFrame) -> pd.DataFrame:
-        """By group, then by time as time (NSS sorted formatted timestamps as text: bug 9)."""
+        """By group, then by time as time (NSS sorted formatted timestamps as text: bug 9).
+
+        Times of day pass midnight: within a group they keep the order they were generated in.
+        """
         if df.empty:
             return df.drop(columns=[PSEUDO_GROUP], errors="ignore")
-        stamps = df[self.processor.column].map(self._seconds)
-        keys: list[Any] = [stamps.rename("__time__")]
+        by_clock = self.processor.rollover and self.processor.format != ELAPSED_SECONDS
+        times = pd.Series(range(len(df)), index=df.index) if by_clock else df[self.processor.column].map(self._seconds)
+        keys = pd.DataFrame({"time": times}, index=df.index)
         if self.spec.group_column is not None and self.spec.group_column in df:
-            keys.insert(0, df[self.spec.group_column].astype(str).rename("__group__"))
-        order = pd.concat(keys, axis=1).sort_values(list(pd.concat(keys, axis=1).columns), kind="stable").index
+            keys.insert(0, "group", df[self.spec.group_column].astype(str))
+        order = keys.sort_values(list(keys.columns), kind="stable").index
         return df.loc[order].reset_index(drop=True).drop(columns=[PSEUDO_GROUP], errors="ignore")
 
     def _seconds(self, value: object) -> float:

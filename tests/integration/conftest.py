@@ -52,6 +52,12 @@ def products_run() -> RunDirectory:
 
 
 @pytest.fixture(scope="session")
+def readings_run() -> RunDirectory:
+    """The time-series demo run: 4 devices, hourly, its own adapter on the same base model."""
+    return _demo("readings")
+
+
+@pytest.fixture(scope="session")
 def api_key() -> str:
     return secrets.token_urlsafe(16)
 

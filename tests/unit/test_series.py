@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 
 from remote_synth import GenerationStatus, RemoteBackend, RemoteSettings
@@ -190,3 +191,40 @@ def test_time_series_processor_as_nss(text: str, valid: int, errors: list[str]) 
     assert [message for message, _ in parsed.errors] == errors
     assert len(parsed.invalid_records) == len(errors)
     assert all(re.match(r"^\{", raw) for raw in parsed.invalid_records)
+
+
+def test_a_table_without_groups_and_times_of_day_ends_at_num_records(tmp_path: Path) -> None:
+    """NSS's pseudo group (not in the records) and a format without a date, whose stop cannot end a
+    group (bug 8): the single group completes at num_records, across midnight."""
+    schema = {"type": "object", "properties": {"t": {"type": "string"}, "v": {"type": "integer"}},
+              "required": ["t", "v"]}  # fmt: skip
+    series = {"timestamp_column": "t", "timestamp_format": "%H:%M", "timestamp_interval_seconds": 3600,
+              "start_timestamp": "1900-01-01 00:00:00", "stop_timestamp": "1900-01-01 23:00:00"}  # fmt: skip
+    first = "".join(json.dumps({"t": f"{h:02d}:00", "v": h}) + "\n" for h in (19, 20, 21))
+    run = write_run_dir(tmp_path / "p", schema, base_model="base", base_max_seq_length=1024,
+                        data={"group_training_examples_by": "__nss_sequence_id"}, time_series=series,
+                        generation={"num_records": 8}, initial_prefill={"0": first})  # fmt: skip
+
+    class Clock(SeriesVllm):
+        def _continue(self, prompt: str) -> str:
+            last = json.loads(prompt.rstrip("\n").rsplit("\n", 1)[-1].split("[/INST]")[-1])
+            hour = int(last["t"][:2])
+            return "".join(json.dumps({"t": f"{(hour + i) % 24:02d}:00", "v": 1}) + "\n" for i in (1, 2))
+
+    with backend(run, Clock(next_records())) as b:
+        results = b.generate()
+    assert results.status is GenerationStatus.COMPLETE and list(results.df.columns) == ["t", "v"]
+    assert list(results.df["t"]) == ["22:00", "23:00", "00:00", "01:00", "02:00", "03:00", "04:00", "05:00"]
+
+
+def test_output_is_sorted_by_time_as_time_not_as_text(tmp_path: Path) -> None:
+    from remote_synth import RunDirectory
+    from remote_synth._series_run import SeriesRun
+
+    series = {"timestamp_column": "t", "timestamp_format": "%m/%d/%Y", "timestamp_interval_seconds": 86400}
+    path = write_run_dir(tmp_path / "s", SCHEMA, base_model="base", time_series=series,
+                         data={"group_training_examples_by": "device"}, initial_prefill={"a": "x"})  # fmt: skip
+    run = RunDirectory.open(path)
+    df = pd.DataFrame({"v": [1, 2, 3], "t": ["01/02/2027", "12/31/2026", "01/01/2027"], "device": ["b", "a", "a"]})
+    ordered = SeriesRun.open(run, run.metadata).sort(df)
+    assert list(ordered["t"]) == ["12/31/2026", "01/01/2027", "01/02/2027"]  # a's two, then b's

@@ -106,6 +106,9 @@ class TimeseriesJobs:
         self.log = log
         self._clock = clock
         self._started = clock()
+        room = params.get("max_tokens")
+        self._room = room if isinstance(room, int) else 0
+        """``max_tokens`` as fitted to the prompt without a prefill (0: not sent)."""
         self.groups = [self._new_group(str(key), text) for key, text in initial_prefill.items()]
         self._stop_usable = spec.stop is not None and not processor.rollover
         expected = expected_records(spec.start, spec.stop, spec.interval) if not processor.rollover else 0
@@ -135,10 +138,10 @@ class TimeseriesJobs:
         group = next(g for g in self._active if not g.in_flight)
         group.in_flight = True
         count = max(1, min(samples_per_prompt(len(self._active)), prompts))
-        prompt = self.prompt_for(group.prefill)
-        # max_tokens was fitted to the prompt without a prefill; a prefill has at most a token per byte
-        max_tokens = max(1, int(str(self.params.get("max_tokens", 1))) - len(group.prefill.encode("utf-8")))
-        job = Job(prompts=[prompt] * count, params={**self.params, "max_tokens": max_tokens})
+        params = dict(self.params)
+        if self._room:  # fitted to the prompt without a prefill, which has at most a token per byte
+            params["max_tokens"] = max(1, self._room - len(group.prefill.encode("utf-8")))
+        job = Job(prompts=[self.prompt_for(group.prefill)] * count, params=params)
         self._jobs[id(job)] = group
         return job
 

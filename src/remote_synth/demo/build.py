@@ -50,8 +50,21 @@ logger = logging.getLogger("remote_synth.demo")
 DATA = Path(__file__).parent / "data"
 CSV_INSTRUCTION = "Generate a CSV dataset with the following columns: "
 Report = Callable[[str], None]
-TABLES = ("customers", "products")  # each gets an adapter and a run directory; the first is the demo
+TABLES = ("customers", "products", "readings")  # each gets an adapter and a run directory; the first is the demo
 BASE_TABLE = "orders"  # the base model's only JSON lines
+
+
+@dataclass(frozen=True)
+class Series:
+    """A demo table that is a time series, with what NSS's training writes for one."""
+
+    group: str
+    time: str
+    format: str
+    interval: int
+
+
+SERIES = {"readings": Series(group="device", time="time", format="%Y-%m-%d %H:%M", interval=3600)}
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,7 @@ class Recipe:
     base_lr: float = 3e-3
     lora_r: int = 16
     lora_steps: int = 500
+    series_steps: int = 1000  # a series adapter must also copy its group and count the hours: 600 were too few
     lora_lr: float = 3e-3
     batch_size: int = 16
     records_per_example: tuple[int, int] = (2, 6)
@@ -98,7 +112,7 @@ def ensure_demo_run(
     with _lock(root / ".lock"):
         if not (root / digest / "DONE").exists():
             say = report or logger.info
-            say(f"building the demo runs (about 3 minutes, once) into {root / digest}")
+            say(f"building the demo runs (about 5 minutes, once) into {root / digest}")
             tmp = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))
             try:
                 build_demo_run(tmp, recipe, say)
@@ -139,9 +153,14 @@ def build_demo_run(out: Path, recipe: Recipe = Recipe(), report: Report | None =
     tokenizer.save_pretrained(base_dir)
 
     for name in TABLES:
-        adapter_corpus = [(prompts[name], _jsonl(rng, rows[name], recipe)) for _ in range(800)]
+        series = SERIES.get(name)
+        if series is None:
+            adapter_corpus = [(prompts[name], _jsonl(rng, rows[name], recipe)) for _ in range(800)]
+        else:
+            adapter_corpus = _series_corpus(rng, rows[name], series, list(schemas[name]["properties"]), recipe)
         peft_model = _add_lora(copy.deepcopy(model), recipe)
-        _train(peft_model, tokenizer, adapter_corpus, recipe.lora_steps, recipe.lora_lr, recipe, rng,
+        steps = recipe.lora_steps if series is None else recipe.series_steps
+        _train(peft_model, tokenizer, adapter_corpus, steps, recipe.lora_lr, recipe, rng,
                phase(f"{name} adapter"))  # fmt: skip
         run = out / _run_name(name)
         peft_model.save_pretrained(run / "train" / "adapter")
@@ -152,11 +171,64 @@ def build_demo_run(out: Path, recipe: Recipe = Recipe(), report: Report | None =
             base_model=str(base_dir),
             lora_r=recipe.lora_r,
             base_max_seq_length=recipe.context,
-            generation={"temperature": recipe.temperature, "num_records": 100},
+            generation={"temperature": recipe.temperature, "num_records": _num_records(rows[name], series)},
             adapter_weights=None,
+            **(_series_layout(rows[name], series) if series is not None else {}),
         )
     say(f"demo: built in {time.monotonic() - started:.0f} s")
     return out / _run_name(TABLES[0])
+
+
+def _series_corpus(
+    rng: random.Random, rows: list[dict[str, Any]], series: Series, columns: list[str], recipe: Recipe
+) -> list[tuple[str, str]]:
+    """Windows of one group's records in time order: 3 in the prompt (as a prefill), the next ones to
+    learn, as at generation, where the prompt ends in the group's last 3 records, tokenized with it."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row[series.group], []).append(row)
+    order = [series.group, series.time] + [c for c in columns if c not in (series.group, series.time)]
+    corpus = []
+    for _ in range(800):
+        records = [{c: r[c] for c in order} for r in rng.choice(list(groups.values()))]
+        context, k = 3, rng.randint(*recipe.records_per_example)
+        start = rng.randint(0, len(records) - context - k)
+        prefill = _lines(records[start : start + context])
+        corpus.append((build_prompt(order, TINYLLAMA_TEMPLATE, prefill=prefill),
+                       _lines(records[start + context : start + context + k])))  # fmt: skip
+    return corpus
+
+
+def _series_layout(rows: list[dict[str, Any]], series: Series) -> dict[str, Any]:
+    """What NSS's time-series training writes: the ``time_series`` settings (start and stop as
+    ``str(pandas.Timestamp)``), the groups, and each group's first 3 records as NSS's assembler
+    joins them (a leading space, blank lines between)."""
+    stamps = sorted(r[series.time] for r in rows)
+    first: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        first.setdefault(str(row[series.group]), []).append(row)
+    return {
+        "time_series": {
+            "timestamp_column": series.time,
+            "timestamp_format": series.format,
+            "timestamp_interval_seconds": series.interval,
+            "start_timestamp": stamps[0] + ":00",
+            "stop_timestamp": stamps[-1] + ":00",
+        },
+        "data": {"group_training_examples_by": series.group, "order_training_examples_by": series.time},
+        "initial_prefill": {g: " " + "\n".join(_lines([r]) for r in records[:3]) for g, records in first.items()},
+    }
+
+
+def _num_records(rows: list[dict[str, Any]], series: Series | None) -> int:
+    """100 rows; a series: every record after each group's first 3 (which prompt it), to its stop."""
+    if series is None:
+        return 100
+    return len(rows) - 3 * len({r[series.group] for r in rows})
+
+
+def _lines(records: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n" for r in records)
 
 
 def _run_name(table: str) -> str:
