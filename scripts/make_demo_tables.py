@@ -5,7 +5,7 @@
 customers.csv is the demo table and products.csv the second one (each has its own adapter); the
 base model learns both as CSV and orders.csv as JSON lines, so it knows JSON lines but writes
 neither table's JSON lines: only their adapters do. readings.csv is a time series (4 devices,
-hourly for 2 days) for the time-series demo run, learnt the same way.
+hourly for a day) for the time-series demo run, learnt the same way.
 """
 
 from __future__ import annotations
@@ -72,5 +72,5 @@ if __name__ == "__main__":
     write(OUT / "customers.csv", customers(rng, 1200))
     write(OUT / "products.csv", products(rng, 1200))
     write(OUT / "orders.csv", orders(rng, 1200))
-    write(OUT / "readings.csv", readings(rng, devices=4, hours=48))
+    write(OUT / "readings.csv", readings(rng, devices=4, hours=24))
     print(f"wrote customers.csv, products.csv, orders.csv and readings.csv in {OUT}")

@@ -46,7 +46,8 @@ def test_cli_generates_every_group_to_its_stop(
     assert done.returncode == 0, done.stderr[-3000:]
     df = pd.read_csv(out, dtype={"time": str})
     check_series(df, readings_run)
-    assert len(df) == 4 * 45 and "wrote 180 rows" in done.stdout
+    expected = int(readings_run.config.generation["num_records"])  # every record after the prefills
+    assert len(df) == expected and f"wrote {expected} rows" in done.stdout
 
 
 def test_library_results_have_the_tabular_fields(server: VllmServer, api_key: str, readings_run: RunDirectory) -> None:
@@ -58,7 +59,7 @@ def test_library_results_have_the_tabular_fields(server: VllmServer, api_key: st
         "df", "status", "num_valid_records", "num_invalid_records", "num_prompts", "valid_record_fraction",
         "batch_valid_record_fractions", "elapsed_time",
     }  # fmt: skip
-    assert results.status.value == "complete" and results.num_valid_records == len(results.df) == 180
+    assert results.status.value == "complete" and results.num_valid_records == len(results.df) == backend.config.num_records
     assert results.num_prompts >= 4 * 10 and 0 < results.valid_record_fraction <= 1
     assert results.elapsed_time > 0 and results.batch_valid_record_fractions
     check_series(results.df, readings_run)

@@ -228,3 +228,31 @@ def test_output_is_sorted_by_time_as_time_not_as_text(tmp_path: Path) -> None:
     df = pd.DataFrame({"v": [1, 2, 3], "t": ["01/02/2027", "12/31/2026", "01/01/2027"], "device": ["b", "a", "a"]})
     ordered = SeriesRun.open(run, run.metadata).sort(df)
     assert list(ordered["t"]) == ["12/31/2026", "01/01/2027", "01/02/2027"]  # a's two, then b's
+
+
+def test_a_group_already_at_its_stop_completes_and_is_not_failed_for_what_is_dropped(
+    run: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records past the stop are dropped, but the batch is judged as written: good records, not none."""
+    meta_file = run / "train" / "adapter" / "metadata_v2.json"
+    meta = json.loads(meta_file.read_text())
+    meta["initial_prefill"]["b"] = "".join(json.dumps(record("b", h)) + "\n" for h in (9, 10, 11))
+    meta_file.write_text(json.dumps(meta))
+    with backend(run, SeriesVllm(next_records(4))) as b:
+        results = b.generate()
+    assert "failed" not in caplog.text and results.status is GenerationStatus.COMPLETE
+    assert set(results.df["device"]) == {"a", "c"} and len(results.df) == 18
+
+
+def test_a_group_whose_bad_last_batch_reaches_the_stop_is_complete(run: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good = next_records(1)
+
+    def model(device: str, hour: int) -> str:
+        if device == "a" and hour == 10:  # the stop's record, then junk: 4 of 5 invalid
+            return good(device, hour) + '{"device":"a",}\n' * 4
+        return good(device, hour)
+
+    with backend(run, SeriesVllm(model)) as b:
+        results = b.generate()
+    assert "failed" not in caplog.text and results.status is GenerationStatus.COMPLETE
+    assert list(results.df[results.df["device"] == "a"]["t"]) == [stamp(h) for h in range(3, 12)]

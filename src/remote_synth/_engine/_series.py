@@ -9,7 +9,9 @@ Deviations from NSS (``docs/deviations.md``), the bugs 7 and 9 of reference §8:
 - stopping is per group only (patience over that group's batches): one bad first batch in one group
   no longer stops the whole run, and no cumulative mean across groups applies;
 - a failed group's records are dropped, as NSS's documentation says (NSS kept its earlier ones);
-- records past the stop timestamp are dropped (NSS kept the whole completing response);
+- records past the stop timestamp are dropped (NSS kept the whole completing response), and a
+  group whose records reach it is complete even if that batch was a bad one (NSS went on, past
+  the stop, until the group failed);
 - a record whose group column names another group is invalid;
 - where the stop timestamp cannot end a group (none, or times of day that roll over midnight), the
   group completes at its expected record count, else at its share of ``num_records`` (NSS never
@@ -26,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .._batch import Batch
+from .._batch import Batch, valid_fraction
 from .._client import Completion
 from .._processors import TIMESERIES, TimeSeriesDataProcessor
 from .._records import ParsedResponse
@@ -188,7 +190,10 @@ class TimeseriesJobs:
         for response in responses:
             self._check_group_and_first_step(group, response)
         kept = max(range(len(responses)), key=lambda i: (len(responses[i].valid_records), -i)) if responses else 0
-        reached = self._keep_until_stop(responses[kept]) if responses else False
+        best = responses[kept] if responses else ParsedResponse()
+        # judged as written: records past the stop are good records, only not wanted
+        metric = 1.0 - valid_fraction(len(best.valid_records), len(best.invalid_records))
+        reached = self._keep_until_stop(best)
         batch = Batch()
         for i, response in enumerate(responses):
             if i != kept:
@@ -196,7 +201,7 @@ class TimeseriesJobs:
                 response.errors.append(TRIMMED)
             batch.add_response(response)
         self._advance(group, responses[kept].valid_records if responses else [])
-        self._judge(group, batch, reached)
+        self._judge(group, batch, metric, reached)
 
     def _check_group_and_first_step(self, group: _Group, response: ParsedResponse) -> None:
         """NSS's chronological check of a completion's first record against the group's last one,
@@ -236,9 +241,13 @@ class TimeseriesJobs:
         last = self._stamp(records[-1])
         group.last = last if last is not None else group.last
 
-    def _judge(self, group: _Group, batch: Batch, reached_stop: bool) -> None:
+    def _judge(self, group: _Group, batch: Batch, metric: float, reached_stop: bool) -> None:
+        """NSS's per-group rule on the kept completion's invalid fraction (``metric``), except that a
+        group whose records reach the stop is complete: nothing after it is wanted (NSS went on
+        past it, into times the adapter never saw, until the group failed)."""
         batch.log_summary(detailed_errors=self.detailed_errors)
-        if batch.stopping_metric >= self.threshold:
+        at_stop = reached_stop or (self._stop_usable and group.last is not None and group.last >= (self.spec.stop or 0))
+        if metric >= self.threshold and not at_stop:
             group.bad_batches += 1
             if group.bad_batches >= self.patience:
                 self._finish(group, "failed")
@@ -248,7 +257,7 @@ class TimeseriesJobs:
             group.bad_batches = 0
             group.batches.append(batch)
             group.valid += batch.num_valid_records
-            if reached_stop or (not self._stop_usable and group.valid >= self._quota):
+            if at_stop or (not self._stop_usable and group.valid >= self._quota):
                 self._finish(group, "completed")
         self._report()
 
