@@ -59,7 +59,10 @@ def test_library_results_have_the_tabular_fields(server: VllmServer, api_key: st
         "df", "status", "num_valid_records", "num_invalid_records", "num_prompts", "valid_record_fraction",
         "batch_valid_record_fractions", "elapsed_time",
     }  # fmt: skip
-    assert results.status.value == "complete" and results.num_valid_records == len(results.df) == backend.config.num_records
+    assert (
+        results.status.value == "complete"
+        and results.num_valid_records == len(results.df) == backend.config.num_records
+    )
     assert results.num_prompts >= 4 * 10 and 0 < results.valid_record_fraction <= 1
     assert results.elapsed_time > 0 and results.batch_valid_record_fractions
     check_series(results.df, readings_run)
