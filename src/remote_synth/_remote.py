@@ -105,6 +105,9 @@ class RemoteBackend(GeneratorBackend):
             self.processor: Processor = self.series.processor
             self.prompt = self.series.prompt("")  # the preflight's; each job ends in its group's prefill
             self.structured_outputs: dict[str, Any] | None = None  # NSS sends none for time series
+            if self.config.use_structured_generation:
+                logger.warning("time-series runs generate without structured outputs, as NSS's do: "
+                               "use_structured_generation is ignored")  # fmt: skip
         else:
             self.processor = create_processor(
                 self.run.schema,

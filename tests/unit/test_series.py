@@ -256,3 +256,13 @@ def test_a_group_whose_bad_last_batch_reaches_the_stop_is_complete(run: Path, ca
         results = b.generate()
     assert "failed" not in caplog.text and results.status is GenerationStatus.COMPLETE
     assert list(results.df[results.df["device"] == "a"]["t"]) == [stamp(h) for h in range(3, 12)]
+
+
+def test_structured_generation_is_not_sent_for_time_series_and_says_so(
+    run: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = SeriesVllm(next_records(4))
+    with backend(run, fake, use_structured_generation=True) as b:
+        b.generate()
+    assert all("structured_outputs" not in body for body in fake.bodies)
+    assert "use_structured_generation is ignored" in caplog.text
