@@ -530,16 +530,17 @@ def _generate(backend: Any, target: OutputFile) -> GenerateJobResults:
         raise
     except GenerationError as exc:
         _save_partial(backend, target)
-        raise GenerationFailed(f"{exc}{_remedies(backend.config)}") from exc
+        raise GenerationFailed(f"{exc}{_remedies(backend.config, series=backend.series is not None)}") from exc
     except RemoteSynthError as exc:
         _save_partial(backend, target)
         raise GenerationFailed(str(exc)) from exc
 
 
-def _remedies(config: GenerateParameters) -> str:
-    """The command-line spelling of the library's advice on invalid records, for this job's settings."""
+def _remedies(config: GenerateParameters, *, series: bool = False) -> str:
+    """The command-line spelling of the library's advice on invalid records, for this job's settings
+    (time series generate without structured outputs, as in NSS)."""
     flags = [f"--temperature {config.temperature / 2:g}"] if config.temperature > 0.05 else []
-    if not config.use_structured_generation:
+    if not config.use_structured_generation and not series:
         flags.append("--use-structured-generation")
     return f" On the command line: {' or '.join(flags)}." if flags else ""
 
