@@ -201,6 +201,11 @@ class TimeSeriesDataProcessor(Processor):
             shown = f" '{value}': {exc}" if self.validator.detailed_errors else ""
             return (f"Invalid '{self.column}' value{shown}", TIMESERIES)
 
+    def seconds(self, record: dict[str, Any]) -> float | None:
+        """The record's time in seconds, or None when it has no readable one."""
+        stamp = self.timestamp(record)
+        return None if isinstance(stamp, tuple) else stamp
+
     def _step_problem(self, previous: float | None, current: float) -> ErrorTuple | None:
         if self.interval is None:
             return None

@@ -69,13 +69,19 @@ class SeriesRun:
         if df.empty:
             return df.drop(columns=[PSEUDO_GROUP], errors="ignore")
         by_clock = self.processor.rollover and self.processor.format != ELAPSED_SECONDS
-        times = pd.Series(range(len(df)), index=df.index) if by_clock else df[self.processor.column].map(self._seconds)
+        column = self.processor.column
+        times = (
+            pd.Series(range(len(df)), index=df.index)
+            if by_clock
+            else df[column].map(lambda v: _or_last(self.processor.seconds({column: v})))
+        )
         keys = pd.DataFrame({"time": times}, index=df.index)
         if self.spec.group_column is not None and self.spec.group_column in df:
             keys.insert(0, "group", df[self.spec.group_column].astype(str))
         order = keys.sort_values(list(keys.columns), kind="stable").index
         return df.loc[order].reset_index(drop=True).drop(columns=[PSEUDO_GROUP], errors="ignore")
 
-    def _seconds(self, value: object) -> float:
-        stamp = self.processor.timestamp({self.processor.column: value})
-        return float("inf") if isinstance(stamp, tuple) else stamp
+
+def _or_last(seconds: float | None) -> float:
+    """An unreadable time sorts last (it cannot be in the output: such records are invalid)."""
+    return float("inf") if seconds is None else seconds

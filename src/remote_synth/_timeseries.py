@@ -45,8 +45,12 @@ def parse_timestamp(value: object, fmt: str) -> float:
     times of day since midnight. Raises ``ValueError`` (or ``TypeError``) on a value it cannot read."""
     if fmt == ELAPSED_SECONDS:
         return int(float(value))  # type: ignore[arg-type]  # NSS's int(float(v)): str, int or float
-    parsed = datetime.strptime(str(value), fmt)
-    if allows_rollover(fmt):
+    return _seconds(datetime.strptime(str(value), fmt), time_of_day=allows_rollover(fmt))
+
+
+def _seconds(parsed: datetime, *, time_of_day: bool) -> float:
+    """Since midnight for a time of day; else since the epoch (a naive value is UTC, as in NSS)."""
+    if time_of_day:
         return parsed.hour * 3600 + parsed.minute * 60 + parsed.second + parsed.microsecond / 1e6
     if parsed.tzinfo is not None:
         return parsed.timestamp()
@@ -70,11 +74,7 @@ def parse_bound(value: object, fmt: str) -> float | None:
         parsed = datetime.fromisoformat(str(value))
     except ValueError:
         return None
-    if allows_rollover(fmt) and fmt != ELAPSED_SECONDS:
-        return parsed.hour * 3600 + parsed.minute * 60 + parsed.second + parsed.microsecond / 1e6
-    if parsed.tzinfo is not None:
-        return parsed.timestamp()
-    return calendar.timegm(parsed.timetuple()) + parsed.microsecond / 1e6
+    return _seconds(parsed, time_of_day=allows_rollover(fmt) and fmt != ELAPSED_SECONDS)
 
 
 def step_problem(previous: float | None, current: float, interval: float, *, rollover: bool) -> StepProblem | None:

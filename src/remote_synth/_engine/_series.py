@@ -120,7 +120,7 @@ class TimeseriesJobs:
 
     def _new_group(self, key: str, initial: str) -> _Group:
         records = _records_in(initial)
-        stamps = [self._stamp(r) for r in records]
+        stamps = [self.processor.seconds(r) for r in records]
         last = stamps[-1] if stamps and stamps[-1] is not None else None
         # NSS's first prefill has a leading space and blank lines (bug 5): written again as trained
         return _Group(key, prefill(records[-RECENT:]) if records else initial, last, records[-RECENT:])
@@ -215,7 +215,7 @@ class TimeseriesJobs:
                 records = response.valid_records
         if not records or self.spec.interval is None or group.last is None:
             return
-        first = self._stamp(records[0])
+        first = self.processor.seconds(records[0])
         rollover = self.processor.rollover
         if first is None or step_problem(group.last, first, self.spec.interval, rollover=rollover) is not None:
             _move(response, list(records), OUT_OF_ORDER)
@@ -225,7 +225,7 @@ class TimeseriesJobs:
         stop = self.spec.stop
         if stop is None or not self._stop_usable:
             return False
-        stamps = [self._stamp(r) for r in response.valid_records]
+        stamps = [self.processor.seconds(r) for r in response.valid_records]
         reached = any(s is not None and s >= stop for s in stamps)
         response.valid_records = [
             r for r, s in zip(response.valid_records, stamps, strict=True) if s is None or s <= stop
@@ -238,7 +238,7 @@ class TimeseriesJobs:
             return
         group.recent = (group.recent + records)[-RECENT:]
         group.prefill = prefill(group.recent)
-        last = self._stamp(records[-1])
+        last = self.processor.seconds(records[-1])
         group.last = last if last is not None else group.last
 
     def _judge(self, group: _Group, batch: Batch, metric: float, reached_stop: bool) -> None:
@@ -299,10 +299,6 @@ class TimeseriesJobs:
                             elapsed=self._clock() - self._started)  # fmt: skip
         if self.on_batch is not None:
             self.on_batch(progress)
-
-    def _stamp(self, record: dict[str, Any]) -> float | None:
-        stamp = self.processor.timestamp(record)
-        return None if isinstance(stamp, tuple) else stamp
 
 
 def _move(response: ParsedResponse, records: list[dict[str, Any]], error: tuple[str, str]) -> None:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .._prompt import build_prompt
+from .._timeseries import prefill
 from .layout import TINYLLAMA_TEMPLATE, write_run_dir
 
 __all__ = ["TABLES", "Recipe", "build_demo_run", "cache_root", "ensure_demo_run", "infer_schema"]
@@ -193,9 +194,9 @@ def _series_corpus(
         records = [{c: r[c] for c in order} for r in rng.choice(list(groups.values()))]
         context, k = 3, rng.randint(*recipe.records_per_example)
         start = rng.randint(0, len(records) - context - k)
-        prefill = _lines(records[start : start + context])
-        corpus.append((build_prompt(order, TINYLLAMA_TEMPLATE, prefill=prefill),
-                       _lines(records[start + context : start + context + k])))  # fmt: skip
+        window = prefill(records[start : start + context])
+        corpus.append((build_prompt(order, TINYLLAMA_TEMPLATE, prefill=window),
+                       prefill(records[start + context : start + context + k])))  # fmt: skip
     return corpus
 
 
@@ -216,7 +217,7 @@ def _series_layout(rows: list[dict[str, Any]], series: Series) -> dict[str, Any]
             "stop_timestamp": stamps[-1] + ":00",
         },
         "data": {"group_training_examples_by": series.group, "order_training_examples_by": series.time},
-        "initial_prefill": {g: " " + "\n".join(_lines([r]) for r in records[:3]) for g, records in first.items()},
+        "initial_prefill": {g: " " + "\n".join(prefill([r]) for r in records[:3]) for g, records in first.items()},
     }
 
 
@@ -225,10 +226,6 @@ def _num_records(rows: list[dict[str, Any]], series: Series | None) -> int:
     if series is None:
         return 100
     return len(rows) - 3 * len({r[series.group] for r in rows})
-
-
-def _lines(records: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n" for r in records)
 
 
 def _run_name(table: str) -> str:
@@ -266,8 +263,7 @@ def _read(path: Path) -> list[dict[str, Any]]:
 
 def _jsonl(rng: random.Random, rows: list[dict[str, Any]], recipe: Recipe) -> str:
     """Training text as NSS writes it (pandas to_json lines: compact, one record a line)."""
-    k = rng.randint(*recipe.records_per_example)
-    return "".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n" for r in rng.sample(rows, k))
+    return prefill(rng.sample(rows, rng.randint(*recipe.records_per_example)))
 
 
 def _csv(rng: random.Random, rows: list[dict[str, Any]], recipe: Recipe) -> str:
