@@ -29,15 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fakes.sim_vllm import SCHEMA, SimulatedVllm  # noqa: E402
 
-from remote_synth import (  # noqa: E402
-    Batch,
-    GenerationBatches,
-    InferenceClient,
-    RemoteBackend,
-    RemoteSettings,
-    TabularDataProcessor,
-)
+from remote_synth import RemoteBackend, RemoteSettings
+from remote_synth._transport import InferenceClient
 from remote_synth.demo.layout import write_run_dir  # noqa: E402
+from remote_synth.nss import Batch, GenerationBatches, TabularDataProcessor
 
 RECORDS_PER_PROMPT = 5  # about; the simulator writes 3..7 lines, 5 % of them invalid
 

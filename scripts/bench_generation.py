@@ -33,18 +33,11 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from remote_synth import (
-    Batch,
-    GenerationBatches,
-    InferenceClient,
-    RemoteBackend,
-    RemoteSettings,
-    RunDirectory,
-    ServerSettings,
-    VllmServer,
-    launch_settings,
-)
+from remote_synth import RemoteBackend, RemoteSettings, RunDirectory
+from remote_synth._server import ServerSettings, VllmServer, launch_settings
+from remote_synth._transport import InferenceClient
 from remote_synth.demo.build import ensure_demo_run
+from remote_synth.nss import Batch, GenerationBatches
 
 OVERSHOOT: list[float] = []
 """Ours: prompts sent but not used / prompts used, per run."""

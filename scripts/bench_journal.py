@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
 from fakes.sim_vllm import SCHEMA, records_text  # noqa: E402
 
-from remote_synth import GenerationBatches, Journal  # noqa: E402
-from remote_synth._client import Completion  # noqa: E402
 from remote_synth._engine import Job, TabularJobs  # noqa: E402
-from remote_synth._processors import TabularDataProcessor  # noqa: E402
+from remote_synth._io import Journal  # noqa: E402
+from remote_synth._transport.types import Completion  # noqa: E402
+from remote_synth.nss import GenerationBatches
+from remote_synth.nss.processors import TabularDataProcessor  # noqa: E402
 
 TARGET = 10**9
 

@@ -22,7 +22,7 @@ import time
 
 import jsonschema
 
-from remote_synth import TabularDataProcessor
+from remote_synth.nss import TabularDataProcessor
 
 SCHEMA = {
     "type": "object",

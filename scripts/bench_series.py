@@ -29,10 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fakes.sim_vllm import SimulatedVllm  # noqa: E402
 
-from remote_synth import GenerationBatches, InferenceClient, RemoteBackend, RemoteSettings  # noqa: E402
+from remote_synth import RemoteBackend, RemoteSettings  # noqa: E402
 from remote_synth._engine import TimeseriesJobs  # noqa: E402
-from remote_synth._preflight import check_server  # noqa: E402
+from remote_synth._transport import InferenceClient
+from remote_synth._transport.preflight import check_server  # noqa: E402
 from remote_synth.demo.layout import write_run_dir  # noqa: E402
+from remote_synth.nss import GenerationBatches
 
 FMT = "%Y-%m-%d %H:%M"
 START = datetime(2026, 1, 1)

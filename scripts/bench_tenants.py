@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fakes.sim_vllm import SCHEMA, SimulatedVllm  # noqa: E402
 
-from remote_synth import GenerationBatches, InferenceClient, TabularDataProcessor  # noqa: E402
 from remote_synth._engine import Scheduler, TabularJobs, WindowPolicy, WindowSettings  # noqa: E402
+from remote_synth._transport import InferenceClient  # noqa: E402
+from remote_synth.nss import GenerationBatches, TabularDataProcessor
 
 
 async def tenant(sim: SimulatedVllm, records: int) -> tuple[int, float]:

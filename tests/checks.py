@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from remote_synth import RecordValidator, RunDirectory
+from remote_synth import RunDirectory
+from remote_synth.nss import RecordValidator
 
 
 def rows_valid(df: pd.DataFrame, run: RunDirectory) -> list[str]:

@@ -1,112 +1,59 @@
-"""remote-synth: NSS-compatible synthetic table generation against a remote vLLM server."""
+"""remote-synth: NSS-compatible synthetic table generation against a remote vLLM server.
 
-from ._backend import GeneratorBackend
-from ._batch import Batch, error_statistics, normalize_dataframe
-from ._client import InferenceClient, ServerLoad, TimeoutPolicy
-from ._config import GenerateParameters, RemoteSettings, ValidationParameters
-from ._engine import EngineStats, Progress
+The names here are the library's surface: the backend, its settings and parameters, the results,
+and the errors. Everything else is importable from its layer: ``remote_synth.nss`` (what NSS
+means: run directories, processors, records, batches), and the private layers ``_engine``,
+``_transport``, ``_server``, ``_io`` and ``_cli`` (see docs/architecture.md).
+"""
+
+from ._backend import RemoteBackend
+from ._engine import Progress
 from ._exceptions import (
     APIConnectionError,
     APIError,
     APIStatusError,
-    APITimeoutError,
-    AuthenticationError,
     BackendStateError,
-    BadRequestError,
     ConfigError,
     GenerationError,
     JournalMismatchError,
-    MalformedResponseError,
-    NotFoundError,
     RemoteSynthError,
     RunDirError,
-    ServerCheckError,
     ServerError,
-    ServerOverloadedError,
     ServerStartError,
     StorageError,
-    UnsupportedSchemaError,
 )
-from ._journal import Journal
-from ._launch import adapter_name_for, launch_settings
-from ._processors import GroupedDataProcessor, Processor, TabularDataProcessor, create_processor
-from ._prompt import DEFAULT_INSTRUCTION, build_prompt
-from ._records import ParsedResponse, RecordValidator, extract_records
-from ._remote import RemoteBackend
-from ._results import (
+from ._settings import RemoteSettings
+from .nss import (
     GenerateJobResults,
-    GenerationBatches,
+    GenerateParameters,
     GenerationStatus,
-    GenerationStopCondition,
-    RunningStatistics,
+    GeneratorBackend,
+    RunDirectory,
+    ValidationParameters,
 )
-from ._retry import RetryPolicy
-from ._rundir import AdapterConfig, ModelMetadata, NSSConfig, PromptConfig, RunDirectory
-from ._server import ServerSettings, VllmServer
-from ._structured import build_json_based_regex, build_record_regex, structured_outputs_payload
 
 __all__ = [
-    "DEFAULT_INSTRUCTION",
     "APIConnectionError",
     "APIError",
     "APIStatusError",
-    "APITimeoutError",
-    "AdapterConfig",
-    "AuthenticationError",
     "BackendStateError",
-    "BadRequestError",
-    "Batch",
-    "EngineStats",
     "ConfigError",
     "GenerateJobResults",
     "GenerateParameters",
-    "GenerationBatches",
     "GenerationError",
     "GenerationStatus",
-    "GenerationStopCondition",
     "GeneratorBackend",
-    "GroupedDataProcessor",
-    "InferenceClient",
-    "Journal",
     "JournalMismatchError",
-    "MalformedResponseError",
-    "ModelMetadata",
-    "NSSConfig",
-    "NotFoundError",
-    "ParsedResponse",
-    "Processor",
     "Progress",
-    "PromptConfig",
-    "RecordValidator",
     "RemoteBackend",
     "RemoteSettings",
     "RemoteSynthError",
-    "RetryPolicy",
     "RunDirError",
     "RunDirectory",
-    "RunningStatistics",
-    "ServerCheckError",
     "ServerError",
-    "ServerLoad",
-    "ServerOverloadedError",
-    "ServerSettings",
     "ServerStartError",
     "StorageError",
-    "TabularDataProcessor",
-    "TimeoutPolicy",
-    "UnsupportedSchemaError",
     "ValidationParameters",
-    "VllmServer",
-    "adapter_name_for",
-    "build_json_based_regex",
-    "build_prompt",
-    "build_record_regex",
-    "create_processor",
-    "error_statistics",
-    "extract_records",
-    "launch_settings",
-    "normalize_dataframe",
-    "structured_outputs_payload",
 ]
 
 __version__ = "0.1.0"

@@ -1,91 +1,449 @@
-"""The generation contract every backend follows (NSS ``generation/backend.py``).
+"""``RemoteBackend``: NSS's generation contract against a vLLM OpenAI-compatible server.
 
-Lifecycle: ``initialize()`` → ``prepare_params(**kwargs)`` → ``generate()``
-[→ ``generate()`` …] → ``teardown()``. Callers run it inside ``try/finally``
-so ``teardown()`` always runs; it must be idempotent and each cleanup step
-isolated, so one failing step never skips the others.
+A facade: it reads the NSS run directory, reaches a running server
+(``base_url``) or launches and owns one (``_launch``), checks it (``_preflight``),
+and hands generation to the engine (``_engine``): a scheduler that keeps the
+server full and NSS's batch accounting over the completions it brings back.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
-from abc import ABC, abstractmethod
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from ._results import DataActionsFn, GenerateJobResults
+import httpx
+from pydantic import BaseModel
 
-__all__ = ["GeneratorBackend"]
+from ._engine import (
+    EngineStats,
+    Progress,
+    Recovery,
+    Scheduler,
+    TabularJobs,
+    TimeseriesJobs,
+    WindowPolicy,
+    WindowSettings,
+)
+from ._engine.loop_thread import LoopThread
+from ._engine.sampling import request_body, sampling_fields
+from ._engine.series import SeriesRun
+from ._exceptions import BackendStateError, ConfigError
+from ._io.journal import Journal
+from ._server.launch import adapter_name_for, launch_settings
+from ._server.supervisor import run_supervised
+from ._server.vllm import ServerSettings, VllmServer
+from ._settings import RemoteSettings
+from ._transport.adapters import register_adapter, unregister_adapter
+from ._transport.client import InferenceClient, TimeoutPolicy
+from ._transport.preflight import check_server, server_is_back, wait_for_server
+from ._transport.retry import RetryPolicy
+from ._transport.types import ServerInfo
+from .nss.contract import GeneratorBackend
+from .nss.params import GenerateParameters
+from .nss.processors import Processor, create_processor
+from .nss.prompt import build_prompt
+from .nss.results import DataActionsFn, GenerateJobResults, GenerationBatches, GenerationStatus
+from .nss.rundir import ModelMetadata, RunDirectory
+from .nss.structured import structured_outputs_payload
 
-logger = logging.getLogger("remote_synth.backend")
+__all__ = ["RemoteBackend"]
 
-_CONTRACT = ("initialize", "prepare_params", "generate", "teardown")
+logger = logging.getLogger("remote_synth.remote")
 
 
-class GeneratorBackend(ABC):
-    """Abstract generator backend.
+class RemoteBackend(GeneratorBackend):
+    """Generate through a vLLM server that serves the run's LoRA adapter.
 
     ```python
-    backend = SomeBackend(config, model_metadata, workdir)
-    try:
-        backend.initialize()
-        backend.prepare_params(temperature=0.7)
-        results = backend.generate()
-    finally:
-        backend.teardown()
+    with RemoteBackend("runs/cfg---data/2026-01-01", settings=RemoteSettings(base_url="http://gpu:8000")) as b:
+        b.prepare_params(temperature=0.7)
+        results = b.generate()            # NSS's GenerateJobResults
     ```
+    Without ``base_url`` a local server is launched on ``initialize()`` and stopped on ``teardown()``.
     """
 
-    #: The function that produces completions, set by ``initialize``.
-    gen_method: Callable[..., Any] | None = None
-    #: The last ``generate()`` results.
-    gen_results: GenerateJobResults | None = None
-    config: Any = None
-    model_metadata: Any = None
-    #: True when generation happens on another process or host.
-    remote: bool = False
-    #: Seconds the last ``generate()`` took.
-    elapsed_time: float = 0.0
-    workdir: Path | None = None
+    remote = True
 
-    @classmethod
-    def __subclasshook__(cls, subclass: type) -> bool:
-        """Structural check with the contract's real method names, for this ABC only.
+    def __init__(
+        self,
+        workdir: str | Path | RunDirectory | Any,
+        config: GenerateParameters | Mapping[str, Any] | Any | None = None,
+        model_metadata: ModelMetadata | Any | None = None,
+        *,
+        settings: RemoteSettings | None = None,
+        use_detailed_logs: bool | None = None,
+        on_batch: Callable[[Progress], None] | None = None,
+        on_status: Callable[[str], None] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.transport = transport  # a test seam: a fake transport instead of the network
+        self.run = _run_directory(workdir).check()
+        self.workdir = self.run.path
+        self.settings = settings if settings is not None else RemoteSettings.load()
+        self.config = _generation_parameters(config, self.run)
+        self.model_metadata = _model_metadata(model_metadata, self.run)
+        self.use_detailed_logs = self.settings.use_detailed_logs if use_detailed_logs is None else use_detailed_logs
+        self.on_batch = on_batch
+        self.on_status = on_status
+        """Told what ``initialize()`` waits for ("starting vLLM… 35 s"), about every second."""
+        self.columns = self.run.columns
+        prompt_config = self.model_metadata.prompt_config
+        self.group_by = self.run.config.data.group_training_examples_by
+        self.series = (
+            SeriesRun.open(self.run, self.model_metadata, self.config.validation, self.use_detailed_logs)
+            if self.run.is_timeseries
+            else None
+        )
+        """A time-series run's settings (None for tabular and grouped runs)."""
+        self.adapter_name = self.settings.adapter_name or adapter_name_for(self.run)
+        if self.series is not None:
+            self.processor: Processor = self.series.processor
+            self.prompt = self.series.prompt("")  # the preflight's; each job ends in its group's prefill
+            self.structured_outputs: dict[str, Any] | None = None  # NSS sends none for time series
+            if self.config.use_structured_generation:
+                logger.warning("time-series runs generate without structured outputs, as NSS's do: "
+                               "use_structured_generation is ignored")  # fmt: skip
+        else:
+            self.processor = create_processor(
+                self.run.schema,
+                group_by=self.group_by,
+                order_by=self.run.config.data.order_training_examples_by,
+                bos_token=prompt_config.bos_token,
+                eos_token=prompt_config.eos_token,
+                validation=self.config.validation,
+                detailed_errors=self.use_detailed_logs,
+            )
+            self.prompt = build_prompt(self.columns, prompt_config.template, self.model_metadata.instruction)
+            self.structured_outputs = structured_outputs_payload(
+                self.config,
+                self.run.schema,
+                grouped=self.group_by is not None,
+                bos_token=prompt_config.bos_token,
+                eos_token=prompt_config.eos_token,
+                max_sequences_per_example=self.run.config.max_sequences_per_example,
+            )
+        self.server: VllmServer | None = None
+        self.server_info: ServerInfo | None = None
+        self.engine_stats: EngineStats | None = None
+        """What the last ``generate()`` sent: requests, prompts sent, retries, window readings."""
+        self.journal: Journal | None = None
+        """Where ``generate()`` keeps the completions it uses (``open_journal``), if anywhere."""
+        self._replay: list[list[str]] = []
+        self._loaded_adapter = False
+        """Whether this backend registered its adapter on the server (and so unloads it)."""
+        self._client: InferenceClient | None = None
+        self._loop: LoopThread | None = None
+        self._params: dict[str, Any] | None = None
+        self._torn_down = False
 
-        NSS's hook looked for methods that do not exist (``prepare_args``,
-        ``load``), ignored ``teardown`` and applied to every subclass.
-        """
-        if cls is not GeneratorBackend:
-            return NotImplemented
-        if all(callable(getattr(subclass, name, None)) for name in _CONTRACT):
-            return True
-        return NotImplemented
+    # -- lifecycle -------------------------------------------------------------------------
 
-    @abstractmethod
     def initialize(self) -> None:
-        """Acquire what generation needs (an engine, a server, a connection)."""
+        """Reach (or launch) the server and check it can serve this job."""
+        if self._client is not None:  # initialized twice: release the first round first
+            self.teardown()
+        self._torn_down = False
+        try:
+            self._loop = LoopThread()
+            base_url, api_key = self._server_address()
+            self._client = InferenceClient(
+                base_url,
+                api_key=api_key,
+                timeouts=TimeoutPolicy(read=self.settings.request_timeout),
+                retry=RetryPolicy(deadline=self.settings.retry_deadline),
+                max_concurrency=self.settings.max_concurrency,
+                prompts_per_request=self.settings.prompts_per_request,
+                headers=self._headers(),
+                ca_bundle=self.settings.ca_bundle,
+                transport=self.transport,
+            )
+            lazy = self.settings.adapter_check == "lazy"
+            if self.settings.wait_for_server > 0:
+                self._loop.run(self._wait_for_server(self._client, health_only=lazy or self.settings.load_adapter))
+            if self.settings.load_adapter:
+                self._loop.run(self._register_adapter(self._client))
+            self.server_info = self._loop.run(
+                check_server(self._client, self.adapter_name, self.prompt, self.structured_outputs, lazy=lazy)
+            )
+            self.gen_method = self.generate
+        except BaseException:
+            self.teardown()
+            raise
 
-    @abstractmethod
+    def _headers(self) -> dict[str, str]:
+        """The tenant's headers: the session-affinity one first, so an explicit ``--header`` wins."""
+        s = self.settings
+        affinity = {s.session_header: self.adapter_name} if s.session_affinity else {}
+        return {**affinity, **s.extra_headers}
+
     def prepare_params(self, **kwargs: Any) -> None:
-        """Set sampling parameters (NSS names); ``generate()`` uses them as given."""
+        """Sampling parameters under NSS's names; ``generate()`` uses exactly these (see ``sampling_fields``)."""
+        self._params = sampling_fields(kwargs, self.config)
 
-    @abstractmethod
+    def open_journal(self, path: str | Path, *, resume: bool = False) -> int:
+        """Keep the completions ``generate()`` uses in a journal at ``path``; returns those replayed.
+
+        With ``resume`` an existing journal must be this job's (same adapter, schema, prompt and
+        settings, else ``JournalMismatchError`` naming the field), and ``generate()`` first
+        replays it: the job continues where it stopped, nothing lost and nothing counted twice.
+        Call after ``initialize()`` and ``prepare_params()``.
+        """
+        if self.server_info is None:
+            raise BackendStateError("call initialize() (and prepare_params()) before open_journal()")
+        journal = Journal(path, self.job_header())
+        self._replay = journal.open(resume=resume)
+        self.journal = journal
+        keys = 1 if self.series is not None else 0  # a time-series entry names its group first
+        return sum(len(entry) - keys for entry in self._replay)
+
+    def job_header(self) -> dict[str, object]:
+        """What makes two runs the same job: adapter, schema, prompt, settings and the request's sampling."""
+        assert self.server_info is not None
+        body = self._sampling_body(self.server_info)  # tenant fields (priority…) may change on resume
+        header: dict[str, object] = {
+            "adapter": self.adapter_name,
+            "schema": _digest(self.run.schema),
+            "prompt": _digest(self.prompt),
+        }
+        header.update(_flatten(self.config.model_dump(mode="json")))
+        header.update({f"request.{k}": v for k, v in sorted(body.items()) if k != "structured_outputs"})
+        header["request.structured_outputs"] = _digest(body.get("structured_outputs"))
+        return header
+
     def generate(self, data_actions_fn: DataActionsFn | None = None) -> GenerateJobResults:
-        """Generate until the target, a stop condition or an error."""
-
-    @abstractmethod
-    def teardown(self) -> None:
-        """Release everything ``initialize`` acquired; idempotent, steps isolated."""
-
-    @staticmethod
-    def run_cleanup_steps(steps: list[tuple[str, Callable[[], Any]]]) -> list[tuple[str, BaseException]]:
-        """Run every step even when one fails; return the failures for the caller to report."""
-        failures: list[tuple[str, BaseException]] = []
-        for name, step in steps:
+        """NSS's batches and stop rules, over requests that keep the server full until the target."""
+        if self._client is None or self._loop is None or self.server_info is None or self._torn_down:
+            raise BackendStateError("call initialize() before generate() (and not after teardown())")
+        batches = GenerationBatches(
+            target_num_records=self.config.num_records,
+            invalid_fraction_threshold=self.config.invalid_fraction_threshold,
+            patience=self.config.patience,
+            data_actions_fn=data_actions_fn,
+        )
+        jobs = self._jobs(batches, self._request_body(self.server_info))
+        scheduler = self._scheduler(self._client)
+        started = time.monotonic()
+        self.gen_results = None
+        try:
+            replay, self._replay = self._replay, []
+            jobs.replay(replay)
+            self._loop.run(self._run_engine(scheduler, jobs))
+        finally:  # also on failure or Ctrl-C: what came back is counted and kept
+            self.engine_stats = scheduler.stats
             try:
-                step()
-            except Exception as exc:  # noqa: BLE001 - isolation is the point
-                logger.warning("cleanup step %r failed: %s", name, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
-                failures.append((name, exc))
-        return failures
+                jobs.flush()  # runs the progress callback: a second Ctrl-C may land in it
+            finally:
+                self.elapsed_time = time.monotonic() - started
+                self.gen_results = self._results(batches, done=jobs.done)
+        batches.raise_for_status()
+        return self.gen_results
+
+    def teardown(self) -> None:
+        """Cancel in-flight requests, close the pool, stop our server; idempotent, steps isolated."""
+        if self._torn_down:
+            return
+        self._torn_down = True
+        steps: list[tuple[str, Callable[[], Any]]] = []
+        loop, client, server, journal = self._loop, self._client, self.server, self.journal
+        if loop is not None:
+            steps.append(("cancel in-flight requests", loop.cancel_all))
+            if client is not None and self._loaded_adapter:
+                name = self.adapter_name
+                steps.append(("unload the adapter we loaded", lambda: loop.run(unregister_adapter(client, name))))
+            if client is not None:
+                steps.append(("close the HTTP pool", lambda: loop.run(client.aclose())))
+            steps.append(("stop the event loop", loop.close))
+        if server is not None:
+            steps.append(("stop the vLLM server we launched", server.stop))
+        if journal is not None:
+            steps.append(("close the journal", journal.close))
+        self.run_cleanup_steps(steps)
+        self._loaded_adapter = False
+        self._client = self._loop = None
+        self.gen_method = None
+
+    def __enter__(self) -> RemoteBackend:
+        self.initialize()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.teardown()
+
+    def __del__(self) -> None:
+        """Collected without ``teardown()``: release everything without waiting on anything.
+
+        The collector can run on any thread, the loop's own included, so nothing here waits
+        on the loop: the server's group is killed, and the pool is closed by the loop itself
+        as its last task before it stops.
+        """
+        if getattr(self, "_torn_down", True):
+            return
+        self._torn_down = True
+        with contextlib.suppress(Exception):
+            if self.server is not None:
+                self.server.kill_now()
+        with contextlib.suppress(Exception):
+            if self._loop is not None:
+                self._loop.close_soon(self._client.aclose() if self._client is not None else None)
+        with contextlib.suppress(Exception):
+            if self.journal is not None:
+                self.journal.close()
+
+    # -- wiring ----------------------------------------------------------------------------
+
+    @property
+    def owns_server(self) -> bool:
+        return self.server is not None
+
+    def server_settings(self) -> ServerSettings:
+        """How this run's adapter is launched when no base URL is given (``launch_settings``)."""
+        return launch_settings(self.run, self.settings, self.config, self.model_metadata)
+
+    def _server_address(self) -> tuple[str | list[str], str | list[str] | None]:
+        if self.settings.base_urls:
+            return self.settings.base_urls, self.settings.api_keys or None
+        self.server = VllmServer(self.server_settings())
+        self.server.start()
+        self.server.wait_ready(on_wait=lambda waited: self._status(f"starting vLLM… {waited:.0f} s"))
+        return self.server.base_url, self.server.api_key
+
+    async def _wait_for_server(self, client: InferenceClient, *, health_only: bool) -> None:
+        def waiting(waited: float) -> None:
+            self._status(f"waiting for the server at {client.display_url}… {waited:.0f} s")
+
+        adapter = None if health_only else self.adapter_name
+        await wait_for_server(client, adapter, self.settings.wait_for_server, on_wait=waiting)
+
+    def _status(self, text: str) -> None:
+        if self.on_status is not None:
+            self.on_status(text)
+
+    def _request_body(self, server: ServerInfo) -> dict[str, Any]:
+        """The sampling fields, then the tenant's own (priority, cache salt, a gateway's extras)."""
+        body = self._sampling_body(server)
+        s = self.settings
+        tenant = {"priority": s.priority, "cache_salt": s.cache_salt}
+        body.update({k: v for k, v in tenant.items() if v is not None})
+        body.update(s.extra_body)
+        return body
+
+    def _sampling_body(self, server: ServerInfo) -> dict[str, Any]:
+        return request_body(
+            self.config,
+            max_seq_length=self.model_metadata.max_seq_length,
+            keep_special_tokens=self.processor.needs_special_tokens,
+            server=server,
+            params=self._params,
+            structured_outputs=self.structured_outputs,
+        )
+
+    async def _register_adapter(self, client: InferenceClient) -> None:
+        path = self.settings.server_adapter_path or str(self.run.adapter_dir)
+        if await register_adapter(client, self.adapter_name, path):
+            self._loaded_adapter = True
+
+    async def _run_engine(self, scheduler: Scheduler, jobs: TabularJobs | TimeseriesJobs) -> None:
+        """The scheduler; beside it, for a server we launched, a supervisor that restarts it if it dies."""
+        if self.server is None:
+            await scheduler.run(jobs)
+        else:
+            await run_supervised(scheduler.run(jobs), self.server, max_restarts=self.settings.max_server_restarts)
+
+    def _scheduler(self, client: InferenceClient) -> Scheduler:
+        """The window starts at the server's slots where we launched it with a known count."""
+        s = self.settings
+        known_slots = self.server.settings.max_num_seqs if self.server is not None else None
+        initial = min(known_slots or s.window, s.max_window)
+        window = WindowPolicy(
+            WindowSettings(initial=initial, maximum=s.max_window, step=s.prompts_per_request, share=s.share)
+        )
+        adapter = self.adapter_name
+        recovery = Recovery(lambda: server_is_back(client, adapter), deadline=s.retry_deadline,
+                            where=f"the server at {client.display_url}")  # fmt: skip
+        reregister = (lambda: self._register_adapter(client)) if s.load_adapter else None
+        return Scheduler(client, adapter, window, prompts_per_request=s.prompts_per_request,
+                         load_interval=s.load_interval, recovery=recovery, reregister=reregister)  # fmt: skip
+
+    def _jobs(self, batches: GenerationBatches, body: dict[str, Any]) -> TabularJobs | TimeseriesJobs:
+        if self.series is None:
+            return TabularJobs(batches, self.processor, self.prompt, body, self.config.num_records,
+                               detailed_errors=self.use_detailed_logs, on_batch=self.on_batch,
+                               log=self.journal)  # fmt: skip
+        return TimeseriesJobs(batches, self.series.processor, self.series.spec, self.series.prompt, body,
+                              self.series.initial_prefill, target=self.config.num_records,
+                              threshold=self.config.invalid_fraction_threshold, patience=self.config.patience,
+                              detailed_errors=self.use_detailed_logs, on_batch=self.on_batch,
+                              log=self.journal)  # fmt: skip
+
+    def _results(self, batches: GenerationBatches, *, done: bool) -> GenerateJobResults:
+        """Results from what was generated so far (kept even when generation stops early)."""
+        reached = batches.num_valid_records >= self.config.num_records
+        if batches.status is GenerationStatus.IN_PROGRESS and (reached or (self.series is not None and done)):
+            batches.job_complete()
+        truncate = self.group_by is None and self.series is None and batches.status is GenerationStatus.COMPLETE
+        max_records = self.config.num_records if truncate else None
+        results = GenerateJobResults.from_batches(batches, max_records, self.columns, self.elapsed_time)
+        if self.series is not None:  # no truncation: num_records is only a progress target here
+            results.df = self.series.sort(results.df)
+        return results
+
+
+def _digest(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, object]:
+    """``{"validation": {"x": 1}}`` → ``{"validation.x": 1}``: one named field per setting."""
+    flat: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _run_directory(workdir: Any) -> RunDirectory:
+    if isinstance(workdir, RunDirectory):
+        return workdir
+    if isinstance(workdir, (str, Path)):
+        return RunDirectory.open(workdir)
+    # An NSS Workdir: its run directory (generation-only runs find their parent through info.json).
+    run_dir = getattr(workdir, "run_dir", None)
+    if run_dir is None:
+        raise ConfigError(f"workdir must be a run directory path or an NSS Workdir, not {type(workdir).__name__}")
+    return RunDirectory.open(run_dir)
+
+
+def _generation_parameters(config: Any, run: RunDirectory) -> GenerateParameters:
+    if isinstance(config, GenerateParameters):
+        return config
+    saved = run.config.generation
+    if config is None:
+        return GenerateParameters.resolve(saved)
+    if isinstance(config, Mapping):
+        return GenerateParameters.resolve(saved, config)
+    generation = getattr(config, "generation", None)  # NSS SafeSynthesizerParameters
+    if isinstance(generation, BaseModel):
+        return GenerateParameters.resolve(generation.model_dump(mode="json"), use_env=False)
+    raise ConfigError(f"config must be GenerateParameters, a mapping or NSS parameters, not {type(config).__name__}")
+
+
+def _model_metadata(metadata: Any, run: RunDirectory) -> ModelMetadata:
+    if metadata is None:
+        return run.metadata
+    if isinstance(metadata, ModelMetadata):
+        return metadata
+    if isinstance(metadata, BaseModel):  # NSS ModelMetadata
+        return ModelMetadata.model_validate(metadata.model_dump(mode="json"))
+    raise ConfigError(f"model_metadata must be ModelMetadata or NSS ModelMetadata, not {type(metadata).__name__}")

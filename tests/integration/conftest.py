@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from remote_synth import RemoteSettings, RunDirectory, VllmServer, launch_settings
+from remote_synth import RemoteSettings, RunDirectory
+from remote_synth._server import VllmServer, launch_settings
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from checks import rows_valid
 
-from remote_synth import RunDirectory, VllmServer
+from remote_synth import RunDirectory
+from remote_synth._server import VllmServer
 
 CLI = [sys.executable, "-m", "remote_synth._cli"]
 
@@ -103,7 +104,7 @@ def test_serve_prints_where_and_stops_cleanly_on_ctrl_c(demo_run: RunDirectory, 
     import signal
     import time
 
-    from remote_synth._server import free_port, port_is_free
+    from remote_synth._server.vllm import free_port, port_is_free
 
     before = vllm_pids()
     port = free_port()

@@ -17,8 +17,10 @@ import pytest
 from checks import rows_valid
 from fakes.fault_proxy import Fault, FaultProxy
 
-from remote_synth import GenerationBatches, RemoteBackend, RunDirectory, VllmServer
+from remote_synth import RemoteBackend, RunDirectory
 from remote_synth._engine import TabularJobs
+from remote_synth._server import VllmServer
+from remote_synth.nss import GenerationBatches
 
 CLI = [sys.executable, "-m", "remote_synth._cli"]
 
@@ -120,14 +122,14 @@ def test_a_killed_server_restarts_and_a_killed_client_resumes_exactly(
         )  # fmt: skip
     try:
         wait_for(lambda: journal.exists() and len(journal_entries(journal)) >= 3, 900, "first completions", proc)
-        lifeline = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "_lifeline.py"], capture_output=True,
+        lifeline = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "standalone/lifeline.py"], capture_output=True,
                                   text=True).stdout.split()  # fmt: skip
         assert len(lifeline) == 1, lifeline
         first_server = int(lifeline[0])
         os.killpg(first_server, signal.SIGKILL)  # the server dies mid-job
         used = len(journal_entries(journal))
         wait_for(lambda: len(journal_entries(journal)) >= used + 3, 900, "completions after the restart", proc)
-        lifeline = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "_lifeline.py"], capture_output=True,
+        lifeline = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "standalone/lifeline.py"], capture_output=True,
                                   text=True).stdout.split()  # fmt: skip
         second_server = int(lifeline[0])
         assert second_server != first_server

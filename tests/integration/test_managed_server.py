@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from remote_synth import RemoteBackend, RemoteSettings, RunDirectory
-from remote_synth._server import port_is_free
+from remote_synth._server.vllm import port_is_free
 
 
 def _descendants_alive(pgid: int) -> bool:

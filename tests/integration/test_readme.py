@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from remote_synth import VllmServer
+from remote_synth._server import VllmServer
 
 README = Path(__file__).parents[2] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)

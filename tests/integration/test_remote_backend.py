@@ -5,21 +5,12 @@ from __future__ import annotations
 import pytest
 from checks import rows_valid
 
-from remote_synth import (
-    AuthenticationError,
-    GenerateParameters,
-    GenerationStatus,
-    NotFoundError,
-    RemoteBackend,
-    RemoteSettings,
-    RunDirectory,
-    TabularDataProcessor,
-    VllmServer,
-    adapter_name_for,
-    build_prompt,
-)
-from remote_synth._aio import LoopThread
-from remote_synth._client import InferenceClient
+from remote_synth import GenerateParameters, GenerationStatus, RemoteBackend, RemoteSettings, RunDirectory
+from remote_synth._engine.loop_thread import LoopThread
+from remote_synth._exceptions import AuthenticationError, NotFoundError
+from remote_synth._server import VllmServer, adapter_name_for
+from remote_synth._transport.client import InferenceClient
+from remote_synth.nss import TabularDataProcessor, build_prompt
 
 
 def test_generate_returns_exactly_n_valid_rows(demo_run: RunDirectory, external: RemoteSettings) -> None:

@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 from checks import rows_valid
 
-from remote_synth import RunDirectory, VllmServer, adapter_name_for
-from remote_synth._server import free_port
+from remote_synth import RunDirectory
+from remote_synth._server import VllmServer, adapter_name_for
+from remote_synth._server.vllm import free_port
 
 CLI = [sys.executable, "-m", "remote_synth._cli"]
 
@@ -63,7 +64,8 @@ def test_two_replicas_one_killed_mid_job_the_job_completes_with_the_exact_count(
     import signal
     import time
 
-    from remote_synth import RemoteSettings, launch_settings
+    from remote_synth import RemoteSettings
+    from remote_synth._server import launch_settings
 
     second = VllmServer(launch_settings(demo_run, RemoteSettings(api_key=api_key, server_log=tmp_path / "b.log")))
     out = tmp_path / "rows.csv"

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 from checks import rows_valid
 
-from remote_synth import GenerateJobResults, RemoteBackend, RemoteSettings, RunDirectory, VllmServer
+from remote_synth import GenerateJobResults, RemoteBackend, RemoteSettings, RunDirectory
+from remote_synth._server import VllmServer
 
 CLI = [sys.executable, "-m", "remote_synth._cli"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from remote_synth._authgate import AuthGate
+from remote_synth._server.standalone.authgate import AuthGate
 
 
 def call(gate: AuthGate, path: str, key: str | None = None, kind: str = "http", root: str = "") -> tuple[Any, bool]:

@@ -16,7 +16,7 @@ import pytest
 from fakes.http_vllm import HttpVllm
 
 from remote_synth._cli import EXIT_BAD_INPUT, main
-from remote_synth._server import free_port
+from remote_synth._server.vllm import free_port
 from remote_synth.demo.layout import write_run_dir
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
@@ -111,7 +111,7 @@ def test_every_flag_has_help_and_generation_flags_show_nss_defaults_and_choices(
     from typing import get_args
 
     from remote_synth._cli import cli
-    from remote_synth._config import StructuredBackend
+    from remote_synth.nss.params import StructuredBackend
 
     for command in _commands(cli):
         for param in command.params:
@@ -162,7 +162,7 @@ class _ReadyServer:
     """Stands in for a started, ready VllmServer (the real one is covered by integration tests)."""
 
     def __init__(self, run: Path) -> None:
-        from remote_synth._server import ServerSettings
+        from remote_synth._server.vllm import ServerSettings
 
         self.settings = ServerSettings(model="m", adapter_path=run / "train" / "adapter", adapter_name="a")
         self.port = 1234
@@ -186,7 +186,7 @@ def test_ctrl_c_right_after_the_announcement_is_a_clean_stop(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path
 ) -> None:
     """A user (or a test) who presses Ctrl-C the moment "Ctrl-C stops the server." appears gets exit 0."""
-    import remote_synth._server as server_module
+    import remote_synth._server.vllm as server_module
 
     fake = _ReadyServer(run)
     monkeypatch.setattr(server_module, "VllmServer", lambda settings: fake)
@@ -339,13 +339,14 @@ def test_a_key_file_is_private_even_when_it_existed(tmp_path: Path) -> None:
 def test_a_read_only_run_directory_puts_logs_and_keys_in_the_state_dir(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from remote_synth import RemoteSettings, RunDirectory, launch_settings
-    from remote_synth._launch import files_dir
+    from remote_synth import RemoteSettings, RunDirectory
+    from remote_synth._server import launch_settings
+    from remote_synth._server.launch import files_dir
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     opened = RunDirectory.open(run)
     assert files_dir(opened, RemoteSettings()) == run / "generate" / "logs"
-    monkeypatch.setattr("remote_synth._launch._writable", lambda d: False)
+    monkeypatch.setattr("remote_synth._server.launch._writable", lambda d: False)
     where = files_dir(opened, RemoteSettings())
     assert where.parent == tmp_path / "state" / "remote-synth"
     assert launch_settings(opened, RemoteSettings()).log_file == where / "vllm-server.log"
@@ -382,7 +383,7 @@ def test_a_full_disk_at_the_final_write_exits_1_and_resume_writes_the_kept_recor
 ) -> None:
     import errno
 
-    from remote_synth._output import OutputFile
+    from remote_synth._io.output import OutputFile
 
     real_write = OutputFile.write
 
@@ -408,8 +409,9 @@ def test_a_full_disk_at_the_final_write_exits_1_and_resume_writes_the_kept_recor
 
 
 def test_one_server_for_several_runs_of_one_base_model(tmp_path: Path) -> None:
-    from remote_synth import RemoteSettings, RunDirectory, VllmServer
-    from remote_synth._launch import serve_settings
+    from remote_synth import RemoteSettings, RunDirectory
+    from remote_synth._server import VllmServer
+    from remote_synth._server.launch import serve_settings
 
     other = {"type": "object", "properties": {"b": {"type": "string"}}, "required": ["b"]}
     runs = [RunDirectory.open(write_run_dir(tmp_path / "a", SCHEMA, base_model="m", lora_r=8)),
@@ -460,7 +462,7 @@ def test_a_busy_port_is_found_before_vllm_starts(
 def test_vllm_flags_pass_through_after_the_run_dirs(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path
 ) -> None:
-    import remote_synth._server as server_module
+    import remote_synth._server.vllm as server_module
 
     seen = []
 
@@ -476,7 +478,8 @@ def test_vllm_flags_pass_through_after_the_run_dirs(
 
 
 def test_a_local_base_model_keeps_the_server_offline(tmp_path: Path) -> None:
-    from remote_synth import RemoteSettings, RunDirectory, launch_settings
+    from remote_synth import RemoteSettings, RunDirectory
+    from remote_synth._server import launch_settings
 
     (tmp_path / "base").mkdir()
     run = RunDirectory.open(write_run_dir(tmp_path / "r", SCHEMA, base_model=str(tmp_path / "base")))

@@ -10,18 +10,16 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from remote_synth import (
-    APIStatusError,
+from remote_synth import APIStatusError, ConfigError
+from remote_synth._exceptions import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
-    ConfigError,
-    InferenceClient,
     MalformedResponseError,
     NotFoundError,
-    RetryPolicy,
 )
-from remote_synth._client import _TRANSLATIONS
+from remote_synth._transport import InferenceClient, RetryPolicy
+from remote_synth._transport.client import _TRANSLATIONS
 
 
 def completions_handler(seen: list[dict], reverse: bool = True) -> Callable[[httpx.Request], httpx.Response]:
@@ -143,7 +141,7 @@ def test_retry_after_is_read_from_the_answer(header: str | None, seconds: float 
 
 
 def test_retry_after_as_an_http_date() -> None:
-    from remote_synth._client import retry_after_seconds
+    from remote_synth._transport.client import retry_after_seconds
 
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412480.0) == 30.0
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412500.0) == 0.0

@@ -11,16 +11,11 @@ import httpx
 import pytest
 from fakes.sim_vllm import SCHEMA, SimulatedVllm
 
-from remote_synth import (
-    BadRequestError,
-    GenerationBatches,
-    GenerationStatus,
-    InferenceClient,
-    RetryPolicy,
-    ServerLoad,
-    TabularDataProcessor,
-)
+from remote_synth import GenerationStatus
 from remote_synth._engine import Gate, Progress, Scheduler, TabularJobs, WindowPolicy, WindowSettings
+from remote_synth._exceptions import BadRequestError
+from remote_synth._transport import InferenceClient, RetryPolicy, ServerLoad
+from remote_synth.nss import GenerationBatches, TabularDataProcessor
 
 FIVE = '{"n":1,"c":"x"}\n' * 5
 BAD = '{"n":"no","c":"x"}\n'
@@ -170,7 +165,7 @@ def test_demand_uses_the_observed_yield_and_no_more_than_the_first_batch_before_
 
 
 def _completion(text: str) -> Any:
-    from remote_synth._client import Completion
+    from remote_synth._transport.types import Completion
 
     return Completion(text=text)
 

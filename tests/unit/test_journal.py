@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from fakes.sim_vllm import SCHEMA, records_text
 
-from remote_synth import ConfigError, GenerationBatches, Journal, JournalMismatchError, StorageError
-from remote_synth._client import Completion
+from remote_synth import ConfigError, JournalMismatchError, StorageError
 from remote_synth._engine import Job, TabularJobs
-from remote_synth._processors import TabularDataProcessor
+from remote_synth._io import Journal
+from remote_synth._transport.types import Completion
+from remote_synth.nss import GenerationBatches
+from remote_synth.nss.processors import TabularDataProcessor
 
 HEADER = {"adapter": "nss-abc", "num_records": 300, "temperature": 0.9, "validation.group_by_x": False}
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from remote_synth import GroupedDataProcessor, TabularDataProcessor, ValidationParameters, create_processor
+from remote_synth import ValidationParameters
+from remote_synth.nss import GroupedDataProcessor, TabularDataProcessor, create_processor
 
 SCHEMA = {
     "type": "object",

@@ -1,4 +1,4 @@
-from remote_synth import DEFAULT_INSTRUCTION, build_prompt
+from remote_synth.nss import DEFAULT_INSTRUCTION, build_prompt
 
 TINYLLAMA = "[INST] {instruction} {schema} [/INST]{prefill}"
 SMOLLM3 = "user\n {instruction} {schema} <|im_end|> \n assistant\n{prefill}"

@@ -13,8 +13,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from strategies import record_schemas, schema_and_records, training_text, value_for
 
-from remote_synth import RecordValidator, extract_records
-from remote_synth._records import sanitize_text
+from remote_synth.nss import RecordValidator, extract_records
+from remote_synth.nss.records import sanitize_text
 
 NSS_PATTERN = re.compile(r"{.+?}(?=\n|$)")
 

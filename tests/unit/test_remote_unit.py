@@ -15,11 +15,10 @@ from remote_synth import (
     ConfigError,
     GenerationError,
     GenerationStatus,
-    NotFoundError,
     RemoteBackend,
     RemoteSettings,
-    ServerCheckError,
 )
+from remote_synth._exceptions import NotFoundError, ServerCheckError
 from remote_synth.demo.layout import write_run_dir
 
 SCHEMA = {
@@ -237,7 +236,7 @@ def test_a_backend_collected_without_teardown_never_waits_on_its_own_loop(run: P
 
 
 def test_loop_thread_refuses_to_wait_on_itself() -> None:
-    from remote_synth._aio import LoopThread
+    from remote_synth._engine.loop_thread import LoopThread
 
     loop = LoopThread()
     try:
@@ -262,8 +261,8 @@ def test_loop_thread_refuses_to_wait_on_itself() -> None:
     (200, [], False),               # restarted, adapter not loaded yet
 ])  # fmt: skip
 def test_server_is_back_needs_health_and_the_adapter(health: int, adapters: list[str], back: bool) -> None:
-    from remote_synth import InferenceClient
-    from remote_synth._preflight import server_is_back
+    from remote_synth._transport import InferenceClient
+    from remote_synth._transport.preflight import server_is_back
 
     fake = FakeVllm()
     fake.health, fake.adapters = health, adapters
@@ -275,8 +274,9 @@ def test_server_is_back_needs_health_and_the_adapter(health: int, adapters: list
 def test_wait_for_server_polls_each_second_until_ready_or_the_timeout(
     ready_after: int, timeout: float, ready: bool
 ) -> None:
-    from remote_synth import InferenceClient, ServerCheckError
-    from remote_synth._preflight import wait_for_server
+    from remote_synth._exceptions import ServerCheckError
+    from remote_synth._transport import InferenceClient
+    from remote_synth._transport.preflight import wait_for_server
 
     fake = FakeVllm()
     fake.adapters = ["nss-adapter"]

@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from remote_synth import ConfigError, InferenceClient, RemoteBackend, RemoteSettings, RetryPolicy
-from remote_synth._replicas import Replica, ReplicaSet
+from remote_synth import ConfigError, RemoteBackend, RemoteSettings
+from remote_synth._transport import InferenceClient, RetryPolicy
+from remote_synth._transport.replicas import Replica, ReplicaSet
 from remote_synth.demo.layout import write_run_dir
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}

@@ -7,20 +7,17 @@ import logging
 import pandas as pd
 import pytest
 
-from remote_synth import (
+from remote_synth import ConfigError, GenerateJobResults, GenerationError, GenerationStatus
+from remote_synth.nss import (
     Batch,
-    ConfigError,
-    GenerateJobResults,
     GenerationBatches,
-    GenerationError,
-    GenerationStatus,
     GenerationStopCondition,
     ParsedResponse,
     RunningStatistics,
     error_statistics,
     normalize_dataframe,
 )
-from remote_synth._batch import group_error_messages
+from remote_synth.nss.batch import group_error_messages
 
 
 def response(valid: int, invalid: int, error: tuple[str, str] = ("bad", "type")) -> ParsedResponse:
@@ -78,7 +75,7 @@ def test_singleton_grouped_messages_are_truncated() -> None:
 
 
 def test_data_config_rows_survive_truncation(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("remote_synth._batch.LOG_NUM_ERRORS", 3)
+    monkeypatch.setattr("remote_synth.nss.batch.LOG_NUM_ERRORS", 3)
     errors = [(str(i), f"k{i}") for i in range(6) for _ in range(10 - i)]
     errors += [("Failed data_config validation due to [x]",) * 2] * 5
     stats = error_statistics(errors, detailed_errors=False)

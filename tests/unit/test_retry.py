@@ -9,17 +9,15 @@ import logging
 import httpx
 import pytest
 
-from remote_synth import (
-    APIConnectionError,
-    APIStatusError,
+from remote_synth import APIConnectionError, APIStatusError
+from remote_synth._exceptions import (
     AuthenticationError,
     BadRequestError,
-    InferenceClient,
     MalformedResponseError,
     NotFoundError,
-    RetryPolicy,
     ServerOverloadedError,
 )
+from remote_synth._transport import InferenceClient, RetryPolicy
 
 
 class FakeTime:

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from remote_synth import GenerationStatus, RemoteBackend, RemoteSettings
-from remote_synth._processors import TimeSeriesDataProcessor
 from remote_synth.demo.layout import write_run_dir
+from remote_synth.nss.processors import TimeSeriesDataProcessor
 
 SCHEMA = {
     "type": "object",
@@ -219,7 +219,7 @@ def test_a_table_without_groups_and_times_of_day_ends_at_num_records(tmp_path: P
 
 def test_output_is_sorted_by_time_as_time_not_as_text(tmp_path: Path) -> None:
     from remote_synth import RunDirectory
-    from remote_synth._series_run import SeriesRun
+    from remote_synth._engine.series import SeriesRun
 
     series = {"timestamp_column": "t", "timestamp_format": "%m/%d/%Y", "timestamp_interval_seconds": 86400}
     path = write_run_dir(tmp_path / "s", SCHEMA, base_model="base", time_series=series,

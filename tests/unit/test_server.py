@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from remote_synth import ConfigError, ServerError, ServerSettings, ServerStartError, VllmServer
-from remote_synth._server import lora_rank_limit, port_is_free
+from remote_synth import ConfigError, ServerError, ServerStartError
+from remote_synth._server import ServerSettings, VllmServer
+from remote_synth._server.vllm import lora_rank_limit, port_is_free
 
 FAKE = Path(__file__).parents[1] / "fakes" / "fake_vllm.py"
 
@@ -148,7 +149,7 @@ def test_a_server_dies_with_its_owner_even_on_sigkill(tmp_path: Path, fake_pytho
     owner_code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from remote_synth import ServerSettings, VllmServer\n"
+        "from remote_synth._server import ServerSettings, VllmServer\n"
         f"s = ServerSettings(model='/m', adapter_name='a', adapter_path=Path('/a'), python={fake_python!r},\n"
         f"                   log_file=Path({str(tmp_path / 'log')!r}), startup_timeout=20)\n"
         "server = VllmServer(s).start(); server.wait_ready()\n"
@@ -201,7 +202,7 @@ def test_a_supervised_server_that_dies_is_restarted_and_the_work_goes_on(server_
     import asyncio
     import signal
 
-    from remote_synth._supervisor import run_supervised
+    from remote_synth._server.supervisor import run_supervised
 
     server = server_factory()
     server.start()
@@ -222,7 +223,7 @@ def test_a_supervised_server_out_of_restarts_ends_the_work_with_its_log_tail(ser
     import asyncio
     import signal
 
-    from remote_synth._supervisor import run_supervised
+    from remote_synth._server.supervisor import run_supervised
 
     server = server_factory()
     server.start()

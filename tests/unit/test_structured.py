@@ -10,14 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import schema_and_records, training_text
 
-from remote_synth import (
-    ConfigError,
-    GenerateParameters,
-    UnsupportedSchemaError,
-    build_json_based_regex,
-    build_record_regex,
-    structured_outputs_payload,
-)
+from remote_synth import ConfigError, GenerateParameters
+from remote_synth._exceptions import UnsupportedSchemaError
+from remote_synth.nss import build_json_based_regex, build_record_regex, structured_outputs_payload
 
 FOO = {"properties": {"foo": {"enum": ["a", "b", "c"]}}, "required": ["foo"]}
 

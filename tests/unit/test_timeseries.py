@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remote_synth._timeseries import (
+from remote_synth.nss.timeseries import (
     ELAPSED_SECONDS,
     MAX_ACTIVE_GROUPS,
     allows_rollover,

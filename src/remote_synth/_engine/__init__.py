@@ -4,11 +4,11 @@ Layering: the engine knows jobs, windows and the transport's typed errors
 (never HTTP status codes); ``RemoteBackend`` wires it to a run directory.
 """
 
-from ._accounting import CompletionLog, Progress, TabularJobs
-from ._recovery import Recovery
-from ._scheduler import EngineStats, Job, JobSource, Scheduler
-from ._series import SeriesSpec, TimeseriesJobs
-from ._window import Gate, WindowPolicy, WindowSettings
+from .accounting import CompletionLog, Progress, TabularJobs
+from .recovery import Recovery
+from .scheduler import EngineStats, Job, JobSource, Scheduler
+from .series_jobs import SeriesSpec, TimeseriesJobs
+from .window import Gate, WindowPolicy, WindowSettings
 
 __all__ = [
     "CompletionLog",

@@ -40,8 +40,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .._prompt import build_prompt
-from .._timeseries import prefill
+from ..nss.prompt import build_prompt
+from ..nss.timeseries import prefill
 from .layout import TINYLLAMA_TEMPLATE, write_run_dir
 
 __all__ = ["TABLES", "Recipe", "build_demo_run", "cache_root", "ensure_demo_run", "infer_schema"]

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ._config import ValidationParameters
-from ._engine import SeriesSpec
-from ._processors import TimeSeriesDataProcessor
-from ._prompt import build_prompt
-from ._rundir import ModelMetadata, RunDirectory
-from ._timeseries import ELAPSED_SECONDS, parse_bound
+from ..nss.params import ValidationParameters
+from ..nss.processors import TimeSeriesDataProcessor
+from ..nss.prompt import build_prompt
+from ..nss.rundir import ModelMetadata, RunDirectory
+from ..nss.timeseries import ELAPSED_SECONDS, parse_bound
+from . import SeriesSpec
 
 __all__ = ["PSEUDO_GROUP", "SeriesRun"]
 

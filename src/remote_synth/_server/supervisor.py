@@ -18,8 +18,8 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from ._exceptions import ServerError
-from ._server import VllmServer
+from .._exceptions import ServerError
+from .vllm import VllmServer
 
 __all__ = ["run_supervised"]
 

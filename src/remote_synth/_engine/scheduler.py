@@ -24,11 +24,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .._client import Completion, InferenceClient, completions_body
 from .._exceptions import APIConnectionError, APIError, NotFoundError, ServerOverloadedError
-from .._retry import RetryPolicy
-from ._recovery import Recovery
-from ._window import Gate, WindowPolicy
+from .._transport.retry import RetryPolicy
+from .._transport.types import Completion, CompletionSender, completions_body
+from .recovery import Recovery
+from .window import Gate, WindowPolicy
 
 __all__ = ["EngineStats", "Job", "JobSource", "Scheduler"]
 
@@ -98,7 +98,7 @@ class Scheduler:
 
     def __init__(
         self,
-        client: InferenceClient,
+        client: CompletionSender,
         model: str,
         window: WindowPolicy,
         *,

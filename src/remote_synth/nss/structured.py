@@ -32,8 +32,8 @@ import pandas as pd
 from outlines_core.json_schema import BOOLEAN, DATE, DATE_TIME, EMAIL, NULL, NUMBER, TIME, URI, UUID
 from range_regex import bounded_regex_for_range
 
-from ._config import GenerateParameters
-from ._exceptions import ConfigError, UnsupportedSchemaError
+from .._exceptions import ConfigError, UnsupportedSchemaError
+from .params import GenerateParameters
 
 __all__ = ["build_json_based_regex", "build_record_regex", "structured_outputs_payload"]
 

@@ -2,8 +2,8 @@
 
 Building a ``VllmServer`` only computes the command and environment; ``start``
 spawns it in its own process group with its output in a log file, under a
-lifeline (``_lifeline.py``) that takes the group down if this process dies,
-however it dies; every route but ``/health`` is behind the key (``_authgate.py``);
+lifeline (``standalone/lifeline.py``) that takes the group down if this process dies,
+however it dies; every route but ``/health`` is behind the key (``standalone/authgate.py``);
 ``wait_ready`` polls until ``/health`` is 200 **and** the adapter is listed in
 ``/v1/models``, failing at once (with the log's tail) if the process exits;
 ``stop`` sends SIGTERM to the group, waits, then SIGKILLs the group and checks
@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from ._exceptions import ConfigError, ServerError, ServerStartError
+from .._exceptions import ConfigError, ServerError, ServerStartError
 
 __all__ = ["ServerSettings", "VllmServer", "free_port", "lora_rank_limit"]
 
@@ -45,8 +45,8 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 LOG_TAIL_LINES = 40
 DEFAULT_MAX_LORAS = 8
 """``--max-loras`` when not given: every adapter served, up to this many in one batch."""
-LIFELINE = Path(__file__).with_name("_lifeline.py")
-AUTH_GATE = Path(__file__).with_name("_authgate.py")
+LIFELINE = Path(__file__).parent / "standalone" / "lifeline.py"
+AUTH_GATE = Path(__file__).parent / "standalone" / "authgate.py"
 AUTH_GATE_MODULE = "remote_synth_authgate"
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from ._exceptions import (
+from .._exceptions import (
     APIConnectionError,
     APIError,
     APIStatusError,
@@ -39,10 +39,11 @@ from ._exceptions import (
     NotFoundError,
     ServerOverloadedError,
 )
-from ._replicas import ANSWERED, Replica, ReplicaSet
-from ._retry import RetryPolicy
+from .replicas import ANSWERED, Replica, ReplicaSet
+from .retry import RetryPolicy
+from .types import Completion, ServerLoad, completions_body
 
-__all__ = ["Completion", "InferenceClient", "RetryPolicy", "ServerLoad", "TimeoutPolicy", "completions_body"]
+__all__ = ["InferenceClient", "TimeoutPolicy"]
 
 logger = logging.getLogger("remote_synth.client")
 
@@ -65,24 +66,6 @@ class TimeoutPolicy:
 
     def httpx(self) -> httpx.Timeout:
         return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=None)
-
-
-@dataclass(frozen=True)
-class ServerLoad:
-    """What vLLM's ``/metrics`` says about its scheduler (summed over engines and models)."""
-
-    running: float
-    """Sequences being generated."""
-    waiting: float
-    """Sequences queued for a slot."""
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One completion of a prompt."""
-
-    text: str
-    finish_reason: str | None = None
 
 
 @dataclass
@@ -327,11 +310,6 @@ def _keys_for(urls: Sequence[str], keys: str | Sequence[str | None] | None) -> l
     if len(keys) != len(urls):
         raise ConfigError(f"{len(keys)} API keys for {len(urls)} base URLs: give one key, or one per URL")
     return list(keys)
-
-
-def completions_body(model: str, prompts: Sequence[str], params: Mapping[str, object]) -> dict[str, Any]:
-    """A ``/v1/completions`` body: the sampling fields, the model, the prompts, one sample each."""
-    return {**params, "model": model, "prompt": list(prompts), "n": 1}
 
 
 def parse_load(text: str) -> ServerLoad | None:

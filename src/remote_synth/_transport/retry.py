@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import tenacity
 
-from ._exceptions import APIConnectionError, APIError, APIStatusError, MalformedResponseError
+from .._exceptions import APIConnectionError, APIError, APIStatusError, MalformedResponseError
 
 __all__ = ["RETRYABLE_STATUS", "RetryPolicy"]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ._exceptions import RunDirError
+from .._exceptions import RunDirError
 
 __all__ = ["AdapterConfig", "ModelMetadata", "NSSConfig", "PromptConfig", "RunDirectory"]
 

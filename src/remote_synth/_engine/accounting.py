@@ -29,11 +29,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .._batch import Batch, valid_fraction
-from .._client import Completion
-from .._records import ParsedResponse
-from .._results import GenerationBatches
-from ._scheduler import Job
+from .._transport.types import Completion
+from ..nss.batch import Batch, valid_fraction
+from ..nss.records import ParsedResponse
+from ..nss.results import GenerationBatches
+from .scheduler import Job
 
 __all__ = ["CompletionLog", "Progress", "TabularJobs"]
 

@@ -14,9 +14,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from ._config import ValidationParameters
-from ._records import ErrorTuple, ParsedResponse, RecordValidator, extract_records, sanitize_text
-from ._timeseries import allows_rollover, parse_timestamp, step_problem
+from .params import ValidationParameters
+from .records import ErrorTuple, ParsedResponse, RecordValidator, extract_records, sanitize_text
+from .timeseries import allows_rollover, parse_timestamp, step_problem
 
 __all__ = ["GroupedDataProcessor", "Processor", "TabularDataProcessor", "TimeSeriesDataProcessor", "create_processor"]
 

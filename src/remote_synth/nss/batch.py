@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from ._records import ErrorTuple, ParsedResponse
+from .records import ErrorTuple, ParsedResponse
 
 __all__ = [
     "HUMAN_READABLE_ERR_MSGS",

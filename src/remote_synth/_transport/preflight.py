@@ -12,12 +12,12 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from ._client import Completion, InferenceClient
-from ._exceptions import APIConnectionError, AuthenticationError, BadRequestError, NotFoundError, ServerCheckError
-from ._replicas import ANSWERED
+from .._exceptions import APIConnectionError, AuthenticationError, BadRequestError, NotFoundError, ServerCheckError
+from .client import InferenceClient
+from .replicas import ANSWERED
+from .types import Completion, ServerInfo
 
 __all__ = ["ServerInfo", "check_server", "server_is_back"]
 
@@ -25,26 +25,6 @@ logger = logging.getLogger("remote_synth.preflight")
 
 PROBE_REGEX = "remote-synth-probe-[0-9]{4}"
 PROBE_VALUE = "rs-probe"
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """What generation needs to know about the server."""
-
-    context: int | None
-    """The adapter's context length (``max_model_len``), when the server says."""
-    prompt_tokens: int
-
-    def clamp_max_tokens(self, wanted: int) -> int:
-        """Deviation from NSS: a server rejects prompt + max_tokens > context, so fit it."""
-        if self.context is None:
-            return wanted
-        room = self.context - self.prompt_tokens
-        if wanted > room:
-            logger.info("max_tokens %d clamped to %d (server context %d, prompt %d tokens)", wanted, room,
-                        self.context, self.prompt_tokens)  # fmt: skip
-            return room
-        return wanted
 
 
 async def server_is_back(client: InferenceClient, adapter: str) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ._exceptions import ConfigError
+from .._exceptions import ConfigError
 
 __all__ = ["FORMATS", "OutputFile"]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ._client import InferenceClient
-from ._exceptions import BadRequestError, NotFoundError, ServerCheckError
+from .._exceptions import BadRequestError, NotFoundError, ServerCheckError
+from .client import InferenceClient
 
 __all__ = ["ServedModel", "register_adapter", "served_models", "unregister_adapter"]
 

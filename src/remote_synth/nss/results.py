@@ -16,8 +16,8 @@ from enum import StrEnum
 
 import pandas as pd
 
-from ._batch import Batch, normalize_dataframe, valid_fraction
-from ._exceptions import ConfigError, GenerationError
+from .._exceptions import ConfigError, GenerationError
+from .batch import Batch, normalize_dataframe, valid_fraction
 
 __all__ = [
     "MAX_NUM_PROMPTS_PER_BATCH",

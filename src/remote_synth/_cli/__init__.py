@@ -29,9 +29,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from ._config import GenerateParameters, RemoteSettings
-from ._engine import Progress
-from ._exceptions import (
+from .._engine import Progress
+from .._exceptions import (
     APIError,
     APIStatusError,
     ConfigError,
@@ -42,10 +41,12 @@ from ._exceptions import (
     ServerError,
     StorageError,
 )
-from ._journal import Journal
-from ._output import OutputFile
-from ._results import GenerateJobResults
-from ._rundir import RunDirectory
+from .._io.journal import Journal
+from .._io.output import OutputFile
+from .._settings import RemoteSettings
+from ..nss.params import GenerateParameters
+from ..nss.results import GenerateJobResults
+from ..nss.rundir import RunDirectory
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -58,7 +59,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from ._client import InferenceClient
+    from .._transport.client import InferenceClient
 
 
 class Terminated(KeyboardInterrupt):
@@ -172,8 +173,8 @@ def serve(args: tuple[str, ...], base_model: str | None, host: str, port: int, a
     Every route but /health needs the key. Beyond loopback a key must be given (or --insecure).
     vLLM's own flags go after `--` (e.g. `-- --tensor-parallel-size 2 --gpu-memory-utilization 0.8`).
     """
-    from ._launch import files_dir, is_loopback, serve_settings
-    from ._server import VllmServer, port_is_free
+    from .._server.launch import files_dir, is_loopback, serve_settings
+    from .._server.vllm import VllmServer, port_is_free
 
     run_dirs, vllm_args = _split_pass_through(args)
     key = _api_key(api_key, api_key_env)
@@ -423,7 +424,7 @@ def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tup
     Accepted records go to a journal next to the output as they come; after a crash or a
     stop, the same command with --resume continues the job without losing or repeating any.
     """
-    from ._remote import RemoteBackend
+    from .._backend import RemoteBackend
 
     run = RunDirectory.open(run_dir) if run_dir is not None else _demo_run()
     keys = [_api_key(None, name) for name in api_key_envs]
@@ -573,7 +574,7 @@ class _Server:
         """``work(client)`` against the server, then the client closed."""
         import asyncio
 
-        from ._client import InferenceClient
+        from .._transport.client import InferenceClient
 
         settings = RemoteSettings.load(ca_bundle=self.ca_bundle)
 
@@ -607,7 +608,7 @@ def _server_options(command: F) -> F:
 @_server_options
 def adapters_list(server: _Server) -> None:
     """What the server serves: base models and the adapters on them."""
-    from ._adapters import served_models
+    from .._transport.adapters import served_models
 
     for model in server.run(served_models):
         kind = f"adapter on {model.parent}" if model.is_adapter else "base model"
@@ -621,8 +622,8 @@ def adapters_list(server: _Server) -> None:
 @click.option("--server-adapter-path", help="The adapter's directory on the server's machine (default: the run's).")
 def adapters_load(run_dir: Path, server: _Server, adapter_name: str | None, server_adapter_path: str | None) -> None:
     """Load RUN_DIR's adapter into the running server (nothing happens if it is served already)."""
-    from ._adapters import register_adapter
-    from ._launch import adapter_name_for
+    from .._server.launch import adapter_name_for
+    from .._transport.adapters import register_adapter
 
     run = RunDirectory.open(run_dir).check()
     name = adapter_name or adapter_name_for(run)
@@ -636,8 +637,8 @@ def adapters_load(run_dir: Path, server: _Server, adapter_name: str | None, serv
 @_server_options
 def adapters_unload(name: str, server: _Server) -> None:
     """Stop serving adapter NAME."""
-    from ._adapters import unregister_adapter
-    from ._client import redact_url
+    from .._transport.adapters import unregister_adapter
+    from .._transport.client import redact_url
 
     if not server.run(lambda client: unregister_adapter(client, name)):
         raise ConfigError(
@@ -648,7 +649,7 @@ def adapters_unload(name: str, server: _Server) -> None:
 
 def _demo_run() -> RunDirectory:
     try:
-        from .demo.build import ensure_demo_run
+        from ..demo.build import ensure_demo_run
 
         return RunDirectory.open(ensure_demo_run(report=lambda line: click.echo(line, err=True)))
     except ImportError as exc:

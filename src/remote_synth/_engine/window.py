@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .._client import ServerLoad
+from .._transport.types import ServerLoad
 
 __all__ = ["Gate", "WindowPolicy", "WindowSettings"]
 

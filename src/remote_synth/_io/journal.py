@@ -25,7 +25,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from ._exceptions import ConfigError, JournalMismatchError, StorageError
+from .._exceptions import ConfigError, JournalMismatchError, StorageError
 
 __all__ = ["Journal"]
 

@@ -28,14 +28,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .._batch import Batch, valid_fraction
-from .._client import Completion
-from .._processors import TIMESERIES, TimeSeriesDataProcessor
-from .._records import ParsedResponse
-from .._results import GenerationBatches, GenerationStatus
-from .._timeseries import MAX_ACTIVE_GROUPS, expected_records, prefill, samples_per_prompt, step_problem
-from ._accounting import CompletionLog, Progress
-from ._scheduler import Job
+from .._transport.types import Completion
+from ..nss.batch import Batch, valid_fraction
+from ..nss.processors import TIMESERIES, TimeSeriesDataProcessor
+from ..nss.records import ParsedResponse
+from ..nss.results import GenerationBatches, GenerationStatus
+from ..nss.timeseries import MAX_ACTIVE_GROUPS, expected_records, prefill, samples_per_prompt, step_problem
+from .accounting import CompletionLog, Progress
+from .scheduler import Job
 
 __all__ = ["SeriesSpec", "TimeseriesJobs"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._config import GenerateParameters
-from ._exceptions import ConfigError
-from ._preflight import ServerInfo
+from .._exceptions import ConfigError
+from .._transport.types import ServerInfo
+from ..nss.params import GenerateParameters
 
 __all__ = ["MAPPED_FIELDS", "PASSTHROUGH_FIELDS", "request_body", "sampling_fields"]
 

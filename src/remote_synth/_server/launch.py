@@ -16,10 +16,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._config import GenerateParameters, RemoteSettings
-from ._exceptions import ConfigError
-from ._rundir import ModelMetadata, RunDirectory
-from ._server import ServerSettings
+from .._exceptions import ConfigError
+from .._settings import RemoteSettings
+from ..nss.params import GenerateParameters
+from ..nss.rundir import ModelMetadata, RunDirectory
+from .vllm import ServerSettings
 
 __all__ = [
     "adapter_name_for",

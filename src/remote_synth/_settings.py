@@ -1,0 +1,168 @@
+"""How this client reaches, launches and drives a server: the settings NSS has no name for.
+
+``RemoteSettings`` is one flat model (``RemoteSettings(base_url=..., api_key=...)``), built from
+three by concern, so each part of the code is typed against only what it reads:
+
+- ``ClientSettings``: where the server is and how each request is sent (the transport's);
+- ``LaunchSettings``: how a local server is launched when no base URL is given (``_server``);
+- ``EngineSettings``: how the engine paces a job (window, share, metrics readings).
+
+Every field also reads ``REMOTE_SYNTH_<FIELD>``; each field's docstring is its help text, and the
+CLI derives its flags from these fields (``_cli.options``), so a new setting is one field here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, FilePath, JsonValue, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ._exceptions import ConfigError
+from .nss.params import ENV_PREFIX, format_validation_error
+
+__all__ = ["AdapterCheck", "ClientSettings", "EngineSettings", "LaunchSettings", "RemoteSettings"]
+
+AdapterCheck = Literal["strict", "lazy"]
+
+
+class _Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", validate_assignment=True, allow_inf_nan=False,
+        use_attribute_docstrings=True,
+    )  # fmt: skip
+
+
+class ClientSettings(_Settings):
+    """Where the server is, and what every request carries."""
+
+    base_url: Annotated[str | list[str] | None, NoDecode] = None
+    """A running server (``http://gpu-host:8000``), or several replicas (a list; in the environment,
+    comma-separated); None launches one."""
+    api_key: Annotated[SecretStr | list[SecretStr] | None, NoDecode] = None
+    """One key, or one per base URL (a list; in the environment, comma-separated)."""
+    adapter_name: str | None = None
+    """The adapter's name on the server (default: derived from its files)."""
+    max_concurrency: int = Field(256, ge=1)
+    """Requests in flight at once, at most."""
+    prompts_per_request: int = Field(25, ge=1, le=1024)
+    """Prompts carried by one request."""
+    request_timeout: float = Field(900.0, gt=0)
+    """Seconds a request may wait for each read of its answer."""
+    retry_deadline: float = Field(600.0, ge=0)
+    """Seconds a request may keep failing before the job gives up."""
+    wait_for_server: float = Field(0.0, ge=0)
+    """Seconds to wait for a --base-url server to be ready (a stack starting it alongside)."""
+    ca_bundle: FilePath | None = None
+    """PEM file of the CAs to trust for https base URLs."""
+    load_adapter: bool = False
+    """Register the adapter on the running server first (and unload it after, if this job loaded it)."""
+    server_adapter_path: str | None = None
+    """The adapter's directory on the server's machine (--load-adapter)."""
+    adapter_check: AdapterCheck = "strict"
+    """lazy: accept an adapter the server does not list yet (a resolver plugin loads it)."""
+    priority: int | None = None
+    """Request priority, for a server with --scheduling-policy priority (lower runs first)."""
+    cache_salt: str | None = None
+    """This tenant's prefix-cache salt (no cache sharing with other salts)."""
+    session_affinity: bool = False
+    """Send X-Session-ID: ADAPTER, so a router hashing on it (vllm-router consistent_hash) keeps this
+    table on one replica."""
+    session_header: str = Field("X-Session-ID", min_length=1, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    """The header ``session_affinity`` sets (vllm-router reads ``X-Session-ID`` first)."""
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+    """Sent with every request (gateways: tenant ids, routing); ``REMOTE_SYNTH_EXTRA_HEADERS`` is JSON."""
+    extra_body: dict[str, JsonValue] = Field(default_factory=dict)
+    """Merged into every completions request (gateways' own fields); ``REMOTE_SYNTH_EXTRA_BODY`` is JSON."""
+
+    @field_validator("base_url", "api_key", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str) and "," in value:
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def base_urls(self) -> list[str]:
+        """Every base URL given ([] to launch a server)."""
+        if self.base_url is None:
+            return []
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+
+    @property
+    def api_keys(self) -> list[str]:
+        if self.api_key is None:
+            return []
+        keys = [self.api_key] if isinstance(self.api_key, SecretStr) else self.api_key
+        return [k.get_secret_value() for k in keys]
+
+
+class LaunchSettings(_Settings):
+    """How a local server is launched (and kept up) when no base URL is given."""
+
+    base_model: str | None = None
+    """Base model path or id for a launched server (default: the run's metadata)."""
+    host: str = "127.0.0.1"
+    """Address a launched server listens on."""
+    port: int | None = Field(None, ge=1, le=65535)
+    """Port a launched server listens on (default: a free one)."""
+    max_num_seqs: int | None = Field(None, ge=1)
+    """``--max-num-seqs`` for a launched server; it also starts the window there."""
+    max_loras: int | None = Field(None, ge=1)
+    """Adapters in one batch (default: one per adapter, up to 8)."""
+    max_cpu_loras: int | None = Field(None, ge=1)
+    """Adapters kept in CPU memory (default: vLLM's)."""
+    offline: bool | None = None
+    """Keep vLLM off the model hub (default: offline exactly when the base model is a local path)."""
+    max_server_restarts: int = Field(2, ge=0)
+    """Times a launched server that dies during a job is started again."""
+    startup_timeout: float = Field(900.0, gt=0)
+    """Seconds a launched server may take to become ready."""
+    max_model_len: int | None = Field(None, ge=16)
+    """Server context length (default: fits NSS's max_seq_length)."""
+    dtype: str = "auto"
+    """vLLM's --dtype for a launched server."""
+    server_log: Path | None = None
+    """A launched server's log file (default: in log_dir)."""
+    log_dir: Path | None = None
+    """A launched server's log (and ``serve``'s key file) (default: RUN_DIR/generate/logs, or
+    $XDG_STATE_HOME/remote-synth when the run directory is read-only)."""
+
+
+class EngineSettings(_Settings):
+    """How the engine paces a job against the server's capacity."""
+
+    window: int = Field(256, ge=1)
+    """Prompts in flight at first; the fixed window where the server has no /metrics."""
+    max_window: int = Field(4096, ge=1)
+    """Prompts in flight at most, whatever the server's metrics say."""
+    share: float = Field(1.0, gt=0, le=1)
+    """This job's share of a shared server's capacity, in (0, 1]."""
+    load_interval: float = Field(0.5, gt=0)
+    """Seconds between readings of the server's ``/metrics``."""
+    use_detailed_logs: bool = False
+    """Detailed validation messages (they quote record values)."""
+
+
+class RemoteSettings(ClientSettings, LaunchSettings, EngineSettings):
+    """Where and how to reach the server; every field also reads ``REMOTE_SYNTH_<FIELD>``.
+
+    With no ``base_url`` the backend launches (and later stops) a local server.
+    """
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RemoteSettings:
+        if self.window > self.max_window:
+            raise ValueError(f"window ({self.window}) must not exceed max_window ({self.max_window})")
+        if self.max_loras and self.max_cpu_loras and self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be at least max_loras ({self.max_loras})")
+        return self
+
+    @classmethod
+    def load(cls, **values: Any) -> RemoteSettings:
+        """Given values over ``REMOTE_SYNTH_*`` over defaults; a bad value is a ``ConfigError``."""
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, secret_fields={"api_key"})) from None

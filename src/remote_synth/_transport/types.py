@@ -1,0 +1,71 @@
+"""What the engine needs from the transport, and nothing of HTTP: completions, load, the sender.
+
+The engine imports this module only; ``InferenceClient`` (``client.py``) is one ``CompletionSender``,
+and unit tests and simulators may be others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .retry import RetryPolicy
+
+__all__ = ["Completion", "CompletionSender", "ServerInfo", "ServerLoad", "completions_body"]
+
+logger = logging.getLogger("remote_synth.preflight")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One completion of a prompt."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerLoad:
+    """What vLLM's ``/metrics`` says about its scheduler (summed over engines and models)."""
+
+    running: float
+    """Sequences being generated."""
+    waiting: float
+    """Sequences queued for a slot."""
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What generation needs to know about the server."""
+
+    context: int | None
+    """The adapter's context length (``max_model_len``), when the server says."""
+    prompt_tokens: int
+
+    def clamp_max_tokens(self, wanted: int) -> int:
+        """Deviation from NSS: a server rejects prompt + max_tokens > context, so fit it."""
+        if self.context is None:
+            return wanted
+        room = self.context - self.prompt_tokens
+        if wanted > room:
+            logger.info("max_tokens %d clamped to %d (server context %d, prompt %d tokens)", wanted, room,
+                        self.context, self.prompt_tokens)  # fmt: skip
+            return room
+        return wanted
+
+
+class CompletionSender(Protocol):
+    """What the scheduler sends through: completions, the server's load, and the retry policy to use."""
+
+    retry: RetryPolicy
+
+    async def send_completions(self, body: dict[str, Any]) -> list[Completion]: ...
+
+    async def load(self) -> ServerLoad | None: ...
+
+
+def completions_body(model: str, prompts: Sequence[str], params: Mapping[str, object]) -> dict[str, Any]:
+    """A ``/v1/completions`` body: the sampling fields, the model, the prompts, one sample each."""
+    return {**params, "model": model, "prompt": list(prompts), "n": 1}
