@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fakes.sim_vllm import SimulatedVllm  # noqa: E402
 
 from remote_synth import RemoteBackend, RemoteSettings  # noqa: E402
-from remote_synth._engine import TimeseriesJobs  # noqa: E402
+from remote_synth._engine.series import SeriesKind  # noqa: E402
 from remote_synth._transport import InferenceClient
 from remote_synth._transport.preflight import check_server  # noqa: E402
 from remote_synth.demo.layout import write_run_dir  # noqa: E402
@@ -94,25 +94,13 @@ def rounds(run: Path, sim: SimulatedVllm) -> tuple[float, float, int]:
     """NSS's loop: every active group's job at once, then wait for all of them."""
     settings = RemoteSettings(base_url="http://sim", adapter_name=sim.adapter)
     backend = RemoteBackend(run, settings=settings, transport=sim)
-    assert backend.series is not None
+    assert isinstance(backend.kind, SeriesKind)
 
     async def loop() -> tuple[GenerationBatches, float]:
         client = InferenceClient("http://sim", transport=sim, max_concurrency=1024)
         info = await check_server(client, sim.adapter, backend.prompt, None)
         batches = GenerationBatches(target_num_records=backend.config.num_records)
-        series = backend.series
-        assert series is not None
-        jobs = TimeseriesJobs(
-            batches,
-            series.processor,
-            series.spec,
-            series.prompt,
-            backend._request_body(info),
-            series.initial_prefill,
-            target=backend.config.num_records,
-            threshold=backend.config.invalid_fraction_threshold,
-            patience=backend.config.patience,
-        )
+        jobs = backend.kind.jobs(batches, backend._request_body(info), on_batch=None, log=None)
         t0 = time.monotonic()
         while not jobs.done:
             round_jobs = []

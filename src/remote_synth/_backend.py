@@ -23,17 +23,18 @@ from pydantic import BaseModel
 
 from ._engine import (
     EngineStats,
+    Jobs,
+    LoopThread,
     Progress,
     Recovery,
+    RunKind,
     Scheduler,
-    TabularJobs,
-    TimeseriesJobs,
     WindowPolicy,
     WindowSettings,
+    request_body,
+    run_kind,
+    sampling_fields,
 )
-from ._engine.loop_thread import LoopThread
-from ._engine.sampling import request_body, sampling_fields
-from ._engine.series import SeriesRun
 from ._exceptions import BackendStateError, ConfigError
 from ._io.journal import Journal
 from ._server.launch import adapter_name_for, launch_settings
@@ -47,11 +48,9 @@ from ._transport.retry import RetryPolicy
 from ._transport.types import ServerInfo
 from .nss.contract import GeneratorBackend
 from .nss.params import GenerateParameters
-from .nss.processors import Processor, create_processor
-from .nss.prompt import build_prompt
-from .nss.results import DataActionsFn, GenerateJobResults, GenerationBatches, GenerationStatus
+from .nss.processors import Processor
+from .nss.results import DataActionsFn, GenerateJobResults, GenerationBatches
 from .nss.rundir import ModelMetadata, RunDirectory
-from .nss.structured import structured_outputs_payload
 
 __all__ = ["RemoteBackend"]
 
@@ -93,42 +92,10 @@ class RemoteBackend(GeneratorBackend):
         self.on_batch = on_batch
         self.on_status = on_status
         """Told what ``initialize()`` waits for ("starting vLLM… 35 s"), about every second."""
-        self.columns = self.run.columns
-        prompt_config = self.model_metadata.prompt_config
-        self.group_by = self.run.config.data.group_training_examples_by
-        self.series = (
-            SeriesRun.open(self.run, self.model_metadata, self.config.validation, self.use_detailed_logs)
-            if self.run.is_timeseries
-            else None
-        )
-        """A time-series run's settings (None for tabular and grouped runs)."""
         self.adapter_name = self.settings.adapter_name or adapter_name_for(self.run)
-        if self.series is not None:
-            self.processor: Processor = self.series.processor
-            self.prompt = self.series.prompt("")  # the preflight's; each job ends in its group's prefill
-            self.structured_outputs: dict[str, Any] | None = None  # NSS sends none for time series
-            if self.config.use_structured_generation:
-                logger.warning("time-series runs generate without structured outputs, as NSS's do: "
-                               "use_structured_generation is ignored")  # fmt: skip
-        else:
-            self.processor = create_processor(
-                self.run.schema,
-                group_by=self.group_by,
-                order_by=self.run.config.data.order_training_examples_by,
-                bos_token=prompt_config.bos_token,
-                eos_token=prompt_config.eos_token,
-                validation=self.config.validation,
-                detailed_errors=self.use_detailed_logs,
-            )
-            self.prompt = build_prompt(self.columns, prompt_config.template, self.model_metadata.instruction)
-            self.structured_outputs = structured_outputs_payload(
-                self.config,
-                self.run.schema,
-                grouped=self.group_by is not None,
-                bos_token=prompt_config.bos_token,
-                eos_token=prompt_config.eos_token,
-                max_sequences_per_example=self.run.config.max_sequences_per_example,
-            )
+        self.kind: RunKind = run_kind(self.run, self.model_metadata, self.config,
+                                      detailed_errors=self.use_detailed_logs)  # fmt: skip
+        """Tabular (grouped included) or time series: everything that differs between them."""
         self.server: VllmServer | None = None
         self.server_info: ServerInfo | None = None
         self.engine_stats: EngineStats | None = None
@@ -170,7 +137,7 @@ class RemoteBackend(GeneratorBackend):
             if self.settings.load_adapter:
                 self._loop.run(self._register_adapter(self._client))
             self.server_info = self._loop.run(
-                check_server(self._client, self.adapter_name, self.prompt, self.structured_outputs, lazy=lazy)
+                check_server(self._client, self.adapter_name, self.prompt, self.kind.structured_outputs, lazy=lazy)
             )
             self.gen_method = self.generate
         except BaseException:
@@ -200,8 +167,7 @@ class RemoteBackend(GeneratorBackend):
         journal = Journal(path, self.job_header())
         self._replay = journal.open(resume=resume)
         self.journal = journal
-        keys = 1 if self.series is not None else 0  # a time-series entry names its group first
-        return sum(len(entry) - keys for entry in self._replay)
+        return sum(len(entry) - self.kind.journal_keys for entry in self._replay)
 
     def job_header(self) -> dict[str, object]:
         """What makes two runs the same job: adapter, schema, prompt, settings and the request's sampling."""
@@ -227,7 +193,7 @@ class RemoteBackend(GeneratorBackend):
             patience=self.config.patience,
             data_actions_fn=data_actions_fn,
         )
-        jobs = self._jobs(batches, self._request_body(self.server_info))
+        jobs = self.kind.jobs(batches, self._request_body(self.server_info), on_batch=self.on_batch, log=self.journal)
         scheduler = self._scheduler(self._client)
         started = time.monotonic()
         self.gen_results = None
@@ -241,7 +207,7 @@ class RemoteBackend(GeneratorBackend):
                 jobs.flush()  # runs the progress callback: a second Ctrl-C may land in it
             finally:
                 self.elapsed_time = time.monotonic() - started
-                self.gen_results = self._results(batches, done=jobs.done)
+                self.gen_results = self.kind.finish(batches, done=jobs.done, elapsed=self.elapsed_time)
         batches.raise_for_status()
         return self.gen_results
 
@@ -304,6 +270,15 @@ class RemoteBackend(GeneratorBackend):
     def owns_server(self) -> bool:
         return self.server is not None
 
+    @property
+    def processor(self) -> Processor:
+        return self.kind.processor
+
+    @property
+    def prompt(self) -> str:
+        """The prompt the preflight sends (a time series' jobs end theirs in a group's prefill)."""
+        return self.kind.prompt
+
     def server_settings(self) -> ServerSettings:
         """How this run's adapter is launched when no base URL is given (``launch_settings``)."""
         return launch_settings(self.run, self.settings, self.config, self.model_metadata)
@@ -343,7 +318,7 @@ class RemoteBackend(GeneratorBackend):
             keep_special_tokens=self.processor.needs_special_tokens,
             server=server,
             params=self._params,
-            structured_outputs=self.structured_outputs,
+            structured_outputs=self.kind.structured_outputs,
         )
 
     async def _register_adapter(self, client: InferenceClient) -> None:
@@ -351,7 +326,7 @@ class RemoteBackend(GeneratorBackend):
         if await register_adapter(client, self.adapter_name, path):
             self._loaded_adapter = True
 
-    async def _run_engine(self, scheduler: Scheduler, jobs: TabularJobs | TimeseriesJobs) -> None:
+    async def _run_engine(self, scheduler: Scheduler, jobs: Jobs) -> None:
         """The scheduler; beside it, for a server we launched, a supervisor that restarts it if it dies."""
         if self.server is None:
             await scheduler.run(jobs)
@@ -372,29 +347,6 @@ class RemoteBackend(GeneratorBackend):
         reregister = (lambda: self._register_adapter(client)) if s.load_adapter else None
         return Scheduler(client, adapter, window, prompts_per_request=s.prompts_per_request,
                          load_interval=s.load_interval, recovery=recovery, reregister=reregister)  # fmt: skip
-
-    def _jobs(self, batches: GenerationBatches, body: dict[str, Any]) -> TabularJobs | TimeseriesJobs:
-        if self.series is None:
-            return TabularJobs(batches, self.processor, self.prompt, body, self.config.num_records,
-                               detailed_errors=self.use_detailed_logs, on_batch=self.on_batch,
-                               log=self.journal)  # fmt: skip
-        return TimeseriesJobs(batches, self.series.processor, self.series.spec, self.series.prompt, body,
-                              self.series.initial_prefill, target=self.config.num_records,
-                              threshold=self.config.invalid_fraction_threshold, patience=self.config.patience,
-                              detailed_errors=self.use_detailed_logs, on_batch=self.on_batch,
-                              log=self.journal)  # fmt: skip
-
-    def _results(self, batches: GenerationBatches, *, done: bool) -> GenerateJobResults:
-        """Results from what was generated so far (kept even when generation stops early)."""
-        reached = batches.num_valid_records >= self.config.num_records
-        if batches.status is GenerationStatus.IN_PROGRESS and (reached or (self.series is not None and done)):
-            batches.job_complete()
-        truncate = self.group_by is None and self.series is None and batches.status is GenerationStatus.COMPLETE
-        max_records = self.config.num_records if truncate else None
-        results = GenerateJobResults.from_batches(batches, max_records, self.columns, self.elapsed_time)
-        if self.series is not None:  # no truncation: num_records is only a progress target here
-            results.df = self.series.sort(results.df)
-        return results
 
 
 def _digest(value: object) -> str:

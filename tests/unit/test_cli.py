@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from fakes.http_vllm import HttpVllm
 
-from remote_synth._cli import EXIT_BAD_INPUT, main
+from remote_synth._cli import main
+from remote_synth._cli.exits import EXIT_BAD_INPUT
 from remote_synth._server.vllm import free_port
 from remote_synth.demo.layout import write_run_dir
 
@@ -191,9 +192,9 @@ def test_ctrl_c_right_after_the_announcement_is_a_clean_stop(
     fake = _ReadyServer(run)
     monkeypatch.setattr(server_module, "VllmServer", lambda settings: fake)
 
-    import remote_synth._cli as cli_module
+    import click as cli_module
 
-    echo = cli_module.click.echo
+    echo = cli_module.echo
 
     said: list[str] = []
 
@@ -203,7 +204,7 @@ def test_ctrl_c_right_after_the_announcement_is_a_clean_stop(
         if message.startswith("Ctrl-C"):  # the signal lands as soon as the line is out
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_module.click, "echo", echo_then_interrupt)
+    monkeypatch.setattr(cli_module, "echo", echo_then_interrupt)
     code, _ = run_main(monkeypatch, capsys, "serve", str(run), "--api-key", "k", "--port", str(free_port()))
     assert code == 0
     assert fake.stopped == 1
@@ -327,7 +328,7 @@ def test_serve_beyond_loopback_without_a_key_refuses_to_start(
 
 
 def test_a_key_file_is_private_even_when_it_existed(tmp_path: Path) -> None:
-    from remote_synth._cli import write_key
+    from remote_synth._cli.serve import write_key
 
     path = tmp_path / ".vllm-api-key"
     path.write_text("old")
@@ -362,7 +363,7 @@ def test_a_signal_during_generation_keeps_the_rows_and_exits_by_signal(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path,
     raise_it: Callable[[], object], code: int, word: str,
 ) -> None:  # fmt: skip
-    import remote_synth._cli as cli_module
+    import remote_synth._cli.progress as cli_module
 
     signalled = []
 
@@ -370,7 +371,7 @@ def test_a_signal_during_generation_keeps_the_rows_and_exits_by_signal(
         if not signalled:
             signalled.append(raise_it())
 
-    monkeypatch.setattr(cli_module._ProgressBar, "update", update)
+    monkeypatch.setattr(cli_module.ProgressBar, "update", update)
     out = tmp_path / "x.csv"
     with HttpVllm("a", unique_record) as server:
         got, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, out, "--num-records", "500"))
@@ -490,7 +491,7 @@ def test_a_local_base_model_keeps_the_server_offline(tmp_path: Path) -> None:
 def test_the_announced_base_url_is_one_a_client_can_use() -> None:
     import socket
 
-    from remote_synth._cli import client_base_url
+    from remote_synth._cli.serve import client_base_url
 
     assert client_base_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
     assert client_base_url("0.0.0.0", 8000) == f"http://{socket.getfqdn()}:8000"

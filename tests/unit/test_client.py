@@ -20,6 +20,7 @@ from remote_synth._exceptions import (
 )
 from remote_synth._transport import InferenceClient, RetryPolicy
 from remote_synth._transport.client import _TRANSLATIONS
+from remote_synth._transport.models import ServedModel
 
 
 def completions_handler(seen: list[dict], reverse: bool = True) -> Callable[[httpx.Request], httpx.Response]:
@@ -60,7 +61,7 @@ def test_base_url_with_v1_and_auth_header() -> None:
         auth.append(request.headers.get("authorization"))
         return httpx.Response(200, json={"data": [{"id": "a"}]})
 
-    assert run(client(handle).models()) == [{"id": "a"}]
+    assert run(client(handle).models()) == [ServedModel(id="a")]
     assert urls == ["http://server:8000/v1/models"] and auth == ["Bearer k"]
 
 

@@ -219,14 +219,14 @@ def test_a_table_without_groups_and_times_of_day_ends_at_num_records(tmp_path: P
 
 def test_output_is_sorted_by_time_as_time_not_as_text(tmp_path: Path) -> None:
     from remote_synth import RunDirectory
-    from remote_synth._engine.series import SeriesRun
+    from remote_synth._engine.series import SeriesKind
 
     series = {"timestamp_column": "t", "timestamp_format": "%m/%d/%Y", "timestamp_interval_seconds": 86400}
     path = write_run_dir(tmp_path / "s", SCHEMA, base_model="base", time_series=series,
                          data={"group_training_examples_by": "device"}, initial_prefill={"a": "x"})  # fmt: skip
     run = RunDirectory.open(path)
     df = pd.DataFrame({"v": [1, 2, 3], "t": ["01/02/2027", "12/31/2026", "01/01/2027"], "device": ["b", "a", "a"]})
-    ordered = SeriesRun.open(run, run.metadata).sort(df)
+    ordered = SeriesKind.open(run, run.metadata).sort(df)
     assert list(ordered["t"]) == ["12/31/2026", "01/01/2027", "01/02/2027"]  # a's two, then b's
 
 

@@ -97,12 +97,16 @@ def test_early_exit_fails_fast_with_the_log_tail(server_factory) -> None:  # typ
     assert info.value.returncode == 3
 
 
+async def _no_sleep(seconds: float) -> None:
+    return None
+
+
 def test_never_ready_times_out(server_factory) -> None:  # type: ignore[no-untyped-def]
     server = server_factory("hang")
     server.start()
     clock = iter(range(0, 10_000, 5))
     with pytest.raises(ServerStartError, match="did not become ready within 20 s"):
-        server.wait_ready(sleep=lambda s: None, clock=lambda: float(next(clock)))
+        server.wait_ready(sleep=_no_sleep, clock=lambda: float(next(clock)))
     server.stop()
     assert not server.group_alive()
 

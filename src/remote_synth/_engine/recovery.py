@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from .._exceptions import APIConnectionError
+from .._transport.polling import until
 
 __all__ = ["Recovery"]
 
@@ -60,13 +61,11 @@ class Recovery:
         started = self._clock()
         self.outages += 1
         logger.warning("%s is not answering; waiting up to %.0f s for it to come back", self.where, self.deadline)
-        while True:
-            if await self._back():
-                logger.warning("%s is back after %.0f s", self.where, self._clock() - started)
-                return
-            if self._clock() - started >= self.deadline:
-                raise APIConnectionError(f"{self.where} did not come back within {self.deadline:.0f} s")
-            await self._sleep(self.interval)
+        back = await until(self._back, timeout=self.deadline, interval=self.interval, clock=self._clock,
+                           sleep=self._sleep)  # fmt: skip
+        if not back:
+            raise APIConnectionError(f"{self.where} did not come back within {self.deadline:.0f} s")
+        logger.warning("%s is back after %.0f s", self.where, self._clock() - started)
 
     async def _back(self) -> bool:
         try:

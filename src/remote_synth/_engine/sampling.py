@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,7 +10,16 @@ from .._exceptions import ConfigError
 from .._transport.types import ServerInfo
 from ..nss.params import GenerateParameters
 
-__all__ = ["MAPPED_FIELDS", "PASSTHROUGH_FIELDS", "request_body", "sampling_fields"]
+__all__ = [
+    "MAPPED_FIELDS",
+    "PASSTHROUGH_FIELDS",
+    "fit_max_tokens",
+    "request_body",
+    "sampling_fields",
+    "shrink_for_prefill",
+]
+
+logger = logging.getLogger("remote_synth.sampling")
 
 #: vLLM sampling fields ``prepare_params`` passes through under their own names.
 PASSTHROUGH_FIELDS = frozenset(
@@ -75,10 +85,29 @@ def request_body(
         "ignore_eos": False,
     }
     body.update(params or {})
-    body["max_tokens"] = server.clamp_max_tokens(int(body["max_tokens"]))
+    body["max_tokens"] = fit_max_tokens(int(body["max_tokens"]), server)
     if structured_outputs is not None:
         body["structured_outputs"] = dict(structured_outputs)
     return body
+
+
+def fit_max_tokens(wanted: int, server: ServerInfo) -> int:
+    """``max_tokens`` for a request: what was asked (NSS: ``max_seq_length``), fitted to the server's context.
+
+    The one place ``max_tokens`` is decided (``shrink_for_prefill`` only takes a prefill off it).
+    Deviation from NSS: a server rejects prompt + max_tokens > context, so it is fitted.
+    """
+    room = server.room
+    if room is not None and wanted > room:
+        logger.info("max_tokens %d clamped to %d (server context %d, prompt %d tokens)", wanted, room,
+                    server.context, server.prompt_tokens)  # fmt: skip
+        return room
+    return wanted
+
+
+def shrink_for_prefill(max_tokens: int, prefill: str) -> int:
+    """A time-series prompt ends in its group's prefill, which has at most a token per byte."""
+    return max(1, max_tokens - len(prefill.encode("utf-8")))
 
 
 def _resolve_temperature(kwargs: Mapping[str, Any], default: float) -> float:

@@ -1,30 +1,38 @@
-"""A time-series run's generation settings, read once from its run directory (reference §5).
+"""The time-series run kind: settings read once from the run directory (reference §5).
 
 What ``RemoteBackend`` needs to drive ``TimeseriesJobs``: the processor, the time settings in
 seconds, the prompt for a group's prefill, each group's first prefill, and the output's order.
+Time series generate without structured outputs, as NSS's do.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
-from ..nss.params import ValidationParameters
+from ..nss.params import GenerateParameters
 from ..nss.processors import TimeSeriesDataProcessor
 from ..nss.prompt import build_prompt
+from ..nss.results import GenerateJobResults, GenerationBatches, GenerationStatus
 from ..nss.rundir import ModelMetadata, RunDirectory
 from ..nss.timeseries import ELAPSED_SECONDS, parse_bound
-from . import SeriesSpec
+from .accounting import CompletionLog, Progress
+from .series_jobs import SeriesSpec, TimeseriesJobs
 
-__all__ = ["PSEUDO_GROUP", "SeriesRun"]
+__all__ = ["PSEUDO_GROUP", "SeriesKind"]
+
+logger = logging.getLogger("remote_synth.remote")
 
 PSEUDO_GROUP = "__nss_sequence_id"
 """The group NSS's training adds to a table without one; it is in no prompt and no output."""
 
 
 @dataclass(frozen=True)
-class SeriesRun:
+class SeriesKind:
     processor: TimeSeriesDataProcessor
     spec: SeriesSpec
     columns: list[str]
@@ -32,21 +40,34 @@ class SeriesRun:
     template: str
     instruction: str
     initial_prefill: dict[str, str]
+    table_columns: list[str]
+    """The run's columns, as the results carry them before sorting."""
+    config: GenerateParameters
+    detailed_errors: bool
+    structured_outputs: dict[str, Any] | None = None
+    """NSS sends none for time series."""
+    journal_keys: int = 1
+    accepts_structured_generation: bool = False
+    """A journal entry names its group first."""
 
     @classmethod
     def open(
         cls,
         run: RunDirectory,
         metadata: ModelMetadata,
-        validation: ValidationParameters | None = None,
+        config: GenerateParameters | None = None,
         detailed_errors: bool = False,
-    ) -> SeriesRun:
+    ) -> SeriesKind:
+        config = config if config is not None else GenerateParameters.resolve(run.config.generation, use_env=False)
+        if config.use_structured_generation:
+            logger.warning("time-series runs generate without structured outputs, as NSS's do: "
+                           "use_structured_generation is ignored")  # fmt: skip
         series = run.config.time_series
         column, fmt = str(series.timestamp_column), str(series.timestamp_format)
         group = run.config.data.group_training_examples_by
         group_column = group if isinstance(group, str) and group != PSEUDO_GROUP else None
         processor = TimeSeriesDataProcessor(run.schema, column, fmt, series.timestamp_interval_seconds,
-                                            validation, detailed_errors)  # fmt: skip
+                                            config.validation, detailed_errors)  # fmt: skip
         spec = SeriesSpec(
             interval=series.timestamp_interval_seconds,
             start=parse_bound(series.start_timestamp, fmt),
@@ -56,10 +77,38 @@ class SeriesRun:
         first = [c for c in (group_column, column) if c is not None]
         columns = first + [c for c in run.columns if c not in first and c != PSEUDO_GROUP]
         prefills = {str(k): str(v) for k, v in (metadata.initial_prefill or {}).items()}
-        return cls(processor, spec, columns, metadata.prompt_config.template, metadata.instruction, prefills)
+        return cls(processor, spec, columns, metadata.prompt_config.template, metadata.instruction, prefills,
+                   run.columns, config, detailed_errors)  # fmt: skip
 
-    def prompt(self, prefill: str) -> str:
+    @property
+    def prompt(self) -> str:
+        """The preflight's prompt: each job's ends in its group's prefill (``prompt_for``)."""
+        return self.prompt_for("")
+
+    def prompt_for(self, prefill: str) -> str:
         return build_prompt(self.columns, self.template, self.instruction, prefill=prefill)
+
+    def jobs(
+        self,
+        batches: GenerationBatches,
+        body: Mapping[str, object],
+        *,
+        on_batch: Callable[[Progress], None] | None,
+        log: CompletionLog | None,
+    ) -> TimeseriesJobs:
+        c = self.config
+        return TimeseriesJobs(batches, self.processor, self.spec, self.prompt_for, body, self.initial_prefill,
+                              target=c.num_records, threshold=c.invalid_fraction_threshold, patience=c.patience,
+                              detailed_errors=self.detailed_errors, on_batch=on_batch, log=log)  # fmt: skip
+
+    def finish(self, batches: GenerationBatches, *, done: bool, elapsed: float) -> GenerateJobResults:
+        """No truncation (num_records is only a progress target here); sorted by group and time."""
+        reached = batches.num_valid_records >= self.config.num_records
+        if batches.status is GenerationStatus.IN_PROGRESS and (reached or done):
+            batches.job_complete()
+        results = GenerateJobResults.from_batches(batches, None, self.table_columns, elapsed)
+        results.df = self.sort(results.df)
+        return results
 
     def sort(self, df: pd.DataFrame) -> pd.DataFrame:
         """By group, then by time as time (NSS sorted formatted timestamps as text: bug 9).

@@ -35,6 +35,7 @@ from ..nss.records import ParsedResponse
 from ..nss.results import GenerationBatches, GenerationStatus
 from ..nss.timeseries import MAX_ACTIVE_GROUPS, expected_records, prefill, samples_per_prompt, step_problem
 from .accounting import CompletionLog, Progress
+from .sampling import shrink_for_prefill
 from .scheduler import Job
 
 __all__ = ["SeriesSpec", "TimeseriesJobs"]
@@ -141,8 +142,8 @@ class TimeseriesJobs:
         group.in_flight = True
         count = max(1, min(samples_per_prompt(len(self._active)), prompts))
         params = dict(self.params)
-        if self._room:  # fitted to the prompt without a prefill, which has at most a token per byte
-            params["max_tokens"] = max(1, self._room - len(group.prefill.encode("utf-8")))
+        if self._room:  # fitted to the prompt without a prefill
+            params["max_tokens"] = shrink_for_prefill(self._room, group.prefill)
         job = Job(prompts=[self.prompt_for(group.prefill)] * count, params=params)
         self._jobs[id(job)] = group
         return job

@@ -13,6 +13,7 @@ and HTTP probes, not records.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import json
@@ -27,15 +28,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import httpx
-
-from .._exceptions import ConfigError, ServerError, ServerStartError
+from .._exceptions import APIError, ConfigError, ServerError, ServerStartError
+from .._transport.client import InferenceClient, TimeoutPolicy
+from .._transport.polling import until
+from .._transport.readiness import is_ready, run_blocking
 
 __all__ = ["ServerSettings", "VllmServer", "free_port", "lora_rank_limit"]
 
@@ -241,45 +243,48 @@ class VllmServer:
         self,
         timeout: float | None = None,
         *,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         on_wait: Callable[[float], None] | None = None,
     ) -> None:
         """Block until /health is 200 and the adapter is listed; fail fast if the process dies.
 
         ``on_wait(seconds)`` is called about every second while it waits: a start takes
-        from 25 s to minutes, and someone is watching.
+        from 25 s to minutes, and someone is watching. The wait is the transport's one
+        readiness loop (``readiness.until`` over ``readiness.is_ready``).
         """
         if self._process is None:
             raise RuntimeError("start() the server first")
         budget = timeout if timeout is not None else self.settings.startup_timeout
-        started = clock()
-        deadline = started + budget
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        with httpx.Client(base_url=self.base_url, headers=headers, timeout=5.0) as http:
-            while True:
-                self.raise_if_exited()
-                if self._ready(http):
-                    logger.info("vLLM ready on %s serving %s", self.base_url, ", ".join(n for n, _ in self.adapters))
-                    return
-                if clock() > deadline:
-                    raise ServerStartError(
-                        f"vLLM did not become ready within {budget:.0f} s; command: {' '.join(self.command)}",
-                        log_tail=self.log_tail(),
-                    )
-                if on_wait is not None:
-                    on_wait(clock() - started)
-                sleep(1.0)
+        run_blocking(self._wait_ready(budget, sleep=sleep, clock=clock, on_wait=on_wait))
+        logger.info("vLLM ready on %s serving %s", self.base_url, ", ".join(n for n, _ in self.adapters))
 
-    def _ready(self, http: httpx.Client) -> bool:
-        try:
-            if http.get("/health").status_code != 200:
+    async def _wait_ready(
+        self,
+        budget: float,
+        *,
+        sleep: Callable[[float], Awaitable[None]],
+        clock: Callable[[], float],
+        on_wait: Callable[[float], None] | None,
+    ) -> None:
+        client = InferenceClient(self.base_url, api_key=self.api_key, timeouts=TimeoutPolicy(probe=5.0))
+        names = [name for name, _ in self.adapters]
+
+        async def ready() -> bool:
+            self.raise_if_exited()
+            try:
+                return await is_ready(client, *names)
+            except APIError:  # still starting: a route not up yet, an answer not whole yet
                 return False
-            models = http.get("/v1/models").json().get("data", [])
-        except (httpx.HTTPError, ValueError):
-            return False
-        served = {m.get("id") for m in models}
-        return all(name in served for name, _ in self.adapters)
+
+        try:
+            if not await until(ready, timeout=budget, on_wait=on_wait, clock=clock, sleep=sleep):
+                raise ServerStartError(
+                    f"vLLM did not become ready within {budget:.0f} s; command: {' '.join(self.command)}",
+                    log_tail=self.log_tail(),
+                )
+        finally:
+            await client.aclose()
 
     def raise_if_exited(self) -> None:
         """Raise ``ServerStartError`` with the log's tail if the process has ended."""

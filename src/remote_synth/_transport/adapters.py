@@ -10,39 +10,18 @@ machine. Knows HTTP through the client, not records.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from .._exceptions import BadRequestError, NotFoundError, ServerCheckError
 from .client import InferenceClient
+from .models import ServedModel
 
 __all__ = ["ServedModel", "register_adapter", "served_models", "unregister_adapter"]
 
 logger = logging.getLogger("remote_synth.adapters")
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    """One entry of ``/v1/models``: a base model (no parent) or an adapter on one."""
-
-    id: str
-    parent: str | None
-    max_model_len: int | None
-
-    @property
-    def is_adapter(self) -> bool:
-        return self.parent is not None
-
-
 async def served_models(client: InferenceClient) -> list[ServedModel]:
-    entries = await client.models()
-    return [
-        ServedModel(
-            id=str(m.get("id")),
-            parent=str(m["parent"]) if m.get("parent") else None,
-            max_model_len=m["max_model_len"] if isinstance(m.get("max_model_len"), int) else None,
-        )
-        for m in entries
-    ]
+    return await client.models()
 
 
 async def register_adapter(client: InferenceClient, name: str, path: str) -> bool:

@@ -39,6 +39,7 @@ from .._exceptions import (
     NotFoundError,
     ServerOverloadedError,
 )
+from .models import ServedModel, parse_models
 from .replicas import ANSWERED, Replica, ReplicaSet
 from .retry import RetryPolicy
 from .types import Completion, ServerLoad, completions_body
@@ -159,9 +160,9 @@ class InferenceClient:
         self._replicas.answered(replica, response.status_code)
         return response.status_code
 
-    async def models(self) -> list[dict[str, Any]]:
-        data = await self._json("GET", "/v1/models", timeout=self.timeouts.probe)
-        return list(data.get("data", []))
+    async def models(self) -> list[ServedModel]:
+        """What the server serves (``/v1/models``, read by ``parse_models``)."""
+        return parse_models(await self._json("GET", "/v1/models", timeout=self.timeouts.probe))
 
     async def load_adapter(self, name: str, path: str) -> None:
         """``POST /v1/load_lora_adapter``: only on servers that allow runtime loading (else 404)."""

@@ -16,7 +16,8 @@ from typing import Any
 
 from .._exceptions import APIConnectionError, AuthenticationError, BadRequestError, NotFoundError, ServerCheckError
 from .client import InferenceClient
-from .replicas import ANSWERED
+from .models import ServedModel, context_length, serves
+from .readiness import is_ready, until
 from .types import Completion, ServerInfo
 
 __all__ = ["ServerInfo", "check_server", "server_is_back"]
@@ -25,16 +26,13 @@ logger = logging.getLogger("remote_synth.preflight")
 
 PROBE_REGEX = "remote-synth-probe-[0-9]{4}"
 PROBE_VALUE = "rs-probe"
+PROBE_TOKENS = 64
+"""Enough for the probe's answer; fitted to the context like every request."""
 
 
 async def server_is_back(client: InferenceClient, adapter: str) -> bool:
-    """After an outage: healthy, and serving the adapter again (a restarted server may not yet).
-
-    As at start-up, a 404 from ``/health`` is a gateway without that route, not a sick server.
-    """
-    if await client.health() not in ANSWERED:
-        return False
-    return adapter in {m.get("id") for m in await client.models()}
+    """After an outage: healthy, and serving the adapter again (a restarted server may not yet)."""
+    return await is_ready(client, adapter)
 
 
 async def wait_for_server(
@@ -51,20 +49,9 @@ async def wait_for_server(
     For stacks that start the server and the client together (compose): the client waits
     instead of failing on a server that is still loading its model.
     """
-    started = clock()
-    while not await _ready(client, adapter):
-        waited = clock() - started
-        if waited >= timeout:
-            raise ServerCheckError(f"the server at {client.display_url} was not ready after {timeout:.0f} s")
-        if on_wait is not None:
-            on_wait(waited)
-        await sleep(min(1.0, timeout - waited))
-
-
-async def _ready(client: InferenceClient, adapter: str | None) -> bool:
-    if adapter is not None:
-        return await server_is_back(client, adapter)
-    return await client.health() in ANSWERED
+    adapters = () if adapter is None else (adapter,)
+    if not await until(lambda: is_ready(client, *adapters), timeout=timeout, on_wait=on_wait, clock=clock, sleep=sleep):
+        raise ServerCheckError(f"the server at {client.display_url} was not ready after {timeout:.0f} s")
 
 
 async def check_server(
@@ -83,19 +70,19 @@ async def check_server(
     health = await client.health()
     if health >= 500:  # 404: a gateway without /health; 0: no answer, which /v1/models reports below
         raise ServerCheckError(f"the server at {client.display_url} is not healthy (/health answered HTTP {health})")
-    by_id = await _served_models(client)
+    models = await _served_models(client)
     tokenizer = adapter
-    if adapter not in by_id and lazy:
-        tokenizer = next((str(k) for k, m in by_id.items() if not m.get("parent")), adapter)
-        by_id = {**by_id, adapter: {"id": adapter, "parent": tokenizer}}
+    if not serves(models, adapter) and lazy:
+        tokenizer = next((m.id for m in models if not m.is_adapter), adapter)
+        models = [*models, ServedModel(id=adapter, parent=tokenizer)]
         logger.info("adapter %r is not listed yet; the server is trusted to load it on first use", adapter)
-    if adapter not in by_id:
-        served = ", ".join(sorted(str(k) for k in by_id)) or "nothing"
+    if not serves(models, adapter):
+        served = ", ".join(sorted(m.id for m in models)) or "nothing"
         raise NotFoundError(
             f"adapter {adapter!r} is not served by {client.display_url} (it serves: {served})", status_code=404
         ).with_remedy("adapter_name")
     info = ServerInfo(
-        context=_context_length(by_id, adapter), prompt_tokens=await client.count_prompt_tokens(tokenizer, prompt)
+        context=context_length(models, adapter), prompt_tokens=await client.count_prompt_tokens(tokenizer, prompt)
     )
     if info.context is not None and info.context - info.prompt_tokens < 1:
         raise ServerCheckError(
@@ -106,7 +93,7 @@ async def check_server(
     return info
 
 
-async def _served_models(client: InferenceClient) -> dict[Any, dict[str, Any]]:
+async def _served_models(client: InferenceClient) -> list[ServedModel]:
     try:
         models = await client.models()
     except APIConnectionError as exc:
@@ -116,7 +103,7 @@ async def _served_models(client: InferenceClient) -> dict[Any, dict[str, Any]]:
             f"the server at {client.display_url} refused the API key (HTTP {exc.status_code})",
             status_code=exc.status_code,
         ).with_remedy("api_key") from None
-    return {m.get("id"): m for m in models}
+    return models
 
 
 async def _check_structured_outputs(
@@ -129,7 +116,7 @@ async def _check_structured_outputs(
         if json_method
         else {"regex": PROBE_REGEX}
     )
-    base = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_tokens": info.clamp_max_tokens(64)}
+    base = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_tokens": min(PROBE_TOKENS, info.room or PROBE_TOKENS)}
     try:
         answer = (await client.complete_many(adapter, [prompt], {**base, "structured_outputs": probe}))[0]
         await client.complete_many(adapter, [prompt], {**base, "max_tokens": 1, "structured_outputs": dict(constraint)})
@@ -143,15 +130,6 @@ async def _check_structured_outputs(
             f"the server at {client.display_url} ignored `structured_outputs` (vLLM older than 0.12, or a "
             "gateway that drops unknown fields): upgrade the server or turn structured generation off"
         )
-
-
-def _context_length(models: Mapping[Any, Mapping[str, Any]], adapter: str) -> int | None:
-    entry = models[adapter]
-    for candidate in (entry, models.get(entry.get("parent")), models.get(entry.get("root"))):
-        if candidate and isinstance(candidate.get("max_model_len"), int):
-            return int(candidate["max_model_len"])
-    lengths = [m["max_model_len"] for m in models.values() if isinstance(m.get("max_model_len"), int)]
-    return min(lengths) if lengths else None
 
 
 def _obeys_probe(answer: Completion, json_method: bool) -> bool:

@@ -6,7 +6,6 @@ and unit tests and simulators may be others.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -14,8 +13,6 @@ from typing import Any, Protocol
 from .retry import RetryPolicy
 
 __all__ = ["Completion", "CompletionSender", "ServerInfo", "ServerLoad", "completions_body"]
-
-logger = logging.getLogger("remote_synth.preflight")
 
 
 @dataclass(frozen=True)
@@ -44,16 +41,10 @@ class ServerInfo:
     """The adapter's context length (``max_model_len``), when the server says."""
     prompt_tokens: int
 
-    def clamp_max_tokens(self, wanted: int) -> int:
-        """Deviation from NSS: a server rejects prompt + max_tokens > context, so fit it."""
-        if self.context is None:
-            return wanted
-        room = self.context - self.prompt_tokens
-        if wanted > room:
-            logger.info("max_tokens %d clamped to %d (server context %d, prompt %d tokens)", wanted, room,
-                        self.context, self.prompt_tokens)  # fmt: skip
-            return room
-        return wanted
+    @property
+    def room(self) -> int | None:
+        """Tokens left after the prompt in the context (None: the server does not say)."""
+        return None if self.context is None else self.context - self.prompt_tokens
 
 
 class CompletionSender(Protocol):

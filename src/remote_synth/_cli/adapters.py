@@ -1,0 +1,116 @@
+"""``remote-synth adapters``: list, load and unload adapters on a running server."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from .._exceptions import ConfigError
+from .._settings import RemoteSettings
+from ..nss.rundir import RunDirectory
+from .options import api_key_from, ca_bundle_option
+
+if TYPE_CHECKING:
+    from .._transport.client import InferenceClient
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+@click.group()
+def adapters() -> None:
+    """Adapters on a running server: list them, load a run's adapter, unload one.
+
+    Loading needs a server started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=1.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class _Server:
+    """A running server as the adapters commands are told it."""
+
+    base_url: str
+    api_key_env: str | None
+    ca_bundle: Path | None
+
+    def run(self, work: Callable[[InferenceClient], Awaitable[T]]) -> T:
+        """``work(client)`` against the server, then the client closed."""
+        import asyncio
+
+        from .._transport.client import InferenceClient
+
+        settings = RemoteSettings.load(ca_bundle=self.ca_bundle)
+
+        async def go() -> T:
+            client = InferenceClient(
+                self.base_url, api_key=api_key_from(None, self.api_key_env), ca_bundle=settings.ca_bundle
+            )
+            try:
+                return await work(client)
+            finally:
+                await client.aclose()
+
+        return asyncio.run(go())
+
+
+def _server_options(command: F) -> F:
+    """``--base-url``, ``--api-key-env`` and ``--ca-bundle``, handed to the command as ``server``."""
+
+    @functools.wraps(command)
+    def wrapper(base_url: str, api_key_env: str | None, ca_bundle: Path | None, **kwargs: Any) -> Any:
+        return command(server=_Server(base_url, api_key_env, ca_bundle), **kwargs)
+
+    wrapped = ca_bundle_option(wrapper)
+    wrapped = click.option("--api-key-env", help="Name of an environment variable holding the server's API key.")(
+        wrapped
+    )
+    return typing.cast(F, click.option("--base-url", required=True, help="The running server.")(wrapped))
+
+
+@adapters.command("list")
+@_server_options
+def adapters_list(server: _Server) -> None:
+    """What the server serves: base models and the adapters on them."""
+    from .._transport.adapters import served_models
+
+    for model in server.run(served_models):
+        kind = f"adapter on {model.parent}" if model.is_adapter else "base model"
+        click.echo(f"{model.id}\t{kind}")
+
+
+@adapters.command("load")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_server_options
+@click.option("--adapter-name", help="Name to serve it under (default: derived from its files).")
+@click.option("--server-adapter-path", help="The adapter's directory on the server's machine (default: the run's).")
+def adapters_load(run_dir: Path, server: _Server, adapter_name: str | None, server_adapter_path: str | None) -> None:
+    """Load RUN_DIR's adapter into the running server (nothing happens if it is served already)."""
+    from .._server.launch import adapter_name_for
+    from .._transport.adapters import register_adapter
+
+    run = RunDirectory.open(run_dir).check()
+    name = adapter_name or adapter_name_for(run)
+    path = server_adapter_path or str(run.adapter_dir)
+    loaded = server.run(lambda client: register_adapter(client, name, path))
+    click.echo(f"loaded {name}" if loaded else f"{name} is already served")
+
+
+@adapters.command("unload")
+@click.argument("name")
+@_server_options
+def adapters_unload(name: str, server: _Server) -> None:
+    """Stop serving adapter NAME."""
+    from .._transport.adapters import unregister_adapter
+    from .._transport.client import redact_url
+
+    if not server.run(lambda client: unregister_adapter(client, name)):
+        raise ConfigError(
+            f"{name} is not served by {redact_url(server.base_url)} (or it does not unload adapters at runtime)"
+        )
+    click.echo(f"unloaded {name}")

@@ -1,0 +1,66 @@
+"""What differs between a tabular (or grouped) run and a time-series run: one object, asked once.
+
+``RemoteBackend`` asks ``run_kind(...)`` once and then never branches on the kind: the processor
+that validates, the prompt the preflight sends, the structured outputs (none for time series, as in
+NSS), the engine's job source, how many leading fields a journal entry names, and how the results
+are finished (tabular results are cut at the target; time series are sorted by group and time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from ..nss.processors import Processor
+from ..nss.results import GenerateJobResults, GenerationBatches
+from .accounting import CompletionLog, Progress
+from .scheduler import JobSource
+
+__all__ = ["Jobs", "RunKind"]
+
+
+class Jobs(JobSource, Protocol):
+    """A job source that can also replay a journal and count what a stopped job accepted."""
+
+    def replay(self, entries: Iterable[Sequence[str]]) -> None:
+        """Use an earlier run's completions (the journal's) again, exactly as they were used then."""
+
+    def flush(self) -> None:
+        """Count what is still open (a failure, an interrupt, or the end) into the batches."""
+
+
+class RunKind(Protocol):
+    """One kind of run: tabular (grouped included) or time series."""
+
+    @property
+    def processor(self) -> Processor:
+        """Validates each completion into records (NSS's processor for this kind)."""
+
+    @property
+    def prompt(self) -> str:
+        """The prompt the preflight sends (and, for tabular runs, every request)."""
+
+    @property
+    def structured_outputs(self) -> dict[str, Any] | None:
+        """The constraint every request carries (None: unconstrained sampling)."""
+
+    @property
+    def accepts_structured_generation(self) -> bool:
+        """Whether ``use_structured_generation`` means anything here (NSS ignores it for time series)."""
+
+    @property
+    def journal_keys(self) -> int:
+        """Leading fields of a journal entry that are not completions (a time series names its group)."""
+
+    def jobs(
+        self,
+        batches: GenerationBatches,
+        body: Mapping[str, object],
+        *,
+        on_batch: Callable[[Progress], None] | None,
+        log: CompletionLog | None,
+    ) -> Jobs:
+        """The engine's job source for one ``generate()`` call."""
+
+    def finish(self, batches: GenerationBatches, *, done: bool, elapsed: float) -> GenerateJobResults:
+        """Results from what was generated so far (kept even when generation stops early)."""

@@ -1,0 +1,75 @@
+"""The tabular run kind (grouped runs too): one prompt, NSS's batches, structured outputs if asked."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..nss.params import GenerateParameters
+from ..nss.processors import Processor, create_processor
+from ..nss.prompt import build_prompt
+from ..nss.results import GenerateJobResults, GenerationBatches, GenerationStatus
+from ..nss.rundir import ModelMetadata, RunDirectory
+from ..nss.structured import structured_outputs_payload
+from .accounting import CompletionLog, Progress, TabularJobs
+
+__all__ = ["TabularKind"]
+
+
+@dataclass(frozen=True)
+class TabularKind:
+    processor: Processor
+    prompt: str
+    structured_outputs: dict[str, Any] | None
+    columns: list[str]
+    config: GenerateParameters
+    grouped: bool
+    detailed_errors: bool
+    journal_keys: int = 0
+    accepts_structured_generation: bool = True
+
+    @classmethod
+    def open(
+        cls, run: RunDirectory, metadata: ModelMetadata, config: GenerateParameters, detailed_errors: bool
+    ) -> TabularKind:
+        prompt_config = metadata.prompt_config
+        group_by = run.config.data.group_training_examples_by
+        processor = create_processor(
+            run.schema,
+            group_by=group_by,
+            order_by=run.config.data.order_training_examples_by,
+            bos_token=prompt_config.bos_token,
+            eos_token=prompt_config.eos_token,
+            validation=config.validation,
+            detailed_errors=detailed_errors,
+        )
+        structured = structured_outputs_payload(
+            config,
+            run.schema,
+            grouped=group_by is not None,
+            bos_token=prompt_config.bos_token,
+            eos_token=prompt_config.eos_token,
+            max_sequences_per_example=run.config.max_sequences_per_example,
+        )
+        prompt = build_prompt(run.columns, prompt_config.template, metadata.instruction)
+        return cls(processor, prompt, structured, run.columns, config, group_by is not None, detailed_errors)
+
+    def jobs(
+        self,
+        batches: GenerationBatches,
+        body: Mapping[str, object],
+        *,
+        on_batch: Callable[[Progress], None] | None,
+        log: CompletionLog | None,
+    ) -> TabularJobs:
+        return TabularJobs(batches, self.processor, self.prompt, body, self.config.num_records,
+                           detailed_errors=self.detailed_errors, on_batch=on_batch, log=log)  # fmt: skip
+
+    def finish(self, batches: GenerationBatches, *, done: bool, elapsed: float) -> GenerateJobResults:
+        """Complete at the target; ungrouped results are cut at it (a grouped run keeps whole groups)."""
+        target = self.config.num_records
+        if batches.status is GenerationStatus.IN_PROGRESS and batches.num_valid_records >= target:
+            batches.job_complete()
+        truncate = not self.grouped and batches.status is GenerationStatus.COMPLETE
+        return GenerateJobResults.from_batches(batches, target if truncate else None, self.columns, elapsed)
