@@ -55,7 +55,7 @@ class ClientSettings(_Settings):
     wait_for_server: float = Field(0.0, ge=0)
     """Seconds to wait for a --base-url server to be ready (a stack starting it alongside)."""
     ca_bundle: FilePath | None = None
-    """PEM file of the CAs to trust for https base URLs."""
+    """PEM file of the CAs to trust for https base URLs (default: SSL_CERT_FILE, else certifi's)."""
     load_adapter: bool = False
     """Register the adapter on the running server first (and unload it after, if this job loaded it)."""
     server_adapter_path: str | None = None
@@ -70,7 +70,7 @@ class ClientSettings(_Settings):
     """Send X-Session-ID: ADAPTER, so a router hashing on it (vllm-router consistent_hash) keeps this
     table on one replica."""
     session_header: str = Field("X-Session-ID", min_length=1, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-    """The header ``session_affinity`` sets (vllm-router reads ``X-Session-ID`` first)."""
+    """The header session_affinity sets (vllm-router reads X-Session-ID first)."""
     extra_headers: dict[str, str] = Field(default_factory=dict)
     """Sent with every request (gateways: tenant ids, routing); ``REMOTE_SYNTH_EXTRA_HEADERS`` is JSON."""
     extra_body: dict[str, JsonValue] = Field(default_factory=dict)
@@ -108,7 +108,7 @@ class LaunchSettings(_Settings):
     port: int | None = Field(None, ge=1, le=65535)
     """Port a launched server listens on (default: a free one)."""
     max_num_seqs: int | None = Field(None, ge=1)
-    """``--max-num-seqs`` for a launched server; it also starts the window there."""
+    """vLLM's --max-num-seqs for a launched server; it also starts the window there."""
     max_loras: int | None = Field(None, ge=1)
     """Adapters in one batch (default: one per adapter, up to 8)."""
     max_cpu_loras: int | None = Field(None, ge=1)
@@ -126,7 +126,7 @@ class LaunchSettings(_Settings):
     server_log: Path | None = None
     """A launched server's log file (default: in log_dir)."""
     log_dir: Path | None = None
-    """A launched server's log (and ``serve``'s key file) (default: RUN_DIR/generate/logs, or
+    """Where a launched server's log and serve's key file go (default: RUN_DIR/generate/logs, or
     $XDG_STATE_HOME/remote-synth when the run directory is read-only)."""
 
 
@@ -140,7 +140,7 @@ class EngineSettings(_Settings):
     share: float = Field(1.0, gt=0, le=1)
     """This job's share of a shared server's capacity, in (0, 1]."""
     load_interval: float = Field(0.5, gt=0)
-    """Seconds between readings of the server's ``/metrics``."""
+    """Seconds between readings of the server's /metrics."""
     use_detailed_logs: bool = False
     """Detailed validation messages (they quote record values)."""
 

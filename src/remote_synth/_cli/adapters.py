@@ -14,7 +14,7 @@ import click
 from .._exceptions import ConfigError
 from .._settings import RemoteSettings
 from ..nss.rundir import RunDirectory
-from .options import api_key_from, ca_bundle_option
+from .options import api_key_from, settings_options
 
 if TYPE_CHECKING:
     from .._transport.client import InferenceClient
@@ -66,7 +66,7 @@ def _server_options(command: F) -> F:
     def wrapper(base_url: str, api_key_env: str | None, ca_bundle: Path | None, **kwargs: Any) -> Any:
         return command(server=_Server(base_url, api_key_env, ca_bundle), **kwargs)
 
-    wrapped = ca_bundle_option(wrapper)
+    wrapped = settings_options("ca_bundle")(wrapper)
     wrapped = click.option("--api-key-env", help="Name of an environment variable holding the server's API key.")(
         wrapped
     )

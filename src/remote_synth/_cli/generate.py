@@ -21,9 +21,15 @@ from ..nss.params import GenerateParameters
 from ..nss.results import GenerateJobResults
 from ..nss.rundir import RunDirectory
 from .exits import GenerationFailed
-from .options import api_key_from, ca_bundle_option, generation_options, json_object, parse_headers
+from .options import api_key_from, generation_options, json_object, parse_headers, settings_options, take_settings
 from .progress import ProgressBar
 from .signals import signals_raise_interrupt
+
+GENERATE_SETTINGS = (
+    "retry_deadline", "log_dir", "load_adapter", "server_adapter_path", "adapter_check", "share", "priority",
+    "cache_salt", "session_affinity", "wait_for_server", "ca_bundle",
+)  # fmt: skip
+"""``RemoteSettings`` fields that are ``generate`` flags (after the ones grouped near the top)."""
 
 
 @click.command()
@@ -40,8 +46,7 @@ from .signals import signals_raise_interrupt
     multiple=True,
     help="Environment variable holding the server's API key; repeat for one per --base-url.",
 )
-@click.option("--adapter-name", help="The adapter's name on the server (default: derived from its files).")
-@click.option("--base-model", help="Base model path or id for a launched server.")
+@settings_options("adapter_name", "base_model")
 @generation_options("num_records")
 @click.option(
     "--output",
@@ -56,58 +61,16 @@ from .signals import signals_raise_interrupt
 @click.option(
     "--max-new-tokens", type=int, help="Tokens per completion (default: NSS's max_seq_length, fitted to the server)."
 )
-@click.option("--max-concurrency", type=int, help="Requests in flight at once, at most.  [default: 256]")
-@click.option("--prompts-per-request", type=int, help="Prompts carried by one request.  [default: 25]")
-@click.option(
-    "--window",
-    type=int,
-    help="Prompts in flight at first; the fixed window where the server has no /metrics.  [default: 256]",
-)
-@click.option(
-    "--detailed-errors", is_flag=True, default=None, help="Detailed validation messages (they quote record values)."
-)
+@settings_options("max_concurrency", "prompts_per_request", "window", "use_detailed_logs",
+                  flags={"use_detailed_logs": "--detailed-errors"})  # fmt: skip
 @click.option("--resume", is_flag=True, help="Continue the job whose journal is next to --output.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (and drop its journal).")
-@click.option(
-    "--retry-deadline", type=float, help="Seconds a request may keep failing before the job gives up.  [default: 600]"
-)
-@click.option(
-    "--log-dir",
-    type=click.Path(path_type=Path),
-    help="A launched server's log.  [default: RUN_DIR/generate/logs, or $XDG_STATE_HOME/remote-synth]",
-)
-@click.option("--load-adapter", is_flag=True, default=None, help="Register the adapter on the running server first.")
-@click.option("--server-adapter-path", help="The adapter's directory on the server's machine (--load-adapter).")
-@click.option(
-    "--adapter-check",
-    type=click.Choice(["strict", "lazy"]),
-    help="lazy: accept an adapter the server does not list yet (a resolver plugin loads it).  [default: strict]",
-)
-@click.option("--share", type=float, help="This job's share of a shared server's capacity, in (0, 1].  [default: 1]")
-@click.option("--priority", type=int, help="Request priority, for a server with --scheduling-policy priority.")
-@click.option("--cache-salt", help="This tenant's prefix-cache salt (no cache sharing with other salts).")
-@click.option(
-    "--session-affinity",
-    is_flag=True,
-    default=None,
-    help="Send X-Session-ID: ADAPTER, so a router hashing on it (vllm-router consistent_hash) keeps "
-    "this table on one replica.",
-)
-@click.option(
-    "--wait-for-server",
-    type=float,
-    help="Seconds to wait for a --base-url server to be ready (a stack starting it alongside).  [default: 0]",
-)
-@ca_bundle_option
+@settings_options(*GENERATE_SETTINGS)
 @click.option("--header", "headers", multiple=True, help="'Name: value' sent with every request (repeatable).")
 @click.option("--extra-body", help="JSON object merged into every completions request (a gateway's fields).")
-def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tuple[str, ...], adapter_name: str | None,
-             base_model: str | None, output: Path | None, max_new_tokens: int | None, max_concurrency: int | None,
-             prompts_per_request: int | None, window: int | None, detailed_errors: bool | None, resume: bool,
-             overwrite: bool, retry_deadline: float | None, log_dir: Path | None, priority: int | None,
-             cache_salt: str | None, headers: tuple[str, ...], extra_body: str | None, load_adapter: bool | None,
-             server_adapter_path: str | None, adapter_check: str | None, share: float | None,
-             session_affinity: bool | None, wait_for_server: float | None, ca_bundle: Path | None, **params: Any) -> None:  # fmt: skip
+def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tuple[str, ...], output: Path | None,
+             max_new_tokens: int | None, resume: bool, overwrite: bool, headers: tuple[str, ...],
+             extra_body: str | None, **values: Any) -> None:  # fmt: skip
     """Generate records for RUN_DIR (default: the bundled demo run, built if missing).
 
     Accepted records go to a journal next to the output as they come; after a crash or a
@@ -117,15 +80,10 @@ def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tup
 
     run = RunDirectory.open(run_dir) if run_dir is not None else _demo_run()
     keys = [api_key_from(None, name) for name in api_key_envs]
-    settings = RemoteSettings.load(base_url=list(base_urls) or None, api_key=keys or None, adapter_name=adapter_name,
-                         base_model=base_model, max_concurrency=max_concurrency, prompts_per_request=prompts_per_request,
-                         window=window, use_detailed_logs=detailed_errors, retry_deadline=retry_deadline,
-                         log_dir=log_dir, priority=priority, cache_salt=cache_salt,
-                         extra_headers=parse_headers(headers) or None, extra_body=json_object("--extra-body", extra_body),
-                         load_adapter=load_adapter, server_adapter_path=server_adapter_path,
-                         adapter_check=adapter_check, share=share, session_affinity=session_affinity,
-                         wait_for_server=wait_for_server, ca_bundle=ca_bundle)  # fmt: skip
-    overrides = {k: v for k, v in params.items() if v is not None}
+    settings = RemoteSettings.load(base_url=list(base_urls) or None, api_key=keys or None,
+                                   extra_headers=parse_headers(headers) or None,
+                                   extra_body=json_object("--extra-body", extra_body), **take_settings(values))  # fmt: skip
+    overrides = {k: v for k, v in values.items() if v is not None}  # what is left: NSS's generation parameters
     target = OutputFile(output if output is not None else run.output_file).check()
     journal_path = Journal.path_for(target.path)
     _check_existing(target.path, journal_path, resume=resume, overwrite=overwrite)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from .._exceptions import ConfigError
+from .._settings import RemoteSettings
 from ..nss.params import GenerateParameters
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -67,13 +69,56 @@ def generation_options(*names: str) -> Callable[[F], F]:
     return decorate
 
 
-def ca_bundle_option(command: F) -> F:
-    return click.option(
-        "--ca-bundle",
-        type=click.Path(path_type=Path),
-        help="PEM file of the CAs to trust for https base URLs (also REMOTE_SYNTH_CA_BUNDLE).  "
-        "[default: SSL_CERT_FILE, else certifi's]",
-    )(command)
+def settings_options(*names: str, flags: Mapping[str, str] | None = None) -> Callable[[F], F]:
+    """Options for ``RemoteSettings`` fields, handed to the command under the field's name.
+
+    Type, choices and help (the field's docstring) come from the field; ``flags`` renames one
+    (``{"use_detailed_logs": "--detailed-errors"}``, or ``"--offline/--online"`` for a pair).
+    Each option defaults to None, so what is not given falls through to ``REMOTE_SYNTH_*`` and
+    then to the field's default, which the help shows.
+    """
+    renamed = dict(flags or {})
+
+    def decorate(command: F) -> F:
+        for name in reversed(names):
+            command = _settings_option(name, renamed.get(name))(command)
+        return command
+
+    return decorate
+
+
+def _settings_option(name: str, flag: str | None) -> Callable[[F], F]:
+    field = RemoteSettings.model_fields[name]
+    flag = flag or "--" + name.replace("_", "-")
+    default = field.get_default(call_default_factory=True)
+    on_flag = default is False and "/" not in flag
+    shown_default = f"  [default: {shown(default)}]" if default not in (None, {}, []) and not on_flag else ""
+    help_text = f"{(field.description or '').strip()}{shown_default}"
+    kind = _value_type(field.annotation)
+    if kind is bool:
+        if "/" in flag:
+            return click.option(flag, name, default=None, help=help_text)
+        return click.option(flag, name, is_flag=True, default=None, help=help_text)
+    if typing.get_origin(kind) is typing.Literal:
+        return click.option(flag, name, type=click.Choice(typing.get_args(kind)), help=help_text, show_default=False)
+    if isinstance(kind, type) and issubclass(kind, Path):
+        return click.option(flag, name, type=click.Path(path_type=Path), help=help_text, show_default=False)
+    return click.option(flag, name, type=kind, help=help_text, show_default=False)
+
+
+def _value_type(annotation: object) -> Any:
+    """``int | None`` → ``int``; ``Annotated[Path, ...]`` (``FilePath``) → ``Path``."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _value_type(typing.get_args(annotation)[0])
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if args and typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return _value_type(args[0])
+    return annotation
+
+
+def take_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """The ``RemoteSettings`` fields among a command's keyword arguments, removed from them."""
+    return {name: values.pop(name) for name in list(values) if name in RemoteSettings.model_fields}
 
 
 def shown(value: object) -> str:

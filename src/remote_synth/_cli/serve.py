@@ -16,40 +16,26 @@ import click
 from .._exceptions import ConfigError
 from .._settings import RemoteSettings
 from ..nss.rundir import RunDirectory
-from .options import api_key_from, every
+from .options import api_key_from, every, settings_options, take_settings
 from .signals import signals_raise_interrupt
+
+SERVE_SETTINGS = ("adapter_name", "max_model_len", "max_loras", "max_cpu_loras", "offline", "server_log", "log_dir")
+"""``RemoteSettings`` fields that are ``serve`` flags, besides --base-model and --host."""
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED, metavar="RUN_DIR... [-- VLLM_ARGS...]")
-@click.option("--base-model", help="Base model path or hub id (default: the runs' metadata).")
-@click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0 for other hosts: needs a key).")
+@settings_options("base_model", "host")
 @click.option("--port", type=int, default=8000, help="Port to listen on.")
 @click.option("--api-key", help="API key clients must send (visible in `ps`: prefer --api-key-env).")
 @click.option("--api-key-env", help="Name of an environment variable holding the API key.")
 @click.option("--insecure", is_flag=True, help="Serve beyond loopback with no key: every route open to anyone.")
-@click.option("--adapter-name", help="Name to serve the adapter under, with one RUN_DIR (default: from its files).")
-@click.option("--max-model-len", type=int, help="Server context length (default: fits NSS's max_seq_length).")
-@click.option("--max-loras", type=int, help="Adapters in one batch.  [default: one per RUN_DIR, up to 8]")
-@click.option("--max-cpu-loras", type=int, help="Adapters kept in CPU memory.  [default: vLLM's]")
-@click.option(
-    "--offline/--online",
-    default=None,
-    help="Keep vLLM off the model hub.  [default: offline when the base model is a local path]",
-)
+@settings_options(*SERVE_SETTINGS, flags={"offline": "--offline/--online", "server_log": "--log-file"})
 @click.option(
     "--runtime-adapters", is_flag=True, help="Let clients load and unload adapters (`adapters load`, --load-adapter)."
 )
-@click.option("--log-file", type=click.Path(path_type=Path), help="vLLM's log (default: in --log-dir).")
-@click.option(
-    "--log-dir",
-    type=click.Path(path_type=Path),
-    help="Logs and the key file.  [default: RUN_DIR/generate/logs, or $XDG_STATE_HOME/remote-synth]",
-)
-def serve(args: tuple[str, ...], base_model: str | None, host: str, port: int, api_key: str | None,
-          api_key_env: str | None, insecure: bool, adapter_name: str | None, max_model_len: int | None,
-          max_loras: int | None, max_cpu_loras: int | None, offline: bool | None, runtime_adapters: bool,
-          log_file: Path | None, log_dir: Path | None) -> None:  # fmt: skip
+def serve(args: tuple[str, ...], port: int, api_key: str | None, api_key_env: str | None, insecure: bool,
+          runtime_adapters: bool, **values: Any) -> None:  # fmt: skip
     """Serve the adapters of one or more RUN_DIRs (one base model) with vLLM until Ctrl-C.
 
     Every route but /health needs the key. Beyond loopback a key must be given (or --insecure).
@@ -60,15 +46,14 @@ def serve(args: tuple[str, ...], base_model: str | None, host: str, port: int, a
 
     run_dirs, vllm_args = _split_pass_through(args)
     key = api_key_from(api_key, api_key_env)
+    settings = RemoteSettings.load(port=port, api_key=key, **take_settings(values))
+    host = settings.host
     if not is_loopback(host) and key is None and not insecure:
         raise ConfigError(
             f"--host {host} listens beyond this machine, so clients need a key: pass --api-key-env NAME "
             "(or --api-key), or --insecure to serve with every route open"
         )
     key_note = f"from ${api_key_env}" if api_key_env else "as given" if api_key else None
-    settings = RemoteSettings.load(base_model=base_model, host=host, port=port, api_key=key,
-                         adapter_name=adapter_name, max_model_len=max_model_len, server_log=log_file,
-                         log_dir=log_dir, max_loras=max_loras, max_cpu_loras=max_cpu_loras, offline=offline)  # fmt: skip
     runs = [RunDirectory.open(d).check() for d in run_dirs]
     launch = dataclasses.replace(serve_settings(runs, settings), extra_args=vllm_args)
     if runtime_adapters:  # behind the key, like every other route
