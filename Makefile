@@ -45,6 +45,8 @@ check: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check src tests scripts
 	@echo "mypy: src/"
 	$(VENV)/bin/mypy
+	@echo "import-linter: layers import downward only"
+	$(VENV)/bin/lint-imports --no-cache
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/unit

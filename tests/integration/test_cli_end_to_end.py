@@ -24,6 +24,13 @@ def run_cli(args: list[str], python: str | None = None, env: dict[str, str] | No
     )
 
 
+def close_pipes(proc: subprocess.Popen[str]) -> None:
+    """A test's own pipes are closed, not left to the collector (pytest reports what it finds there)."""
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def vllm_pids() -> set[str]:
     """Processes that belong to any vLLM server (API servers and their engine children)."""
     found = subprocess.run(["pgrep", "-f", "vllm|VLLM"], capture_output=True, text=True).stdout.split()
@@ -132,6 +139,7 @@ def test_serve_prints_where_and_stops_cleanly_on_ctrl_c(demo_run: RunDirectory, 
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+        close_pipes(proc)
     time.sleep(0.5)
     assert port_is_free("127.0.0.1", port)
     with pytest.raises(ProcessLookupError):
@@ -163,4 +171,5 @@ def test_sigterm_during_generate_stops_the_launched_server(demo_run: RunDirector
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert "terminated" in proc.stderr.read()
+    close_pipes(proc)
     assert vllm_pids() <= before

@@ -508,3 +508,25 @@ def test_bad_gateway_extras_are_bad_input(
 ) -> None:
     code, err = run_main(monkeypatch, capsys, "generate", str(run), "--base-url", "http://127.0.0.1:1", *args)
     assert code == EXIT_BAD_INPUT and message in err
+
+
+def test_settings_flags_come_from_the_settings_fields() -> None:
+    """Type, choices and help are the field's: a new setting is one field and its name in the list."""
+    from typing import get_args
+
+    from remote_synth._cli.generate import GENERATE_SETTINGS, generate
+    from remote_synth._cli.serve import SERVE_SETTINGS, serve
+    from remote_synth._settings import AdapterCheck, RemoteSettings
+
+    for command, names in ((generate, GENERATE_SETTINGS), (serve, SERVE_SETTINGS)):
+        options = {p.name: p for p in command.params if isinstance(p, click.Option)}
+        for name in names:
+            description = RemoteSettings.model_fields[name].description or ""
+            assert name in options and (options[name].help or "").startswith(description.strip()), name
+    options = {p.name: p for p in generate.params if isinstance(p, click.Option)}
+    check = options["adapter_check"].type
+    assert isinstance(check, click.Choice) and tuple(check.choices) == get_args(AdapterCheck)
+    assert options["use_detailed_logs"].opts == ["--detailed-errors"] and options["use_detailed_logs"].is_flag
+    assert options["share"].type == click.FLOAT and "[default: 1.0]" in (options["share"].help or "")
+    serve_options = {p.name: p for p in serve.params if isinstance(p, click.Option)}
+    assert serve_options["offline"].opts == ["--offline"] and serve_options["offline"].secondary_opts == ["--online"]

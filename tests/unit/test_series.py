@@ -266,3 +266,23 @@ def test_structured_generation_is_not_sent_for_time_series_and_says_so(
         b.generate()
     assert all("structured_outputs" not in body for body in fake.bodies)
     assert "use_structured_generation is ignored" in caplog.text
+
+
+def test_the_run_kind_is_decided_once_from_the_run_directory(run: Path, tmp_path: Path) -> None:
+    from remote_synth._engine import run_kind
+    from remote_synth._engine.series import SeriesKind
+    from remote_synth._engine.tabular import TabularKind
+    from remote_synth.nss import GenerateParameters, RunDirectory
+
+    series_run = RunDirectory.open(run)
+    config = GenerateParameters.resolve(series_run.config.generation, {"use_structured_generation": True})
+    kind = run_kind(series_run, series_run.metadata, config)
+    assert isinstance(kind, SeriesKind)
+    assert kind.structured_outputs is None and not kind.accepts_structured_generation  # as NSS: ignored
+    assert kind.journal_keys == 1 and kind.prompt == kind.prompt_for("")
+
+    table = RunDirectory.open(write_run_dir(tmp_path / "tab", SCHEMA, base_model="base", base_max_seq_length=1024))
+    tabular = run_kind(table, table.metadata, config)
+    assert isinstance(tabular, TabularKind)
+    assert tabular.structured_outputs is not None and tabular.accepts_structured_generation
+    assert tabular.journal_keys == 0

@@ -179,6 +179,9 @@ def test_a_server_dies_with_its_owner_even_on_sigkill(tmp_path: Path, fake_pytho
     finally:
         if owner.poll() is None:
             owner.kill()
+            owner.wait(10)
+        if owner.stdout is not None:
+            owner.stdout.close()
 
 
 def test_restart_starts_a_dead_server_again_on_the_same_port(server_factory) -> None:  # type: ignore[no-untyped-def]
