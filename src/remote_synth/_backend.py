@@ -9,8 +9,6 @@ server full and NSS's batch accounting over the completions it brings back.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -19,7 +17,6 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from pydantic import BaseModel
 
 from ._engine import (
     EngineStats,
@@ -35,8 +32,8 @@ from ._engine import (
     run_kind,
     sampling_fields,
 )
-from ._exceptions import BackendStateError, ConfigError
-from ._io.journal import Journal
+from ._exceptions import BackendStateError
+from ._io.journal import Journal, job_header
 from ._server.launch import adapter_name_for, launch_settings
 from ._server.supervisor import run_supervised
 from ._server.vllm import ServerSettings, VllmServer
@@ -47,6 +44,8 @@ from ._transport.preflight import check_server, server_is_back, wait_for_server
 from ._transport.retry import RetryPolicy
 from ._transport.types import ServerInfo
 from .nss.contract import GeneratorBackend
+from .nss.inputs import generation_parameters, run_directory
+from .nss.inputs import model_metadata as model_metadata_for
 from .nss.params import GenerateParameters
 from .nss.processors import Processor
 from .nss.results import DataActionsFn, GenerateJobResults, GenerationBatches
@@ -83,11 +82,11 @@ class RemoteBackend(GeneratorBackend):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.transport = transport  # a test seam: a fake transport instead of the network
-        self.run = _run_directory(workdir).check()
+        self.run = run_directory(workdir).check()
         self.workdir = self.run.path
         self.settings = settings if settings is not None else RemoteSettings.load()
-        self.config = _generation_parameters(config, self.run)
-        self.model_metadata = _model_metadata(model_metadata, self.run)
+        self.config = generation_parameters(config, self.run)
+        self.model_metadata = model_metadata_for(model_metadata, self.run)
         self.use_detailed_logs = self.settings.use_detailed_logs if use_detailed_logs is None else use_detailed_logs
         self.on_batch = on_batch
         self.on_status = on_status
@@ -173,15 +172,7 @@ class RemoteBackend(GeneratorBackend):
         """What makes two runs the same job: adapter, schema, prompt, settings and the request's sampling."""
         assert self.server_info is not None
         body = self._sampling_body(self.server_info)  # tenant fields (priority…) may change on resume
-        header: dict[str, object] = {
-            "adapter": self.adapter_name,
-            "schema": _digest(self.run.schema),
-            "prompt": _digest(self.prompt),
-        }
-        header.update(_flatten(self.config.model_dump(mode="json")))
-        header.update({f"request.{k}": v for k, v in sorted(body.items()) if k != "structured_outputs"})
-        header["request.structured_outputs"] = _digest(body.get("structured_outputs"))
-        return header
+        return job_header(self.adapter_name, self.run.schema, self.prompt, self.config.model_dump(mode="json"), body)
 
     def generate(self, data_actions_fn: DataActionsFn | None = None) -> GenerateJobResults:
         """NSS's batches and stop rules, over requests that keep the server full until the target."""
@@ -347,55 +338,3 @@ class RemoteBackend(GeneratorBackend):
         reregister = (lambda: self._register_adapter(client)) if s.load_adapter else None
         return Scheduler(client, adapter, window, prompts_per_request=s.prompts_per_request,
                          load_interval=s.load_interval, recovery=recovery, reregister=reregister)  # fmt: skip
-
-
-def _digest(value: object) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, object]:
-    """``{"validation": {"x": 1}}`` → ``{"validation.x": 1}``: one named field per setting."""
-    flat: dict[str, object] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _run_directory(workdir: Any) -> RunDirectory:
-    if isinstance(workdir, RunDirectory):
-        return workdir
-    if isinstance(workdir, (str, Path)):
-        return RunDirectory.open(workdir)
-    # An NSS Workdir: its run directory (generation-only runs find their parent through info.json).
-    run_dir = getattr(workdir, "run_dir", None)
-    if run_dir is None:
-        raise ConfigError(f"workdir must be a run directory path or an NSS Workdir, not {type(workdir).__name__}")
-    return RunDirectory.open(run_dir)
-
-
-def _generation_parameters(config: Any, run: RunDirectory) -> GenerateParameters:
-    if isinstance(config, GenerateParameters):
-        return config
-    saved = run.config.generation
-    if config is None:
-        return GenerateParameters.resolve(saved)
-    if isinstance(config, Mapping):
-        return GenerateParameters.resolve(saved, config)
-    generation = getattr(config, "generation", None)  # NSS SafeSynthesizerParameters
-    if isinstance(generation, BaseModel):
-        return GenerateParameters.resolve(generation.model_dump(mode="json"), use_env=False)
-    raise ConfigError(f"config must be GenerateParameters, a mapping or NSS parameters, not {type(config).__name__}")
-
-
-def _model_metadata(metadata: Any, run: RunDirectory) -> ModelMetadata:
-    if metadata is None:
-        return run.metadata
-    if isinstance(metadata, ModelMetadata):
-        return metadata
-    if isinstance(metadata, BaseModel):  # NSS ModelMetadata
-        return ModelMetadata.model_validate(metadata.model_dump(mode="json"))
-    raise ConfigError(f"model_metadata must be ModelMetadata or NSS ModelMetadata, not {type(metadata).__name__}")

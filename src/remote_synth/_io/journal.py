@@ -19,15 +19,17 @@ unreadable line means the file is not a journal we wrote, and is refused.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .._exceptions import ConfigError, JournalMismatchError, StorageError
 
-__all__ = ["Journal"]
+__all__ = ["Journal", "job_header"]
 
 logger = logging.getLogger("remote_synth.journal")
 
@@ -181,3 +183,33 @@ def _sync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def job_header(
+    adapter: str, schema: object, prompt: str, config: Mapping[str, Any], body: Mapping[str, Any]
+) -> dict[str, object]:
+    """What makes two runs the same job: adapter, schema, prompt, settings and the request's sampling.
+
+    One named field per setting (``validation.x``), so a mismatch on resume names the field.
+    """
+    header: dict[str, object] = {"adapter": adapter, "schema": _digest(schema), "prompt": _digest(prompt)}
+    header.update(_flatten(config))
+    header.update({f"request.{k}": v for k, v in sorted(body.items()) if k != "structured_outputs"})
+    header["request.structured_outputs"] = _digest(body.get("structured_outputs"))
+    return header
+
+
+def _digest(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, object]:
+    """``{"validation": {"x": 1}}`` → ``{"validation.x": 1}``: one named field per setting."""
+    flat: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
