@@ -266,6 +266,11 @@ class RemoteBackend(GeneratorBackend):
         return self.kind.processor
 
     @property
+    def structured_outputs(self) -> dict[str, Any] | None:
+        """The constraint every request carries (None: unconstrained, and always for time series)."""
+        return self.kind.structured_outputs
+
+    @property
     def prompt(self) -> str:
         """The prompt the preflight sends (a time series' jobs end theirs in a group's prefill)."""
         return self.kind.prompt
