@@ -71,7 +71,7 @@ class HttpVllm:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._server.handle_error = lambda request, address: None  # type: ignore[method-assign]  # dropped on purpose
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -84,3 +84,9 @@ class HttpVllm:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128
+    """The stdlib's listen backlog is 5: a job's first burst of connections overflowed it, and a
+    connection reset by the kernel failed a test that allows no retry (``--retry-deadline 0``)."""
