@@ -1,9 +1,9 @@
 """``RemoteBackend``: NSS's generation contract against a vLLM OpenAI-compatible server.
 
 A facade: it reads the NSS run directory, reaches a running server
-(``base_url``) or launches and owns one (``_launch``), checks it (``_preflight``),
+(``base_url``) or launches and owns one (``_server``), checks it (``_transport.preflight``),
 and hands generation to the engine (``_engine``): a scheduler that keeps the
-server full and NSS's batch accounting over the completions it brings back.
+server full, and the run kind's accounting over the completions it brings back.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ from ._server.vllm import ServerSettings, VllmServer
 from ._settings import RemoteSettings
 from ._transport.adapters import register_adapter, unregister_adapter
 from ._transport.client import InferenceClient, TimeoutPolicy
-from ._transport.preflight import check_server, server_is_back, wait_for_server
+from ._transport.preflight import check_server, wait_for_server
+from ._transport.readiness import is_ready
 from ._transport.retry import RetryPolicy
 from ._transport.types import ServerInfo
 from .nss.contract import GeneratorBackend
-from .nss.inputs import generation_parameters, run_directory
-from .nss.inputs import model_metadata as model_metadata_for
+from .nss.inputs import generation_parameters, metadata_for, run_directory
 from .nss.params import GenerateParameters
 from .nss.processors import Processor
 from .nss.results import DataActionsFn, GenerateJobResults, GenerationBatches
@@ -86,7 +86,7 @@ class RemoteBackend(GeneratorBackend):
         self.workdir = self.run.path
         self.settings = settings if settings is not None else RemoteSettings.load()
         self.config = generation_parameters(config, self.run)
-        self.model_metadata = model_metadata_for(model_metadata, self.run)
+        self.model_metadata = metadata_for(model_metadata, self.run)
         self.use_detailed_logs = self.settings.use_detailed_logs if use_detailed_logs is None else use_detailed_logs
         self.on_batch = on_batch
         self.on_status = on_status
@@ -338,7 +338,7 @@ class RemoteBackend(GeneratorBackend):
             WindowSettings(initial=initial, maximum=s.max_window, step=s.prompts_per_request, share=s.share)
         )
         adapter = self.adapter_name
-        recovery = Recovery(lambda: server_is_back(client, adapter), deadline=s.retry_deadline,
+        recovery = Recovery(lambda: is_ready(client, adapter), deadline=s.retry_deadline,
                             where=f"the server at {client.display_url}")  # fmt: skip
         reregister = (lambda: self._register_adapter(client)) if s.load_adapter else None
         return Scheduler(client, adapter, window, prompts_per_request=s.prompts_per_request,

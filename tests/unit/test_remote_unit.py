@@ -262,12 +262,12 @@ def test_loop_thread_refuses_to_wait_on_itself() -> None:
 ])  # fmt: skip
 def test_server_is_back_needs_health_and_the_adapter(health: int, adapters: list[str], back: bool) -> None:
     from remote_synth._transport import InferenceClient
-    from remote_synth._transport.preflight import server_is_back
+    from remote_synth._transport.readiness import is_ready
 
     fake = FakeVllm()
     fake.health, fake.adapters = health, adapters
     client = InferenceClient("http://fake:8000", transport=httpx.MockTransport(fake))
-    assert asyncio.run(server_is_back(client, "nss-adapter")) is back
+    assert asyncio.run(is_ready(client, "nss-adapter")) is back
 
 
 @pytest.mark.parametrize(("ready_after", "timeout", "ready"), [(3, 60.0, True), (10**6, 30.0, False)])

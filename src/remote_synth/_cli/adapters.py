@@ -77,9 +77,7 @@ def _server_options(command: F) -> F:
 @_server_options
 def adapters_list(server: _Server) -> None:
     """What the server serves: base models and the adapters on them."""
-    from .._transport.adapters import served_models
-
-    for model in server.run(served_models):
+    for model in server.run(lambda client: client.models()):
         kind = f"adapter on {model.parent}" if model.is_adapter else "base model"
         click.echo(f"{model.id}\t{kind}")
 

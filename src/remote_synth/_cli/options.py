@@ -55,15 +55,10 @@ def generation_options(*names: str) -> Callable[[F], F]:
         for name in reversed(names):
             field = GenerateParameters.model_fields[name]
             flag = "--" + name.replace("_", "-")
-            help_text = f"{field.description}  [default: the run's, else {shown(field.default)}]"
             if field.annotation is bool:
-                decorator = click.option(f"{flag}/--no-{flag[2:]}", default=None, help=help_text)
-            elif typing.get_origin(field.annotation) is typing.Literal:
-                choices = click.Choice(typing.get_args(field.annotation))
-                decorator = click.option(flag, type=choices, help=help_text, show_default=False)
-            else:
-                decorator = click.option(flag, type=field.annotation, help=help_text, show_default=False)
-            command = decorator(command)
+                flag = f"{flag}/--no-{flag[2:]}"
+            help_text = f"{field.description}  [default: the run's, else {shown(field.default)}]"
+            command = _field_option(flag, name, field.annotation, help_text)(command)
         return command
 
     return decorate
@@ -81,20 +76,21 @@ def settings_options(*names: str, flags: Mapping[str, str] | None = None) -> Cal
 
     def decorate(command: F) -> F:
         for name in reversed(names):
-            command = _settings_option(name, renamed.get(name))(command)
+            field = RemoteSettings.model_fields[name]
+            flag = renamed.get(name) or "--" + name.replace("_", "-")
+            default = field.get_default(call_default_factory=True)
+            on_flag = default is False and "/" not in flag
+            shown_default = f"  [default: {shown(default)}]" if default not in (None, {}, []) and not on_flag else ""
+            help_text = f"{(field.description or '').strip()}{shown_default}"
+            command = _field_option(flag, name, field.annotation, help_text)(command)
         return command
 
     return decorate
 
 
-def _settings_option(name: str, flag: str | None) -> Callable[[F], F]:
-    field = RemoteSettings.model_fields[name]
-    flag = flag or "--" + name.replace("_", "-")
-    default = field.get_default(call_default_factory=True)
-    on_flag = default is False and "/" not in flag
-    shown_default = f"  [default: {shown(default)}]" if default not in (None, {}, []) and not on_flag else ""
-    help_text = f"{(field.description or '').strip()}{shown_default}"
-    kind = _value_type(field.annotation)
+def _field_option(flag: str, name: str, annotation: object, help_text: str) -> Callable[[F], F]:
+    """One option for a model field: a flag (a pair with ``/``) for a bool, choices for a Literal."""
+    kind = _value_type(annotation)
     if kind is bool:
         if "/" in flag:
             return click.option(flag, name, default=None, help=help_text)

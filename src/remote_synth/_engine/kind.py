@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..nss.processors import Processor
-from ..nss.results import GenerateJobResults, GenerationBatches
+from ..nss.results import GenerateJobResults, GenerationBatches, GenerationStatus
 from .accounting import CompletionLog, Progress
 from .scheduler import JobSource
 
-__all__ = ["Jobs", "RunKind"]
+__all__ = ["Jobs", "RunKind", "complete_when_done"]
 
 
 class Jobs(JobSource, Protocol):
@@ -64,3 +64,13 @@ class RunKind(Protocol):
 
     def finish(self, batches: GenerationBatches, *, done: bool, elapsed: float) -> GenerateJobResults:
         """Results from what was generated so far (kept even when generation stops early)."""
+
+
+def complete_when_done(batches: GenerationBatches, *, done: bool) -> None:
+    """A job still in progress is complete once it reached its target or its jobs are done.
+
+    Stopped by a stop rule, it keeps that status; cut short (a failure, an interrupt), it stays in progress.
+    """
+    reached = batches.target_num_records is not None and batches.num_valid_records >= batches.target_num_records
+    if batches.status is GenerationStatus.IN_PROGRESS and (reached or done):
+        batches.job_complete()

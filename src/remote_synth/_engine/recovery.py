@@ -15,20 +15,18 @@ import time
 from collections.abc import Awaitable, Callable
 
 from .._exceptions import APIConnectionError
-from .._transport.polling import until
+from .._transport.polling import INTERVAL, Probe, until
 
 __all__ = ["Recovery"]
 
 logger = logging.getLogger("remote_synth.engine")
-
-Probe = Callable[[], Awaitable[bool]]
 
 
 class Recovery:
     """``await recovery.wait()`` returns once ``probe()`` says the server is back.
 
     ```python
-    recovery = Recovery(lambda: server_is_back(client, adapter), deadline=600)
+    recovery = Recovery(lambda: is_ready(client, adapter), deadline=600)
     await recovery.wait()      # shared by every caller while one probe loop runs
     ```
     """
@@ -38,7 +36,7 @@ class Recovery:
         probe: Probe,
         *,
         deadline: float,
-        interval: float = 1.0,
+        interval: float = INTERVAL,
         where: str = "the server",
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,

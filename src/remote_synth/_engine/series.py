@@ -17,10 +17,11 @@ import pandas as pd
 from ..nss.params import GenerateParameters
 from ..nss.processors import TimeSeriesDataProcessor
 from ..nss.prompt import build_prompt
-from ..nss.results import GenerateJobResults, GenerationBatches, GenerationStatus
+from ..nss.results import GenerateJobResults, GenerationBatches
 from ..nss.rundir import ModelMetadata, RunDirectory
 from ..nss.timeseries import ELAPSED_SECONDS, parse_bound
 from .accounting import CompletionLog, Progress
+from .kind import complete_when_done
 from .series_jobs import SeriesSpec, TimeseriesJobs
 
 __all__ = ["PSEUDO_GROUP", "SeriesKind"]
@@ -47,8 +48,8 @@ class SeriesKind:
     structured_outputs: dict[str, Any] | None = None
     """NSS sends none for time series."""
     journal_keys: int = 1
-    accepts_structured_generation: bool = False
     """A journal entry names its group first."""
+    accepts_structured_generation: bool = False
 
     @classmethod
     def open(
@@ -103,9 +104,7 @@ class SeriesKind:
 
     def finish(self, batches: GenerationBatches, *, done: bool, elapsed: float) -> GenerateJobResults:
         """No truncation (num_records is only a progress target here); sorted by group and time."""
-        reached = batches.num_valid_records >= self.config.num_records
-        if batches.status is GenerationStatus.IN_PROGRESS and (reached or done):
-            batches.job_complete()
+        complete_when_done(batches, done=done)
         results = GenerateJobResults.from_batches(batches, None, self.table_columns, elapsed)
         results.df = self.sort(results.df)
         return results

@@ -13,6 +13,7 @@ from ..nss.results import GenerateJobResults, GenerationBatches, GenerationStatu
 from ..nss.rundir import ModelMetadata, RunDirectory
 from ..nss.structured import structured_outputs_payload
 from .accounting import CompletionLog, Progress, TabularJobs
+from .kind import complete_when_done
 
 __all__ = ["TabularKind"]
 
@@ -68,8 +69,7 @@ class TabularKind:
 
     def finish(self, batches: GenerationBatches, *, done: bool, elapsed: float) -> GenerateJobResults:
         """Complete at the target; ungrouped results are cut at it (a grouped run keeps whole groups)."""
-        target = self.config.num_records
-        if batches.status is GenerationStatus.IN_PROGRESS and batches.num_valid_records >= target:
-            batches.job_complete()
+        complete_when_done(batches, done=done)
         truncate = not self.grouped and batches.status is GenerationStatus.COMPLETE
-        return GenerateJobResults.from_batches(batches, target if truncate else None, self.columns, elapsed)
+        max_records = self.config.num_records if truncate else None
+        return GenerateJobResults.from_batches(batches, max_records, self.columns, elapsed)

@@ -4,8 +4,8 @@ Building a ``VllmServer`` only computes the command and environment; ``start``
 spawns it in its own process group with its output in a log file, under a
 lifeline (``standalone/lifeline.py``) that takes the group down if this process dies,
 however it dies; every route but ``/health`` is behind the key (``standalone/authgate.py``);
-``wait_ready`` polls until ``/health`` is 200 **and** the adapter is listed in
-``/v1/models``, failing at once (with the log's tail) if the process exits;
+``wait_ready`` polls (the transport's one wait loop) until ``/health`` answers **and** every
+adapter is listed in ``/v1/models``, failing at once (with the log's tail) if the process exits;
 ``stop`` sends SIGTERM to the group, waits, then SIGKILLs the group and checks
 that nothing of it is left and the port is free. This module knows processes
 and HTTP probes, not records.
@@ -247,7 +247,7 @@ class VllmServer:
         clock: Callable[[], float] = time.monotonic,
         on_wait: Callable[[float], None] | None = None,
     ) -> None:
-        """Block until /health is 200 and the adapter is listed; fail fast if the process dies.
+        """Block until /health answers and every adapter is listed; fail fast if the process dies.
 
         ``on_wait(seconds)`` is called about every second while it waits: a start takes
         from 25 s to minutes, and someone is watching. The wait is the transport's one

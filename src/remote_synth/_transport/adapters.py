@@ -13,20 +13,16 @@ import logging
 
 from .._exceptions import BadRequestError, NotFoundError, ServerCheckError
 from .client import InferenceClient
-from .models import ServedModel
+from .models import serves
 
-__all__ = ["ServedModel", "register_adapter", "served_models", "unregister_adapter"]
+__all__ = ["register_adapter", "unregister_adapter"]
 
 logger = logging.getLogger("remote_synth.adapters")
 
 
-async def served_models(client: InferenceClient) -> list[ServedModel]:
-    return await client.models()
-
-
 async def register_adapter(client: InferenceClient, name: str, path: str) -> bool:
     """Make the server serve ``name`` from ``path`` (on its machine); True when this call loaded it."""
-    if name in {m.id for m in await served_models(client)}:
+    if serves(await client.models(), name):
         logger.info("adapter %r is already served by %s", name, client.display_url)
         return False
     try:
@@ -40,7 +36,7 @@ async def register_adapter(client: InferenceClient, name: str, path: str) -> boo
         if "already been loaded" not in str(exc):
             raise ServerCheckError(f"the server at {client.display_url} could not load {path!r}: {exc}") from None
         return False  # another client loaded it meanwhile: not ours
-    if name not in {m.id for m in await served_models(client)}:
+    if not serves(await client.models(), name):
         raise ServerCheckError(f"the server at {client.display_url} said it loaded {name!r}, but does not list it")
     logger.info("loaded adapter %r from %s on %s", name, path, client.display_url)
     return True

@@ -20,7 +20,7 @@ from .models import ServedModel, context_length, serves
 from .readiness import is_ready, until
 from .types import Completion, ServerInfo
 
-__all__ = ["ServerInfo", "check_server", "server_is_back"]
+__all__ = ["check_server", "wait_for_server"]
 
 logger = logging.getLogger("remote_synth.preflight")
 
@@ -28,11 +28,6 @@ PROBE_REGEX = "remote-synth-probe-[0-9]{4}"
 PROBE_VALUE = "rs-probe"
 PROBE_TOKENS = 64
 """Enough for the probe's answer; fitted to the context like every request."""
-
-
-async def server_is_back(client: InferenceClient, adapter: str) -> bool:
-    """After an outage: healthy, and serving the adapter again (a restarted server may not yet)."""
-    return await is_ready(client, adapter)
 
 
 async def wait_for_server(

@@ -16,7 +16,7 @@ from .._exceptions import ConfigError
 from .params import GenerateParameters
 from .rundir import ModelMetadata, RunDirectory
 
-__all__ = ["generation_parameters", "model_metadata", "run_directory"]
+__all__ = ["generation_parameters", "metadata_for", "run_directory"]
 
 
 def run_directory(workdir: Any) -> RunDirectory:
@@ -45,7 +45,7 @@ def generation_parameters(config: Any, run: RunDirectory) -> GenerateParameters:
     raise ConfigError(f"config must be GenerateParameters, a mapping or NSS parameters, not {type(config).__name__}")
 
 
-def model_metadata(metadata: Any, run: RunDirectory) -> ModelMetadata:
+def metadata_for(metadata: Any, run: RunDirectory) -> ModelMetadata:
     if metadata is None:
         return run.metadata
     if isinstance(metadata, ModelMetadata):
