@@ -136,7 +136,7 @@ class RemoteBackend(GeneratorBackend):
             if self.settings.load_adapter:
                 self._loop.run(self._register_adapter(self._client))
             self.server_info = self._loop.run(
-                check_server(self._client, self.adapter_name, self.prompt, self.kind.structured_outputs, lazy=lazy)
+                check_server(self._client, self.adapter_name, self.prompt, self.kind.structured_choices, lazy=lazy)
             )
             self.gen_method = self.generate
         except BaseException:
@@ -267,7 +267,12 @@ class RemoteBackend(GeneratorBackend):
 
     @property
     def structured_outputs(self) -> dict[str, Any] | None:
-        """The constraint every request carries (None: unconstrained, and always for time series)."""
+        """The constraint every request carries (None: unconstrained, and always for time series).
+
+        Before ``initialize()`` the run's first choice; after it, the one the server accepted.
+        """
+        if self.server_info is not None and self.server_info.structured_outputs is not None:
+            return dict(self.server_info.structured_outputs)
         return self.kind.structured_outputs
 
     @property
@@ -310,11 +315,11 @@ class RemoteBackend(GeneratorBackend):
     def _sampling_body(self, server: ServerInfo) -> dict[str, Any]:
         return request_body(
             self.config,
-            max_seq_length=self.model_metadata.max_seq_length,
+            max_tokens=self.model_metadata.max_tokens_for(server.prompt_tokens, self.config.max_tokens_multiplier),
             keep_special_tokens=self.processor.needs_special_tokens,
             server=server,
             params=self._params,
-            structured_outputs=self.kind.structured_outputs,
+            structured_outputs=server.structured_outputs,
         )
 
     async def _register_adapter(self, client: InferenceClient) -> None:

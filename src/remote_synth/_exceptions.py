@@ -86,7 +86,7 @@ class UnsupportedSchemaError(ConfigError):
     def __init__(self, what: str) -> None:
         super().__init__(
             f"structured generation with the regex method does not support {what}; "
-            "set structured_generation_schema_method='json_schema' instead"
+            "set structured_generation.schema_method='json_schema' instead"
         )
 
 

@@ -70,7 +70,8 @@ def docker() -> Iterator[None]:
     daemon = None
     if sh("docker", "info").returncode != 0:
         log = Path(tempfile.mkstemp(prefix="dockerd-", suffix=".log")[1])
-        daemon = subprocess.Popen(["dockerd"], stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        with log.open("w") as out:  # the daemon keeps its own copy of the descriptor
+            daemon = subprocess.Popen(["dockerd"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 90
         while sh("docker", "info").returncode != 0:
             assert daemon.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
@@ -102,9 +103,8 @@ def base_image(docker: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
     cert = host_pip("global.cert") or "/etc/ssl/certs/ca-certificates.crt"
     shutil.copyfile(cert, root / "usr/local/share/host-ca-bundle.pem")
-    tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-    imported = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True, text=True)
-    tar.wait()
+    with subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE) as tar:
+        imported = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True, text=True)
     shutil.rmtree(root, ignore_errors=True)
     assert imported.returncode == 0, imported.stderr
     try:

@@ -120,7 +120,7 @@ def test_every_flag_has_help_and_generation_flags_show_nss_defaults_and_choices(
     generate = cli.commands["generate"]
     options = {p.name: p for p in generate.params if isinstance(p, click.Option)}
     assert "else 0.9" in (options["temperature"].help or "") and "else 1000" in (options["num_records"].help or "")
-    backend = options["structured_generation_backend"].type
+    backend = options["structured_generation__backend"].type
     assert isinstance(backend, click.Choice) and tuple(backend.choices) == get_args(StructuredBackend)
 
 
@@ -146,7 +146,7 @@ def test_too_many_invalid_records_advise_generation_remedies_first(
     assert code == 1 and "Traceback" not in err
     advice = err[err.index("Lower the temperature") :]
     assert advice.index("structured generation") < advice.index("num_input_records_to_sample")
-    assert "--temperature 0.45 or --use-structured-generation" in err
+    assert "--temperature 0.45 or --structured-generation-enabled" in err
 
 
 def test_bad_connection_settings_name_the_field(

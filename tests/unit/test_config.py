@@ -11,10 +11,12 @@ def test_defaults_match_nss() -> None:
     p = GenerateParameters()
     assert (p.num_records, p.temperature, p.repetition_penalty, p.top_p) == (1000, 0.9, 1.0, 1.0)
     assert (p.patience, p.invalid_fraction_threshold) == (3, 0.8)
-    assert p.use_structured_generation is False
-    assert p.structured_generation_backend == "auto"
-    assert p.structured_generation_schema_method == "regex"
-    assert not any(p.validation.model_dump().values())
+    sg = p.structured_generation
+    assert (sg.enabled, sg.backend, sg.schema_method, sg.use_single_sequence) == (False, "auto", "auto", False)
+    assert sg.max_records_per_sequence is None and sg.method == "structural_tag"  # NSS 0.1.16's auto
+    assert p.max_tokens_multiplier == 1.2 and p.enforce_timeseries_fidelity is False
+    assert p.validation.enforce_numeric_range is True
+    assert not any(v for k, v in p.validation.model_dump().items() if k.startswith("group_by"))
 
 
 @pytest.mark.parametrize(
@@ -29,11 +31,51 @@ def test_defaults_match_nss() -> None:
         ("invalid_fraction_threshold", 1.2),
         ("structured_generation_schema_method", "grammar"),
         ("structured_generation_backend", "magic"),
+        ("max_tokens_multiplier", 0),
+        ("max_tokens_multiplier", float("inf")),
     ],
 )
 def test_bad_values_name_the_field(field: str, value: object) -> None:
-    with pytest.raises(ConfigError, match=field):
+    named = field.replace("structured_generation_", "structured_generation.")  # flat names are NSS's aliases
+    with pytest.raises(ConfigError, match=named):
         GenerateParameters.resolve(overrides={field: value}, use_env=False)
+
+
+def test_structural_tag_needs_a_backend_that_serves_one() -> None:
+    bad = {"structured_generation": {"enabled": True, "schema_method": "structural_tag", "backend": "guidance"}}
+    with pytest.raises(ConfigError, match="structural_tag.*guidance"):
+        GenerateParameters.resolve(overrides=bad, use_env=False)
+    assert GenerateParameters(structured_generation={"backend": "guidance"}).structured_generation.method == "regex"
+
+
+def test_both_saved_layouts_load_and_flat_names_win_within_a_layer() -> None:
+    nested = {"structured_generation": {"enabled": True, "schema_method": "regex", "max_records_per_sequence": 4}}
+    p = GenerateParameters.resolve(nested, use_env=False)
+    assert (p.structured_generation.enabled, p.structured_generation.max_records_per_sequence) == (True, 4)
+    flat = {"use_structured_generation": True, "structured_generation_schema_method": "json_schema"}
+    assert GenerateParameters.resolve(flat, use_env=False).structured_generation.method == "json_schema"
+    both = {"structured_generation": {"enabled": False}, "use_structured_generation": True}  # NSS: flat wins
+    assert GenerateParameters.resolve(both, use_env=False).use_structured_generation is True
+
+
+def test_a_later_layer_wins_whichever_spelling_each_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = {"use_structured_generation": True}  # a run saved before 0.1.16
+    off = GenerateParameters.resolve(saved, {"structured_generation": {"enabled": False}}, use_env=False)
+    assert off.structured_generation.enabled is False
+    monkeypatch.setenv("REMOTE_SYNTH_USE_STRUCTURED_GENERATION", "false")
+    assert GenerateParameters.resolve({"structured_generation": {"enabled": True}}).use_structured_generation is False
+    monkeypatch.setenv("REMOTE_SYNTH_STRUCTURED_GENERATION__SCHEMA_METHOD", "json_schema")
+    assert GenerateParameters.resolve().structured_generation.schema_method == "json_schema"
+
+
+def test_unknown_saved_settings_are_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    saved = {"some_future_field": 1, "validation": {"x": 1}, "structured_generation": {"enabled": True, "y": 2}}
+    p = GenerateParameters.resolve(saved, use_env=False)
+    assert p.structured_generation.enabled is True
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1
+    for name in ("some_future_field", "validation.x", "structured_generation.y"):
+        assert name in warned[0].getMessage()
 
 
 def test_layering_saved_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:

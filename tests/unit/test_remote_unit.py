@@ -39,6 +39,8 @@ class FakeVllm:
         self.bodies: list[dict] = []
         self.adapters = ["nss-adapter"]
         self.health = 200
+        self.refuse: set[str] = set()
+        """Structured-output methods answered with 400, as a server whose backend lacks them."""
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/health":
@@ -55,6 +57,8 @@ class FakeVllm:
         if request.url.path != "/v1/completions":
             return httpx.Response(404, json={"detail": "Not Found"})
         body = json.loads(request.content)
+        if self.refuse & set(body.get("structured_outputs", {})):
+            return httpx.Response(400, json={"error": {"message": "unsupported structured outputs"}})
         self.bodies.append(body)
         texts = [self.text(body) for _ in body["prompt"]]
         return httpx.Response(200, json={"choices": [{"index": i, "text": t} for i, t in enumerate(texts)]})
@@ -158,9 +162,62 @@ def test_structured_outputs_payload_and_probe(run: Path) -> None:
         return GOOD
 
     fake = FakeVllm(answer)
-    with backend(run, fake, {"num_records": 2, "use_structured_generation": True}) as b:
+    with backend(run, fake, {"num_records": 2, "use_structured_generation": True,
+                             "structured_generation_schema_method": "regex"}) as b:  # fmt: skip
         b.generate()
     assert fake.bodies[-1]["structured_outputs"]["regex"].startswith('(\\{"n":')
+
+
+def _obeys_probes(body: dict) -> str:
+    """A server that honours the probes of every method (the json ones answer the probe object)."""
+    constraint = body.get("structured_outputs", {})
+    if constraint.get("regex", "").startswith("remote-synth-probe"):
+        return "remote-synth-probe-1234"
+    if "rs-probe" in json.dumps(constraint):
+        return '{"probe": "rs-probe"}'
+    return GOOD
+
+
+def test_schema_method_auto_sends_a_structural_tag_of_json_schema_records(run: Path) -> None:
+    fake = FakeVllm(_obeys_probes)
+    with backend(run, fake, {"num_records": 2, "structured_generation": {"enabled": True}}) as b:
+        b.generate()
+    tag = json.loads(fake.bodies[-1]["structured_outputs"]["structural_tag"])
+    line = {"type": "sequence", "elements": [{"type": "json_schema", "json_schema": SCHEMA},
+                                              {"type": "const_string", "value": "\n"}]}  # fmt: skip
+    assert tag == {"type": "structural_tag", "format": {"type": "plus", "content": line}}
+
+
+def test_schema_method_auto_falls_back_to_the_regex_where_the_server_refuses_tags(run: Path) -> None:
+    fake = FakeVllm(_obeys_probes)
+    fake.refuse = {"structural_tag"}
+    b = backend(run, fake, {"num_records": 2, "structured_generation": {"enabled": True}})
+    assert "structural_tag" in (b.structured_outputs or {})  # the run's first choice
+    with b:
+        b.generate()
+        assert list(b.structured_outputs) == ["regex"]  # the server's
+    assert fake.bodies[-1]["structured_outputs"]["regex"].startswith('(\\{"n":')
+
+
+def test_an_explicit_structural_tag_the_server_refuses_is_a_server_check_error(run: Path) -> None:
+    fake = FakeVllm(_obeys_probes)
+    fake.refuse = {"structural_tag"}
+    config = {"structured_generation": {"enabled": True, "schema_method": "structural_tag"}}
+    with pytest.raises(ServerCheckError, match="rejected the structured-output constraint"):
+        backend(run, fake, config).initialize()
+
+
+def test_max_tokens_is_the_longest_training_example_times_the_multiplier(tmp_path: Path) -> None:
+    run = write_run_dir(tmp_path / "r", SCHEMA, base_model="base", base_max_seq_length=1024, layout="0.1.16",
+                        max_tokens_per_example=100, generation={"max_tokens_multiplier": 1.5})  # fmt: skip
+    fake = FakeVllm()
+    with backend(run, fake, {"num_records": 1}) as b:
+        b.generate()
+    assert fake.bodies[-1]["max_tokens"] == 150
+    fake = FakeVllm(context=4096, prompt_tokens=950)  # the run's context less the prompt is less
+    with backend(run, fake, {"num_records": 1}) as b:
+        b.generate()
+    assert fake.bodies[-1]["max_tokens"] == 1024 - 950
 
 
 def test_server_that_ignores_structured_outputs_is_caught(run: Path) -> None:

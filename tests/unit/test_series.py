@@ -129,7 +129,8 @@ def test_n_samples_per_prompt_by_active_groups_and_max_tokens_leave_room_for_the
     body = fake.bodies[0]
     assert len(body["prompt"]) == 10 and len(set(body["prompt"])) == 1  # 3 active groups: n = 10
     prefill = body["prompt"][0].split("[/INST]")[1]
-    assert body["max_tokens"] == 1024 - len(prefill.encode())  # NSS's max_seq_length, less the prefill's bytes
+    # NSS 0.1.16: max_seq_length less the prompt (40 tokens); then less the prefill's bytes
+    assert body["max_tokens"] == 1024 - 40 - len(prefill.encode())
     assert "structured_outputs" not in body and body["skip_special_tokens"] is True
     assert body["temperature"] == 0.7 and body["top_k"] == -1 and body["min_p"] == 0.0
 
@@ -265,7 +266,7 @@ def test_structured_generation_is_not_sent_for_time_series_and_says_so(
     with backend(run, fake, use_structured_generation=True) as b:
         b.generate()
     assert all("structured_outputs" not in body for body in fake.bodies)
-    assert "use_structured_generation is ignored" in caplog.text
+    assert "structured_generation.enabled is ignored" in caplog.text
 
 
 def test_the_run_kind_is_decided_once_from_the_run_directory(run: Path, tmp_path: Path) -> None:

@@ -12,7 +12,13 @@ from strategies import schema_and_records, training_text
 
 from remote_synth import ConfigError, GenerateParameters
 from remote_synth._exceptions import UnsupportedSchemaError
-from remote_synth.nss import build_json_based_regex, build_record_regex, structured_outputs_payload
+from remote_synth.nss import (
+    build_json_based_regex,
+    build_record_regex,
+    build_structural_tag,
+    structured_outputs_choices,
+    structured_outputs_payload,
+)
 
 FOO = {"properties": {"foo": {"enum": ["a", "b", "c"]}}, "required": ["foo"]}
 
@@ -33,7 +39,8 @@ def test_special_token_metacharacters_are_escaped() -> None:
 
 
 def test_single_sequence_only_when_one_sequence_per_example() -> None:
-    on = GenerateParameters(use_structured_generation=True, structured_generation_use_single_sequence=True)
+    on = GenerateParameters(use_structured_generation=True, structured_generation_use_single_sequence=True,
+                            structured_generation_schema_method="regex")  # fmt: skip
     assert structured_outputs_payload(on, FOO, max_sequences_per_example=1) == {"regex": '\\{"foo":("a"|"b"|"c")\\}'}
     for other in (None, 2):
         assert structured_outputs_payload(on, FOO, max_sequences_per_example=other)["regex"].endswith("\n)+")
@@ -43,6 +50,50 @@ def test_payload_methods() -> None:
     assert structured_outputs_payload(GenerateParameters(), FOO) is None
     js = GenerateParameters(use_structured_generation=True, structured_generation_schema_method="json_schema")
     assert structured_outputs_payload(js, FOO) == {"json": FOO}
+
+
+def _tag(**shape: object) -> dict:
+    return json.loads(build_structural_tag(FOO, bos_token="<s>", eos_token="</s>", **shape))["format"]
+
+
+RECORD = {"type": "json_schema", "json_schema": FOO}
+LINE = {"type": "sequence", "elements": [RECORD, {"type": "const_string", "value": "\n"}]}
+
+
+def test_structural_tag_shapes_follow_nss_0_1_16() -> None:
+    assert _tag() == {"type": "plus", "content": LINE}
+    assert _tag(single_sequence=True) == RECORD
+    bos, eos = {"type": "const_string", "value": "<s>"}, {"type": "const_string", "value": "</s>"}
+    group = {"type": "sequence", "elements": [bos, {"type": "plus", "content": LINE}, eos]}
+    newline = {"type": "const_string", "value": "\n"}
+    assert _tag(grouped=True) == {"type": "plus", "content": {"type": "sequence", "elements": [group, newline]}}
+    bounded = {"type": "sequence", "elements": [bos, {"type": "repeat", "min": 1, "max": 3, "content": LINE}, eos]}
+    assert _tag(grouped=True, max_records=3) == bounded  # one group per completion, at most 3 records
+
+
+def test_a_grouped_regex_is_one_group_of_at_most_the_largest_trained_group() -> None:
+    regex = build_json_based_regex(FOO, grouped=True, bos_token="<s>", eos_token="</s>", max_records=2)
+    assert regex == '<s>(\\{"foo":("a"|"b"|"c")\\}\n){1,2}</s>'
+    assert re.fullmatch(regex, '<s>{"foo":"a"}\n{"foo":"b"}\n</s>')
+    assert not re.fullmatch(regex, '<s>{"foo":"a"}\n{"foo":"b"}\n{"foo":"c"}\n</s>')
+
+
+def test_the_setting_bounds_a_group_before_the_run_does() -> None:
+    params = GenerateParameters(structured_generation={"enabled": True, "schema_method": "regex"})
+    run_bound = structured_outputs_payload(params, FOO, grouped=True, max_records_per_group=5)
+    assert run_bound is not None and "{1,5}" in run_bound["regex"]
+    params = GenerateParameters(structured_generation={"enabled": True, "max_records_per_sequence": 2})
+    tag = structured_outputs_payload(params, FOO, grouped=True, max_records_per_group=5)
+    assert tag is not None and json.loads(tag["structural_tag"])["format"]["elements"][1]["max"] == 2
+
+
+def test_auto_offers_the_tag_then_the_regex_and_an_explicit_method_only_itself() -> None:
+    auto = structured_outputs_choices(GenerateParameters(structured_generation={"enabled": True}), FOO)
+    assert [next(iter(c)) for c in auto] == ["structural_tag", "regex"]
+    xgrammar = GenerateParameters(structured_generation={"enabled": True, "backend": "xgrammar"})
+    assert [next(iter(c)) for c in structured_outputs_choices(xgrammar, FOO)] == ["structural_tag"]
+    outlines = GenerateParameters(structured_generation={"enabled": True, "backend": "outlines"})
+    assert [next(iter(c)) for c in structured_outputs_choices(outlines, FOO)] == ["regex"]
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,15 @@ from ..nss.params import GenerateParameters
 from ..nss.results import GenerateJobResults
 from ..nss.rundir import RunDirectory
 from .exits import GenerationFailed
-from .options import api_key_from, generation_options, json_object, parse_headers, settings_options, take_settings
+from .options import (
+    api_key_from,
+    generation_options,
+    json_object,
+    nest_overrides,
+    parse_headers,
+    settings_options,
+    take_settings,
+)
 from .progress import ProgressBar
 from .signals import signals_raise_interrupt
 
@@ -54,12 +62,16 @@ GENERATE_SETTINGS = (
     help="Output .csv, .jsonl or .parquet.  [default: RUN_DIR/generate/synthetic_data.csv]",
 )
 @generation_options(
-    "temperature", "top_p", "repetition_penalty", "patience", "invalid_fraction_threshold",
-    "use_structured_generation", "structured_generation_schema_method", "structured_generation_backend",
-    "structured_generation_use_single_sequence",
+    "temperature", "top_p", "repetition_penalty", "patience", "invalid_fraction_threshold", "max_tokens_multiplier",
+    "structured_generation.enabled", "structured_generation.schema_method", "structured_generation.backend",
+    "structured_generation.use_single_sequence", "structured_generation.max_records_per_sequence",
+    "validation.enforce_numeric_range",
 )  # fmt: skip
 @click.option(
-    "--max-new-tokens", type=int, help="Tokens per completion (default: NSS's max_seq_length, fitted to the server)."
+    "--max-new-tokens",
+    type=int,
+    help="Tokens per completion (default: the run's longest training example × max_tokens_multiplier, "
+    "fitted to the server; runs saved before NSS 0.1.16: max_seq_length).",
 )
 @settings_options("max_concurrency", "prompts_per_request", "window", "use_detailed_logs",
                   flags={"use_detailed_logs": "--detailed-errors"})  # fmt: skip
@@ -83,7 +95,7 @@ def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tup
     settings = RemoteSettings.load(base_url=list(base_urls) or None, api_key=keys or None,
                                    extra_headers=parse_headers(headers) or None,
                                    extra_body=json_object("--extra-body", extra_body), **take_settings(values))  # fmt: skip
-    overrides = {k: v for k, v in values.items() if v is not None}  # what is left: NSS's generation parameters
+    overrides = nest_overrides(values)  # what is left: NSS's generation parameters
     target = OutputFile(output if output is not None else run.output_file).check()
     journal_path = Journal.path_for(target.path)
     _check_existing(target.path, journal_path, resume=resume, overwrite=overwrite)
@@ -168,8 +180,8 @@ def _remedies(config: GenerateParameters, *, structured: bool = True) -> str:
     """The command-line spelling of the library's advice on invalid records, for this job's settings
     (time series generate without structured outputs, as in NSS)."""
     flags = [f"--temperature {config.temperature / 2:g}"] if config.temperature > 0.05 else []
-    if not config.use_structured_generation and structured:
-        flags.append("--use-structured-generation")
+    if not config.structured_generation.enabled and structured:
+        flags.append("--structured-generation-enabled")
     return f" On the command line: {' or '.join(flags)}." if flags else ""
 
 

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from .._exceptions import ConfigError
 from .._settings import RemoteSettings
-from ..nss.params import GenerateParameters
+from ..nss.params import LEGACY_ALIASES, GenerateParameters
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,21 +49,54 @@ def every(seconds: float, report: Callable[[float], None]) -> Callable[[float], 
     return maybe
 
 
-def generation_options(*names: str) -> Callable[[F], F]:
+#: Flags NSS's names had before 0.1.16, kept working (``--use-structured-generation``).
+LEGACY_FLAGS = {f"structured_generation.{field}": "--" + old.replace("_", "-") for old, field in LEGACY_ALIASES.items()}
+
+
+def generation_options(*paths: str) -> Callable[[F], F]:
     """Options for NSS's generation parameters, from ``GenerateParameters``: one source for their
-    types, choices, help and defaults (the run's saved value wins over the default shown)."""
+    types, choices, help and defaults (the run's saved value wins over the default shown).
+
+    A nested field is named by its path (``structured_generation.enabled``): its flag is the path
+    with dashes (``--structured-generation-enabled``), its keyword ``structured_generation__enabled``
+    (``nest_overrides`` puts it back), and NSS's flat name before 0.1.16 stays a second flag.
+    """
 
     def decorate(command: F) -> F:
-        for name in reversed(names):
-            field = GenerateParameters.model_fields[name]
-            flag = "--" + name.replace("_", "-")
-            if field.annotation is bool:
-                flag = f"{flag}/--no-{flag[2:]}"
+        for path in reversed(paths):
+            field = _generation_field(path)
+            flags = ["--" + path.replace(".", "-").replace("_", "-")]
+            if path in LEGACY_FLAGS and LEGACY_FLAGS[path] not in flags:
+                flags.append(LEGACY_FLAGS[path])
+            if _value_type(field.annotation) is bool:
+                flags = [f"{flag}/--no-{flag[2:]}" for flag in flags]
             help_text = f"{field.description}  [default: the run's, else {shown(field.default)}]"
-            command = _field_option(flag, name, field.annotation, help_text)(command)
+            command = _field_option(flags, path.replace(".", "__"), field.annotation, help_text)(command)
         return command
 
     return decorate
+
+
+def _generation_field(path: str) -> FieldInfo:
+    model: type[BaseModel] = GenerateParameters
+    *parents, name = path.split(".")
+    for parent in parents:
+        model = typing.cast(type[BaseModel], model.model_fields[parent].annotation)
+    return model.model_fields[name]
+
+
+def nest_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Given options (``structured_generation__enabled``) as the nested overrides of ``GenerateParameters``."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        *parents, name = key.split("__")
+        into = nested
+        for parent in parents:
+            into = into.setdefault(parent, {})
+        into[name] = value
+    return nested
 
 
 def settings_options(*names: str, flags: Mapping[str, str] | None = None) -> Callable[[F], F]:
@@ -82,24 +117,24 @@ def settings_options(*names: str, flags: Mapping[str, str] | None = None) -> Cal
             on_flag = default is False and "/" not in flag
             shown_default = f"  [default: {shown(default)}]" if default not in (None, {}, []) and not on_flag else ""
             help_text = f"{(field.description or '').strip()}{shown_default}"
-            command = _field_option(flag, name, field.annotation, help_text)(command)
+            command = _field_option([flag], name, field.annotation, help_text)(command)
         return command
 
     return decorate
 
 
-def _field_option(flag: str, name: str, annotation: object, help_text: str) -> Callable[[F], F]:
+def _field_option(flags: list[str], name: str, annotation: object, help_text: str) -> Callable[[F], F]:
     """One option for a model field: a flag (a pair with ``/``) for a bool, choices for a Literal."""
     kind = _value_type(annotation)
     if kind is bool:
-        if "/" in flag:
-            return click.option(flag, name, default=None, help=help_text)
-        return click.option(flag, name, is_flag=True, default=None, help=help_text)
+        if all("/" in flag for flag in flags):
+            return click.option(*flags, name, default=None, help=help_text)
+        return click.option(*flags, name, is_flag=True, default=None, help=help_text)
     if typing.get_origin(kind) is typing.Literal:
-        return click.option(flag, name, type=click.Choice(typing.get_args(kind)), help=help_text, show_default=False)
+        return click.option(*flags, name, type=click.Choice(typing.get_args(kind)), help=help_text, show_default=False)
     if isinstance(kind, type) and issubclass(kind, Path):
-        return click.option(flag, name, type=click.Path(path_type=Path), help=help_text, show_default=False)
-    return click.option(flag, name, type=kind, help=help_text, show_default=False)
+        return click.option(*flags, name, type=click.Path(path_type=Path), help=help_text, show_default=False)
+    return click.option(*flags, name, type=kind, help=help_text, show_default=False)
 
 
 def _value_type(annotation: object) -> Any:

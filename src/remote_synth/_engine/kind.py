@@ -42,11 +42,15 @@ class RunKind(Protocol):
 
     @property
     def structured_outputs(self) -> dict[str, Any] | None:
-        """The constraint every request carries (None: unconstrained sampling)."""
+        """The constraint requests carry by preference (None: unconstrained sampling)."""
+
+    @property
+    def structured_choices(self) -> tuple[dict[str, Any], ...]:
+        """The constraints to offer the server, best first (its check keeps the first it accepts)."""
 
     @property
     def accepts_structured_generation(self) -> bool:
-        """Whether ``use_structured_generation`` means anything here (NSS ignores it for time series)."""
+        """Whether ``structured_generation.enabled`` means anything here (NSS ignores it for time series)."""
 
     @property
     def journal_keys(self) -> int:

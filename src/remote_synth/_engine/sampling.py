@@ -66,20 +66,24 @@ def sampling_fields(kwargs: Mapping[str, Any], config: GenerateParameters) -> di
 def request_body(
     config: GenerateParameters,
     *,
-    max_seq_length: int,
+    max_tokens: int,
     keep_special_tokens: bool,
     server: ServerInfo,
     params: Mapping[str, Any] | None = None,
     structured_outputs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every sampling field, explicitly (unset fields would take the server's defaults)."""
+    """Every sampling field, explicitly (unset fields would take the server's defaults).
+
+    ``max_tokens`` is the run's sizing (``ModelMetadata.max_tokens_for``); ``params``
+    (``prepare_params``) may replace it; either is then fitted to the server.
+    """
     body: dict[str, Any] = {
         "temperature": config.temperature,
         "top_p": config.top_p,
         "top_k": -1,
         "min_p": 0.0,
         "repetition_penalty": config.repetition_penalty,
-        "max_tokens": max_seq_length,
+        "max_tokens": max_tokens,
         "skip_special_tokens": not keep_special_tokens,
         "include_stop_str_in_output": keep_special_tokens,
         "ignore_eos": False,
@@ -92,7 +96,7 @@ def request_body(
 
 
 def fit_max_tokens(wanted: int, server: ServerInfo) -> int:
-    """``max_tokens`` for a request: what was asked (NSS: ``max_seq_length``), fitted to the server's context.
+    """``max_tokens`` for a request: what was asked (NSS 0.1.16: the trained length), fitted to the server's context.
 
     The one place ``max_tokens`` is decided (``shrink_for_prefill`` only takes a prefill off it).
     Deviation from NSS: a server rejects prompt + max_tokens > context, so it is fitted.

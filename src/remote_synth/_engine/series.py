@@ -19,6 +19,7 @@ from ..nss.processors import TimeSeriesDataProcessor
 from ..nss.prompt import build_prompt
 from ..nss.results import GenerateJobResults, GenerationBatches
 from ..nss.rundir import ModelMetadata, RunDirectory
+from ..nss.schema import generation_schema
 from ..nss.timeseries import ELAPSED_SECONDS, parse_bound
 from .accounting import CompletionLog, Progress
 from .kind import complete_when_done
@@ -46,6 +47,7 @@ class SeriesKind:
     config: GenerateParameters
     detailed_errors: bool
     structured_outputs: dict[str, Any] | None = None
+    structured_choices: tuple[dict[str, Any], ...] = ()
     """NSS sends none for time series."""
     journal_keys: int = 1
     """A journal entry names its group first."""
@@ -60,14 +62,14 @@ class SeriesKind:
         detailed_errors: bool = False,
     ) -> SeriesKind:
         config = config if config is not None else GenerateParameters.resolve(run.config.generation, use_env=False)
-        if config.use_structured_generation:
+        if config.structured_generation.enabled:
             logger.warning("time-series runs generate without structured outputs, as NSS's do: "
-                           "use_structured_generation is ignored")  # fmt: skip
+                           "structured_generation.enabled is ignored")  # fmt: skip
         series = run.config.time_series
         column, fmt = str(series.timestamp_column), str(series.timestamp_format)
         group = run.config.data.group_training_examples_by
         group_column = group if isinstance(group, str) and group != PSEUDO_GROUP else None
-        processor = TimeSeriesDataProcessor(run.schema, column, fmt, series.timestamp_interval_seconds,
+        processor = TimeSeriesDataProcessor(generation_schema(run.schema, config.validation), column, fmt, series.timestamp_interval_seconds,
                                             config.validation, detailed_errors)  # fmt: skip
         spec = SeriesSpec(
             interval=series.timestamp_interval_seconds,

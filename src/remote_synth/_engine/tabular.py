@@ -11,7 +11,8 @@ from ..nss.processors import Processor, create_processor
 from ..nss.prompt import build_prompt
 from ..nss.results import GenerateJobResults, GenerationBatches, GenerationStatus
 from ..nss.rundir import ModelMetadata, RunDirectory
-from ..nss.structured import structured_outputs_payload
+from ..nss.schema import generation_schema
+from ..nss.structured import structured_outputs_choices
 from .accounting import CompletionLog, Progress, TabularJobs
 from .kind import complete_when_done
 
@@ -22,7 +23,7 @@ __all__ = ["TabularKind"]
 class TabularKind:
     processor: Processor
     prompt: str
-    structured_outputs: dict[str, Any] | None
+    structured_choices: tuple[dict[str, Any], ...]
     columns: list[str]
     config: GenerateParameters
     grouped: bool
@@ -36,8 +37,9 @@ class TabularKind:
     ) -> TabularKind:
         prompt_config = metadata.prompt_config
         group_by = run.config.data.group_training_examples_by
+        schema = generation_schema(run.schema, config.validation)
         processor = create_processor(
-            run.schema,
+            schema,
             group_by=group_by,
             order_by=run.config.data.order_training_examples_by,
             bos_token=prompt_config.bos_token,
@@ -45,16 +47,21 @@ class TabularKind:
             validation=config.validation,
             detailed_errors=detailed_errors,
         )
-        structured = structured_outputs_payload(
+        structured = structured_outputs_choices(
             config,
-            run.schema,
+            schema,
             grouped=group_by is not None,
             bos_token=prompt_config.bos_token,
             eos_token=prompt_config.eos_token,
             max_sequences_per_example=run.config.max_sequences_per_example,
+            max_records_per_group=metadata.max_records_per_group,
         )
         prompt = build_prompt(run.columns, prompt_config.template, metadata.instruction)
-        return cls(processor, prompt, structured, run.columns, config, group_by is not None, detailed_errors)
+        return cls(processor, prompt, tuple(structured), run.columns, config, group_by is not None, detailed_errors)
+
+    @property
+    def structured_outputs(self) -> dict[str, Any] | None:
+        return self.structured_choices[0] if self.structured_choices else None
 
     def jobs(
         self,

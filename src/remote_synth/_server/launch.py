@@ -152,11 +152,12 @@ def _writable(directory: Path) -> bool:
 
 
 def structured_outputs_backend(config: GenerateParameters) -> str:
-    """NSS's choice, except that json_schema on "auto" becomes xgrammar, which can forbid white space."""
-    backend = config.structured_generation_backend
-    if backend == "auto" and config.structured_generation_schema_method == "json_schema":
+    """NSS's choice, except that a JSON schema or a structural tag on "auto" gets xgrammar, which
+    serves tags and can forbid white space between JSON tokens."""
+    sg = config.structured_generation
+    if sg.enabled and sg.backend == "auto" and sg.method in ("json_schema", "structural_tag"):
         return "xgrammar"
-    return backend
+    return sg.backend
 
 
 def _fitting_context(model: str, metadata: ModelMetadata) -> int | None:

@@ -7,11 +7,12 @@ server. Library messages say what is wrong; the CLI adds what to type.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from .._exceptions import APIConnectionError, AuthenticationError, BadRequestError, NotFoundError, ServerCheckError
@@ -53,12 +54,14 @@ async def check_server(
     client: InferenceClient,
     adapter: str,
     prompt: str,
-    structured_outputs: Mapping[str, Any] | None,
+    constraints: Sequence[Mapping[str, Any]] = (),
     *,
     lazy: bool = False,
 ) -> ServerInfo:
     """Health, the adapter in ``/v1/models``, the prompt's length, and structured outputs.
 
+    ``constraints``: ``structured_outputs`` fields, best first; the first the server accepts
+    (and obeys) is the info's ``structured_outputs``.
     ``lazy``: the adapter may be missing from the list (a resolver plugin loads it on first use);
     the base model's context and tokenizer stand in for it.
     """
@@ -83,8 +86,9 @@ async def check_server(
         raise ServerCheckError(
             f"the prompt ({info.prompt_tokens} tokens) does not fit the server's context ({info.context})"
         ).with_remedy("max_model_len")
-    if structured_outputs is not None:
-        await _check_structured_outputs(client, adapter, prompt, structured_outputs, info)
+    if constraints:
+        chosen = await _accepted_constraint(client, adapter, prompt, constraints, info)
+        info = dataclasses.replace(info, structured_outputs=chosen)
     return info
 
 
@@ -101,30 +105,53 @@ async def _served_models(client: InferenceClient) -> list[ServedModel]:
     return models
 
 
+async def _accepted_constraint(
+    client: InferenceClient, adapter: str, prompt: str, constraints: Sequence[Mapping[str, Any]], info: ServerInfo
+) -> dict[str, Any]:
+    """The first constraint the server takes and obeys (a backend without structural tags refuses one)."""
+    refusals = []
+    for constraint in constraints:
+        try:
+            await _check_structured_outputs(client, adapter, prompt, constraint, info)
+            return dict(constraint)
+        except BadRequestError as exc:
+            refusals.append(f"{'/'.join(constraint)}: {exc}")
+            logger.info("the server refused structured outputs by %s", "/".join(constraint))
+    raise ServerCheckError(
+        f"the server rejected the structured-output constraint ({'; '.join(refusals)}); "
+        "try structured_generation.schema_method='json_schema' or turn structured generation off"
+    )
+
+
 async def _check_structured_outputs(
     client: InferenceClient, adapter: str, prompt: str, constraint: Mapping[str, Any], info: ServerInfo
 ) -> None:
-    """Old servers and gateways drop unknown fields silently: make sure the constraint bites."""
-    json_method = "json" in constraint
-    probe: dict[str, Any] = (
-        {"json": {"type": "object", "properties": {"probe": {"enum": [PROBE_VALUE]}}, "required": ["probe"]}}
-        if json_method
-        else {"regex": PROBE_REGEX}
-    )
+    """Old servers and gateways drop unknown fields silently: make sure the constraint bites.
+
+    A constraint of the same method that only the probe's answer satisfies comes first; then the
+    real one (one token), which a server refuses with 400 if its backend cannot take it.
+    """
+    method = next(iter(constraint))
+    json_method = method != "regex"
     base = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_tokens": min(PROBE_TOKENS, info.room or PROBE_TOKENS)}
-    try:
-        answer = (await client.complete_many(adapter, [prompt], {**base, "structured_outputs": probe}))[0]
-        await client.complete_many(adapter, [prompt], {**base, "max_tokens": 1, "structured_outputs": dict(constraint)})
-    except BadRequestError as exc:
-        raise ServerCheckError(
-            f"the server rejected the structured-output constraint ({exc}); "
-            "try structured_generation_schema_method='json_schema' or turn structured generation off"
-        ) from None
+    answer = (await client.complete_many(adapter, [prompt], {**base, "structured_outputs": _probe(method)}))[0]
+    await client.complete_many(adapter, [prompt], {**base, "max_tokens": 1, "structured_outputs": dict(constraint)})
     if not _obeys_probe(answer, json_method):
         raise ServerCheckError(
             f"the server at {client.display_url} ignored `structured_outputs` (vLLM older than 0.12, or a "
             "gateway that drops unknown fields): upgrade the server or turn structured generation off"
         )
+
+
+def _probe(method: str) -> dict[str, Any]:
+    """A constraint of ``method`` that only one answer satisfies."""
+    if method == "regex":
+        return {"regex": PROBE_REGEX}
+    schema = {"type": "object", "properties": {"probe": {"enum": [PROBE_VALUE]}}, "required": ["probe"]}
+    if method == "structural_tag":
+        tag = {"type": "structural_tag", "format": {"type": "json_schema", "json_schema": schema}}
+        return {"structural_tag": json.dumps(tag)}
+    return {"json": schema}
 
 
 def _obeys_probe(answer: Completion, json_method: bool) -> bool:

@@ -40,6 +40,8 @@ class ServerInfo:
     context: int | None
     """The adapter's context length (``max_model_len``), when the server says."""
     prompt_tokens: int
+    structured_outputs: Mapping[str, Any] | None = None
+    """The constraint the server accepted (of those offered, the first), None when none was offered."""
 
     @property
     def room(self) -> int | None:

@@ -166,6 +166,15 @@ def build_demo_run(out: Path, recipe: Recipe = Recipe(), report: Report | None =
         run = out / _run_name(name)
         peft_model.save_pretrained(run / "train" / "adapter")
         _fix_adapter_base(run / "train" / "adapter" / "adapter_config.json", base_dir)
+        # tabular runs as NSS 0.1.16 saves them; a time series keeps the older protocol we generate with
+        layout = (
+            _series_layout(rows[name], series)
+            if series is not None
+            else {
+                "layout": "0.1.16",
+                "max_tokens_per_example": max(len(_encode(tokenizer, p, t)[0]) for p, t in adapter_corpus),
+            }
+        )
         write_run_dir(
             run,
             schemas[name],
@@ -174,7 +183,7 @@ def build_demo_run(out: Path, recipe: Recipe = Recipe(), report: Report | None =
             base_max_seq_length=recipe.context,
             generation={"temperature": recipe.temperature, "num_records": _num_records(rows[name], series)},
             adapter_weights=None,
-            **(_series_layout(rows[name], series) if series is not None else {}),
+            **layout,
         )
     say(f"demo: built in {time.monotonic() - started:.0f} s")
     return out / _run_name(TABLES[0])

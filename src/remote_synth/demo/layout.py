@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from ..nss.params import GenerateParameters
 
 __all__ = ["TINYLLAMA_TEMPLATE", "write_run_dir"]
 
@@ -29,12 +31,18 @@ def write_run_dir(
     adapter_weights: bytes | None = b"",
     time_series: dict[str, Any] | None = None,
     initial_prefill: dict[str, str] | None = None,
+    layout: Literal["48a8f5c", "0.1.16"] = "48a8f5c",
+    max_tokens_per_example: int | None = None,
+    max_records_per_group: int | None = None,
 ) -> Path:
     """Write ``train/adapter/*`` metadata and ``safe-synthesizer-config.json`` as NSS does.
 
     The adapter weights themselves are written by peft (the demo) or, for tests,
     as ``adapter_weights`` bytes (None: no weights file). A time-series run gets its
     ``time_series`` section (``is_timeseries`` set) and each group's ``initial_prefill``.
+    ``layout`` "0.1.16" writes what that release saves: the whole ``generation`` section
+    (nested ``structured_generation``, ``max_tokens_multiplier``, ``validation.enforce_numeric_range``),
+    and the metadata's ``max_tokens_per_example`` and ``max_records_per_group``.
     """
     adapter = run / "train" / "adapter"
     adapter.mkdir(parents=True, exist_ok=True)
@@ -58,10 +66,15 @@ def write_run_dir(
         "rope_parameters_location": "autoconfig",
         "initial_prefill": initial_prefill,
     }
+    saved_generation = {"num_records": 1000, **(generation or {})}
+    if layout == "0.1.16":
+        metadata.pop("initial_prefill")
+        metadata.update(max_tokens_per_example=max_tokens_per_example, max_records_per_group=max_records_per_group)
+        saved_generation = GenerateParameters.resolve(saved_generation, use_env=False).model_dump(mode="json")
     config = {
         "data": {"group_training_examples_by": None, "order_training_examples_by": None, **(data or {})},
         "training": {"pretrained_model": base_model, "lora_r": lora_r},
-        "generation": {"num_records": 1000, **(generation or {})},
+        "generation": saved_generation,
         "time_series": {"is_timeseries": time_series is not None, **(time_series or {})},
     }
     _write(adapter / "metadata_v2.json", metadata)

@@ -7,13 +7,20 @@ above this package (engine, transport, server, CLI) speaks NSS through these nam
 
 from .batch import Batch, error_statistics, normalize_dataframe
 from .contract import GeneratorBackend
-from .params import GenerateParameters, ValidationParameters
+from .params import GenerateParameters, StructuredGenerationParameters, ValidationParameters
 from .processors import GroupedDataProcessor, Processor, TabularDataProcessor, TimeSeriesDataProcessor, create_processor
 from .prompt import DEFAULT_INSTRUCTION, build_prompt
 from .records import ParsedResponse, RecordValidator, extract_records
 from .results import GenerateJobResults, GenerationBatches, GenerationStatus, GenerationStopCondition, RunningStatistics
 from .rundir import AdapterConfig, ModelMetadata, NSSConfig, PromptConfig, RunDirectory
-from .structured import build_json_based_regex, build_record_regex, structured_outputs_payload
+from .schema import generation_schema, relax_numeric_bounds
+from .structured import (
+    build_json_based_regex,
+    build_record_regex,
+    build_structural_tag,
+    structured_outputs_choices,
+    structured_outputs_payload,
+)
 
 __all__ = [
     "DEFAULT_INSTRUCTION",
@@ -34,15 +41,20 @@ __all__ = [
     "RecordValidator",
     "RunDirectory",
     "RunningStatistics",
+    "StructuredGenerationParameters",
     "TabularDataProcessor",
     "TimeSeriesDataProcessor",
     "ValidationParameters",
     "build_json_based_regex",
     "build_prompt",
     "build_record_regex",
+    "build_structural_tag",
     "create_processor",
     "error_statistics",
     "extract_records",
+    "generation_schema",
     "normalize_dataframe",
+    "relax_numeric_bounds",
+    "structured_outputs_choices",
     "structured_outputs_payload",
 ]

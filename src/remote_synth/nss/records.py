@@ -34,7 +34,10 @@ ErrorTuple = tuple[str, str]
 """(detailed message, summary category), as in NSS."""
 
 INVALID_JSON = "Invalid JSON"
+INVALID_JSON_VALUE = "Invalid JSON value"
 FLOAT_CONVERSION = "Float Conversion"
+NOT_JSON_VALUE: ErrorTuple = ("Object contains a value that is not valid JSON", INVALID_JSON_VALUE)
+"""NSS 0.1.16: NaN and ±Infinity (``1e400`` too) parse, but are not JSON; the record is invalid."""
 _ANNOTATIONS = frozenset(
     {"title", "description", "$comment", "default", "examples", "format", "deprecated", "readOnly", "writeOnly"}
 )
@@ -145,6 +148,8 @@ class RecordValidator:
             return (f"{INVALID_JSON}: {getattr(exc, 'msg', str(exc))}", INVALID_JSON)
         if end != len(raw):
             return (f"{INVALID_JSON}: Extra data", INVALID_JSON)
+        if type(record) is dict and _holds_non_finite(record.values()):
+            return NOT_JSON_VALUE
         if self._fast is not None and type(record) is dict and self._fast(record):
             error = self._float_overflow(record)
         else:
@@ -389,3 +394,18 @@ def _enum_check(values: list[Any]) -> _Check:
     # Only strings (and null): no other value equals one, so plain membership is exact.
     allowed = frozenset(strings | ({None} if has_null else set()))
     return _Check(test, bounded=True, inline="{v} in {c}", const=allowed)
+
+
+def _holds_non_finite(values: Iterable[Any]) -> bool:
+    """Whether a NaN or an infinity is among ``values``, at any depth (NSS 0.1.16 ``is_json_value``)."""
+    for value in values:
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):
+                return True
+        elif kind is dict:
+            if _holds_non_finite(value.values()):
+                return True
+        elif kind is list and _holds_non_finite(value):
+            return True
+    return False

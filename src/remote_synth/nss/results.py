@@ -33,7 +33,7 @@ __all__ = [
 logger = logging.getLogger("remote_synth.results")
 
 TOO_MANY_INVALID = (
-    "Lower the temperature or turn on structured generation (use_structured_generation); if neither "
+    "Lower the temperature or turn on structured generation (structured_generation.enabled); if neither "
     "helps, the adapter may need more training ('num_input_records_to_sample')."
 )
 """What to do about a stop for invalid records: generation-side remedies first (NSS puts training first)."""

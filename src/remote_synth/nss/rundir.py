@@ -54,6 +54,8 @@ class RopeScaling(_Lenient):
     rope_type: str | None = None
     factor: float | None = None
     theta: float | None = None
+    rope_parameters: dict[str, Any] | None = None
+    """NSS 0.1.16: the model's native Transformers v5 rope parameters."""
 
 
 class ModelMetadata(_Lenient):
@@ -67,6 +69,20 @@ class ModelMetadata(_Lenient):
     is_adapter: bool | None = True
     instruction: str = "Generate a JSONL dataset with the following columns: "
     initial_prefill: Any = None
+    max_tokens_per_example: int | None = Field(None, ge=0)
+    """NSS 0.1.16: the longest training example in tokens, prompt included (None: older NSS)."""
+    max_records_per_group: int | None = Field(None, ge=1)
+    """NSS 0.1.16: the largest group in training (grouped runs), the bound of grouped structured outputs."""
+
+    def max_tokens_for(self, prompt_tokens: int, multiplier: float) -> int:
+        """NSS 0.1.16 ``generation_max_tokens_for``: the longest training example times ``multiplier``,
+        else ``max_seq_length``; at most what the context leaves after the prompt (never below 1).
+
+        Why: a completion that never emits EOS stops near the trained length instead of running
+        to the end of the context (GPU time, and records past what the model was trained on).
+        """
+        sized = int(self.max_tokens_per_example * multiplier) if self.max_tokens_per_example else None
+        return max(1, min(sized or self.max_seq_length, self.max_seq_length - prompt_tokens))
 
     @property
     def max_seq_length(self) -> int:

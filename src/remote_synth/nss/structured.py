@@ -1,4 +1,9 @@
-"""vLLM ``structured_outputs`` for a record schema: NSS's regex method and the json_schema method.
+"""vLLM ``structured_outputs`` for a record schema: NSS's regex, json_schema and structural tag methods.
+
+The method is NSS 0.1.16's: ``auto`` is a structural tag (XGrammar: JSONL records, each
+checked by the JSON schema, inside BOS…EOS when grouped) on backend auto/xgrammar, else the
+regex. Grouped output is bounded to the largest trained group (``max_records_per_group``,
+or ``max_records_per_sequence``): one group of 1…N records per completion.
 
 The regex method follows NSS's ``regex_manager.build_json_based_regex``: the
 same constructs (``properties``/``required``, ``enum``, ``type`` with string
@@ -24,6 +29,7 @@ which suggests the json_schema method.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -35,7 +41,13 @@ from range_regex import bounded_regex_for_range
 from .._exceptions import ConfigError, UnsupportedSchemaError
 from .params import GenerateParameters
 
-__all__ = ["build_json_based_regex", "build_record_regex", "structured_outputs_payload"]
+__all__ = [
+    "build_json_based_regex",
+    "build_record_regex",
+    "build_structural_tag",
+    "structured_outputs_choices",
+    "structured_outputs_payload",
+]
 
 JSON_STRING_INNER = r'([^"\\\x00-\x1F]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})'
 JSON_STRING = f'"{JSON_STRING_INNER}*"'
@@ -52,20 +64,59 @@ def structured_outputs_payload(
     bos_token: str = "",
     eos_token: str = "",
     max_sequences_per_example: int | None = None,
+    max_records_per_group: int | None = None,
 ) -> dict[str, Any] | None:
     """The request's ``structured_outputs`` field, or None when structured generation is off."""
-    if not params.use_structured_generation:
-        return None
-    if params.structured_generation_schema_method == "json_schema":
-        return {"json": schema}
-    regex = build_json_based_regex(
+    choices = structured_outputs_choices(
+        params,
         schema,
         grouped=grouped,
         bos_token=bos_token,
         eos_token=eos_token,
-        single_sequence=params.structured_generation_use_single_sequence and max_sequences_per_example == 1,
+        max_sequences_per_example=max_sequences_per_example,
+        max_records_per_group=max_records_per_group,
     )
-    return {"regex": regex}
+    return choices[0] if choices else None
+
+
+def structured_outputs_choices(
+    params: GenerateParameters,
+    schema: dict[str, Any],
+    *,
+    grouped: bool = False,
+    bos_token: str = "",
+    eos_token: str = "",
+    max_sequences_per_example: int | None = None,
+    max_records_per_group: int | None = None,
+) -> list[dict[str, Any]]:
+    """The ``structured_outputs`` fields to try, best first (none when structured generation is off).
+
+    ``schema_method`` auto on backend auto is a structural tag, then NSS's regex for a server
+    whose backend cannot serve a tag (the server check keeps the first one it accepts).
+    ``max_records_per_group`` is the run's (the largest group in training); the setting
+    ``max_records_per_sequence`` overrides it.
+    """
+    sg = params.structured_generation
+    if not sg.enabled:
+        return []
+    shape: dict[str, Any] = {
+        "grouped": grouped,
+        "bos_token": bos_token,
+        "eos_token": eos_token,
+        "single_sequence": sg.use_single_sequence and max_sequences_per_example == 1,
+        "max_records": sg.max_records_per_sequence or max_records_per_group,
+    }
+    if sg.method == "json_schema":
+        return [{"json": schema}]
+    if sg.method == "regex":
+        return [{"regex": build_json_based_regex(schema, **shape)}]
+    choices = [{"structural_tag": build_structural_tag(schema, **shape)}]
+    if sg.schema_method == "auto" and sg.backend == "auto":
+        try:
+            choices.append({"regex": build_json_based_regex(schema, **shape)})
+        except UnsupportedSchemaError:
+            pass  # the tag or nothing
+    return choices
 
 
 def build_json_based_regex(
@@ -75,11 +126,53 @@ def build_json_based_regex(
     bos_token: str = "",
     eos_token: str = "",
     single_sequence: bool = False,
+    max_records: int | None = None,
 ) -> str:
-    """One or more newline-terminated records (inside BOS…EOS when grouped)."""
+    """One or more newline-terminated records (inside BOS…EOS when grouped).
+
+    Grouped with a bound: exactly one group of 1…``max_records`` records (NSS 0.1.16), so
+    that a model that never closes its group cannot decode to ``max_tokens``.
+    """
     record = build_record_regex(schema)
-    sequence = f"{re.escape(bos_token)}({record}\n)+{re.escape(eos_token)}" if grouped else record
-    return sequence if single_sequence else f"({sequence}\n)+"
+    if not grouped:
+        return record if single_sequence else f"({record}\n)+"
+    repeat = f"({record}\n){{1,{max_records}}}" if max_records else f"({record}\n)+"
+    sequence = f"{re.escape(bos_token)}{repeat}{re.escape(eos_token)}"
+    return sequence if single_sequence or max_records else f"({sequence}\n)+"
+
+
+def build_structural_tag(
+    schema: dict[str, Any],
+    *,
+    grouped: bool = False,
+    bos_token: str = "",
+    eos_token: str = "",
+    single_sequence: bool = False,
+    max_records: int | None = None,
+) -> str:
+    """An XGrammar structural tag (a JSON string) of the same shapes as ``build_json_based_regex``.
+
+    NSS 0.1.16 ``build_json_structural_tag``: records are ``json_schema`` elements, so the
+    server's JSON grammar checks them (number bounds included), not a regex.
+    """
+    record: dict[str, Any] = {"type": "json_schema", "json_schema": schema}
+    line = _sequence([record, _const("\n")])
+    if not grouped:
+        shape = record if single_sequence else {"type": "plus", "content": line}
+    else:
+        repeat = {"type": "repeat", "min": 1, "max": max_records, "content": line} if max_records else None
+        group = _sequence([_const(bos_token), repeat or {"type": "plus", "content": line}, _const(eos_token)])
+        single = single_sequence or bool(max_records)
+        shape = group if single else {"type": "plus", "content": _sequence([group, _const("\n")])}
+    return json.dumps({"type": "structural_tag", "format": shape}, ensure_ascii=True)
+
+
+def _const(value: str) -> dict[str, str]:
+    return {"type": "const_string", "value": value}
+
+
+def _sequence(elements: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "sequence", "elements": elements}
 
 
 def build_record_regex(schema: Any) -> str:
