@@ -33,7 +33,7 @@ from ._engine import (
     sampling_fields,
 )
 from ._exceptions import BackendStateError
-from ._io.journal import Journal, job_header
+from ._io.journal import Journal, JournalEntry, job_header
 from ._server.launch import adapter_name_for, launch_settings
 from ._server.supervisor import run_supervised
 from ._server.vllm import ServerSettings, VllmServer
@@ -101,7 +101,7 @@ class RemoteBackend(GeneratorBackend):
         """What the last ``generate()`` sent: requests, prompts sent, retries, window readings."""
         self.journal: Journal | None = None
         """Where ``generate()`` keeps the completions it uses (``open_journal``), if anywhere."""
-        self._replay: list[list[str]] = []
+        self._replay: list[JournalEntry] = []
         self._loaded_adapter = False
         """Whether this backend registered its adapter on the server (and so unloads it)."""
         self._client: InferenceClient | None = None
@@ -166,7 +166,7 @@ class RemoteBackend(GeneratorBackend):
         journal = Journal(path, self.job_header())
         self._replay = journal.open(resume=resume)
         self.journal = journal
-        return sum(len(entry) - self.kind.journal_keys for entry in self._replay)
+        return sum(len(entry.texts) - self.kind.journal_keys for entry in self._replay)
 
     def job_header(self) -> dict[str, object]:
         """What makes two runs the same job: adapter, schema, prompt, settings and the request's sampling."""

@@ -25,9 +25,16 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coro)
 
 
-def jobs(target: int, *, on_batch: Callable[[Progress], None] | None = None, first_job: int = 10**6) -> TabularJobs:
+def jobs(
+    target: int,
+    *,
+    on_batch: Callable[[Progress], None] | None = None,
+    first_job: int = 10**6,
+    batch_cap: int | None = None,
+) -> TabularJobs:
     """A source whose jobs are as large as the scheduler asks (``first_job``: the cap before any completion)."""
-    batches = GenerationBatches(target_num_records=target, invalid_fraction_threshold=0.8, patience=3)
+    batches = GenerationBatches(target_num_records=target, invalid_fraction_threshold=0.8, patience=3,
+                                max_num_prompts_per_batch=batch_cap)  # fmt: skip
     return TabularJobs(batches, TabularDataProcessor(SCHEMA), "P", {"max_tokens": 10}, target, on_batch=on_batch,
                        first_job_prompts=first_job)  # fmt: skip
 
@@ -123,9 +130,9 @@ def test_gate_serves_retries_before_new_work_and_forgets_cancelled_waiters() -> 
 
 
 def test_logical_batches_keep_nss_sizes_and_stop_rules() -> None:
-    """One perfect batch, then nothing valid: NSS stops after six more batches (§3.5)."""
+    """A perfect probe, then nothing valid: NSS stops after six more batches (§3.5)."""
     source = jobs(target=10**6)
-    texts = iter([FIVE] * 100 + [BAD] * 10_000)
+    texts = iter([FIVE] * 10 + [BAD] * 20_000)
     sizes = []
     while not source.done:
         sizes.append(source._open_size)
@@ -135,7 +142,8 @@ def test_logical_batches_keep_nss_sizes_and_stop_rules() -> None:
     assert batches.status is GenerationStatus.STOP_METRIC_REACHED
     assert batches.num_batches == 7
     assert batches.batch_valid_record_fractions == [1.0] + [0.0] * 6
-    assert batches.num_prompts == 700  # every batch 100: the remaining target is huge
+    # NSS 0.1.16: a 10-prompt probe, then the adaptive cap (2,000 for a million records)
+    assert batches.num_prompts == 10 + 6 * 2000 and sorted(set(sizes)) == [10, 2000]
 
 
 def test_the_open_batch_closes_at_the_target_and_later_completions_count_nowhere() -> None:
@@ -279,7 +287,7 @@ def test_the_window_stays_full_across_batch_boundaries() -> None:
     async def scenario() -> TabularJobs:
         server = HeldServer()
         sched = scheduler(server, window=64, ppr=8)
-        source = jobs(target=6000, on_batch=lambda p: in_flight_at_close.append(sched.in_flight))
+        source = jobs(target=6000, on_batch=lambda p: in_flight_at_close.append(sched.in_flight), batch_cap=100)
         task = asyncio.create_task(sched.run(source))
         for answered in range(10_000):
             await until(lambda n=answered: len(server.pending) > n or task.done())

@@ -14,7 +14,7 @@ from remote_synth import ConfigError, JournalMismatchError, StorageError
 from remote_synth._engine import Job, TabularJobs
 from remote_synth._io import Journal
 from remote_synth._transport.types import Completion
-from remote_synth.nss import GenerationBatches
+from remote_synth.nss import GenerationBatches, GenerationStatus
 from remote_synth.nss.processors import TabularDataProcessor
 
 HEADER = {"adapter": "nss-abc", "num_records": 300, "temperature": 0.9, "validation.group_by_x": False}
@@ -60,7 +60,7 @@ def test_a_resumed_job_equals_the_uninterrupted_one(tmp_path: Path, cut: int) ->
 
     again = Journal(tmp_path / "out.csv.journal", HEADER)
     entries = again.open(resume=True)
-    assert entries == requests[: len(entries)]
+    assert [e.texts for e in entries] == requests[: len(entries)]
     assert len(entries) == cut or (killed.done and len(entries) < cut)  # a done job takes no more
     resumed = jobs(300, log=again)
     resumed.replay(entries)
@@ -77,10 +77,10 @@ def test_a_line_cut_short_is_dropped_and_overwritten(tmp_path: Path) -> None:
     with (tmp_path / "j").open("ab") as fh:
         fh.write(b'["c", "d')  # killed mid-write
     again = Journal(tmp_path / "j", HEADER)
-    assert again.open(resume=True) == [["a", "b"]]
+    assert [e.texts for e in again.open(resume=True)] == [["a", "b"]]
     again.append(["e"])
     again.close()
-    assert Journal(tmp_path / "j", HEADER).open(resume=True) == [["a", "b"], ["e"]]
+    assert [e.texts for e in Journal(tmp_path / "j", HEADER).open(resume=True)] == [["a", "b"], ["e"]]
 
 
 def test_resuming_with_other_settings_names_the_field(tmp_path: Path) -> None:
@@ -130,12 +130,12 @@ def test_a_full_disk_leaves_no_half_line_and_keeps_what_was_written(
     assert info.value.errno == errno.ENOSPC
     monkeypatch.undo()
     journal.close()
-    assert Journal(tmp_path / "j", HEADER).open(resume=True) == [["kept"]]
+    assert [e.texts for e in Journal(tmp_path / "j", HEADER).open(resume=True)] == [["kept"]]
 
 
 def test_a_failed_journal_write_means_the_completions_are_not_used(tmp_path: Path) -> None:
     class FullLog:
-        def append(self, texts: object) -> None:
+        def append(self, *logged: object) -> None:
             raise StorageError("cannot write the journal: No space left on device")
 
         def commit(self) -> None: ...
@@ -153,3 +153,19 @@ def test_a_journal_respects_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "j").stat().st_mode & 0o777 == 0o640
+
+
+def test_finish_reasons_and_tokens_come_back_so_a_resumed_first_batch_is_judged_the_same(tmp_path: Path) -> None:
+    """NSS 0.1.16 lets a first batch cut at max_tokens go on: a resumed job must see the same reasons."""
+    cut = [Completion("{", "length", 64)] * 10
+    journal = Journal(tmp_path / "j", HEADER)
+    journal.open(resume=False)
+    live = jobs(300, log=journal)
+    live.complete(Job(prompts=["P"] * 10, params={}), cut)
+    assert live.batches.status is GenerationStatus.IN_PROGRESS and live.batches.num_batches == 1
+    journal.close()
+    entries = Journal(tmp_path / "j", HEADER).open(resume=True)
+    assert entries[0].finish_reasons == ["length"] * 10 and entries[0].tokens == [64] * 10
+    resumed = jobs(300)
+    resumed.replay(entries)
+    assert resumed.batches.status is GenerationStatus.IN_PROGRESS and resumed.batches.num_completion_tokens == 640

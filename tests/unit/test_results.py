@@ -177,7 +177,7 @@ def test_next_prompt_count() -> None:
     b = GenerationBatches(None)
     assert b.get_next_num_prompts() == 100
     b = GenerationBatches(20)
-    assert b.get_next_num_prompts() == 100
+    assert b.get_next_num_prompts() == 10  # NSS 0.1.16's probe
     b.add_batch(batch(response(3, 0)))
     assert b.get_next_num_prompts() == 16  # round(17 / 3) + 10
     b = GenerationBatches(14)
@@ -185,7 +185,45 @@ def test_next_prompt_count() -> None:
     assert b.get_next_num_prompts() == 12  # round(2.5) == 2, banker's rounding
     big = GenerationBatches(10_000)
     big.add_batch(batch(response(1, 0)))
-    assert big.get_next_num_prompts() == 100
+    assert big.get_next_num_prompts() == 500  # the adaptive cap: 10,000 // 20
+    assert GenerationBatches(3).get_next_num_prompts() == 10 and GenerationBatches(3, max_num_prompts_per_batch=4)
+    assert GenerationBatches(3, max_num_prompts_per_batch=4).get_next_num_prompts() == 4
+
+
+@pytest.mark.parametrize(("target", "cap"), [(None, 100), (1, 100), (1000, 100), (2500, 125), (5000, 250),
+                                             (100_000, 2000)])  # fmt: skip
+def test_the_cap_grows_with_the_target(target: int | None, cap: int) -> None:
+    assert GenerationBatches(target).max_num_prompts_per_batch == cap
+
+
+def _truncated(prompts: int, valid: int = 0, *, all_length: bool = True) -> Batch:
+    b = Batch(lambda i, text: response(valid, 1))
+    for i in range(prompts):
+        b.process(i, "", "length" if all_length or i else "stop", completion_tokens=7)
+    return b
+
+
+def test_a_first_batch_cut_at_max_tokens_is_inconclusive_and_probed_again() -> None:
+    b = GenerationBatches(1000, invalid_fraction_threshold=0.8, patience=2)
+    b.add_batch(_truncated(10))
+    assert b.status is GenerationStatus.IN_PROGRESS and b.get_next_num_prompts() == 10
+    assert b.num_completion_tokens == 70
+    b.add_batch(_truncated(10))
+    assert b.status is GenerationStatus.STOP_METRIC_REACHED  # patience decides, not the first batch
+
+
+def test_a_first_batch_with_one_natural_end_and_no_record_stops() -> None:
+    b = GenerationBatches(1000, invalid_fraction_threshold=0.8, patience=2)
+    b.add_batch(_truncated(10, all_length=False))
+    assert b.status is GenerationStatus.STOP_NO_RECORDS
+    later = GenerationBatches(1000, invalid_fraction_threshold=0.8, patience=5)
+    later.add_batch(_truncated(10, valid=1))
+    later.add_batch(_truncated(10, all_length=False))
+    assert later.status is GenerationStatus.IN_PROGRESS
+    assert later.get_next_num_prompts() == min(100, round(999 / 0.05) + 10)
+    no_rule = GenerationBatches(1000)
+    no_rule.add_batch(_truncated(10))
+    assert no_rule.status is GenerationStatus.STOP_NO_RECORDS  # without a stop condition, any empty batch
 
 
 def test_job_complete() -> None:
@@ -295,3 +333,15 @@ def test_seeded_batches_count_like_nss() -> None:
     assert (b.num_batches, b.num_valid_records, b.num_invalid_records, b.num_prompts) == (2, 2, 4, 2)
     assert b.status is GenerationStatus.IN_PROGRESS
     assert len(b.to_dataframe(["a"])) == 2
+
+
+def test_results_carry_nss_0_1_16_token_fields_from_the_server_usage() -> None:
+    b = GenerationBatches(1000)
+    b.add_batch(_truncated(4, valid=1, all_length=False))
+    results = GenerateJobResults.from_batches(b, None, ["a", "b"], elapsed_time=2.0)
+    assert (results.num_completion_tokens, results.tokens_per_prompt, results.tokens_per_second) == (28, 7.0, 14.0)
+    assert results.num_valid_record_tokens is None and results.tokenization_overhead_sec is None
+    silent = GenerationBatches(1000)
+    silent.add_batch(batch(response(1, 0)))
+    none = GenerateJobResults.from_batches(silent, None, ["a", "b"], elapsed_time=2.0)
+    assert none.num_completion_tokens is None and none.tokens_per_second is None  # no usage seen: None, as NSS

@@ -14,9 +14,9 @@ How much to send ahead is the demand: with a yield of ``y`` valid records per
 completion so far, ``ceil(remaining / y)`` prompts, less those already out, and
 never more out than twice the completions used plus the open batch (early
 estimates lean low: short completions come back first).
-Before any record has been accepted there is no yield: the open batch (NSS's
-first 100 prompts) is the most that is sent, and a small target gets one prompt
-per record it asks for; until the first completions are back, jobs are small,
+Before any record has been accepted there is no yield: NSS's first 100 prompts
+are the most that is sent (the logical batches are NSS 0.1.16's: a 10-prompt probe
+first), and a small target gets one prompt per record it asks for; until the first completions are back, jobs are small,
 so that the yield is known (and the window can open) after the fastest few.
 """
 
@@ -32,10 +32,10 @@ from typing import Protocol
 from .._transport.types import Completion
 from ..nss.batch import Batch, valid_fraction
 from ..nss.records import ParsedResponse
-from ..nss.results import GenerationBatches
+from ..nss.results import MAX_NUM_PROMPTS_PER_BATCH, GenerationBatches
 from .scheduler import Job
 
-__all__ = ["CompletionLog", "Progress", "TabularJobs"]
+__all__ = ["CompletionLog", "Logged", "Progress", "TabularJobs", "log_completions", "logged_completions"]
 
 logger = logging.getLogger("remote_synth.engine")
 
@@ -46,11 +46,40 @@ FIRST_JOB_PROMPTS = 5
 class CompletionLog(Protocol):
     """Where the completions a job uses are kept, so that it can be replayed (the journal)."""
 
-    def append(self, texts: Sequence[str]) -> None:
-        """One request's completion texts, before they are used."""
+    def append(
+        self, texts: Sequence[str], finish_reasons: Sequence[str | None] = (), tokens: Sequence[int] = ()
+    ) -> None:
+        """One request's completion texts (and why each ended, and its tokens), before they are used."""
 
     def commit(self) -> None:
         """A batch has closed: make what was appended durable."""
+
+
+class Logged(Protocol):
+    """One logged request, as a journal gives it back (``JournalEntry``)."""
+
+    @property
+    def texts(self) -> list[str]: ...
+
+    @property
+    def finish_reasons(self) -> list[str | None]: ...
+
+    @property
+    def tokens(self) -> list[int]: ...
+
+
+def logged_completions(entry: Logged, keys: int = 0) -> list[Completion]:
+    """The completions of a logged request; its first ``keys`` texts name what it was for."""
+    texts = entry.texts[keys:]
+    reasons = entry.finish_reasons if len(entry.finish_reasons) == len(texts) else [None] * len(texts)
+    tokens = entry.tokens if len(entry.tokens) == len(texts) else [0] * len(texts)
+    return [Completion(t, r, n) for t, r, n in zip(texts, reasons, tokens, strict=True)]
+
+
+def log_completions(log: CompletionLog, completions: Sequence[Completion], keys: Sequence[str] = ()) -> None:
+    """Keep a request's completions (after ``keys``) in ``log``, before they are used."""
+    log.append([*keys, *(c.text for c in completions)], [c.finish_reason for c in completions],
+               [c.tokens for c in completions])  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -136,14 +165,20 @@ class TabularJobs:
         """
         if self.done:
             return 0
-        evidence_cap = 2 * self.used + self._open_size
+        evidence_cap = 2 * self.used + max(self._open_size, MAX_NUM_PROMPTS_PER_BATCH)
         return max(0, min(self.expected_prompts_left(), evidence_cap) - outstanding)
 
     def expected_prompts_left(self) -> int:
-        """Completions still needed to finish, at the yield seen so far (at least one)."""
+        """Completions still needed to finish, at the yield seen so far (at least one).
+
+        With no yield yet, NSS's first 100 prompts at most, one per record asked for: NSS 0.1.16's
+        10-prompt probe is the first logical batch, but waiting for it would leave the server idle
+        for a round trip; what is still out when the probe stops a job is cancelled.
+        """
         remaining = self.target - self.valid
-        if self.valid == 0:  # no yield yet: at most the open (first) batch, one prompt per record
-            return max(1, min(self._open_size - self._open.num_prompts, remaining))
+        if self.valid == 0:
+            before_yield = max(self._open_size - self._open.num_prompts, MAX_NUM_PROMPTS_PER_BATCH - self.used)
+            return max(1, min(before_yield, remaining))
         per_prompt = self.valid / self.used
         return max(1, math.ceil(remaining / per_prompt))
 
@@ -154,25 +189,24 @@ class TabularJobs:
         return Job(prompts=[self.prompt] * prompts, params=self.params)
 
     def complete(self, job: Job, completions: Sequence[Completion]) -> None:
-        texts = [c.text for c in completions]
         if self.log is not None:
-            self.log.append(texts)  # kept before used: a crash from here on loses nothing used
-        self._use(texts)
+            log_completions(self.log, completions)  # kept before used: a crash from here on loses nothing used
+        self._use(completions)
 
-    def replay(self, entries: Iterable[Sequence[str]]) -> None:
+    def replay(self, entries: Iterable[Logged]) -> None:
         """Use an earlier run's completions (the journal's) again, exactly as they were used then."""
         log, self.log = self.log, None
         try:
-            for texts in entries:
-                self._use(texts)
+            for entry in entries:
+                self._use(logged_completions(entry))
         finally:
             self.log = log
 
-    def _use(self, texts: Sequence[str]) -> None:
-        for text in texts:
+    def _use(self, completions: Sequence[Completion]) -> None:
+        for c in completions:
             if self.done:
                 return
-            self._open.process(self._open.num_prompts, text)
+            self._open.process(self._open.num_prompts, c.text, c.finish_reason, c.tokens)
             if self._open.num_prompts >= self._open_size or self.valid >= self.target:
                 self._close()
 

@@ -8,12 +8,12 @@ are finished (tabular results are cut at the target; time series are sorted by g
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from ..nss.processors import Processor
 from ..nss.results import GenerateJobResults, GenerationBatches, GenerationStatus
-from .accounting import CompletionLog, Progress
+from .accounting import CompletionLog, Logged, Progress
 from .scheduler import JobSource
 
 __all__ = ["Jobs", "RunKind", "complete_when_done"]
@@ -22,7 +22,7 @@ __all__ = ["Jobs", "RunKind", "complete_when_done"]
 class Jobs(JobSource, Protocol):
     """A job source that can also replay a journal and count what a stopped job accepted."""
 
-    def replay(self, entries: Iterable[Sequence[str]]) -> None:
+    def replay(self, entries: Iterable[Logged]) -> None:
         """Use an earlier run's completions (the journal's) again, exactly as they were used then."""
 
     def flush(self) -> None:

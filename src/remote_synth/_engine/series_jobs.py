@@ -34,7 +34,7 @@ from ..nss.processors import TIMESERIES, TimeSeriesDataProcessor
 from ..nss.records import ParsedResponse
 from ..nss.results import GenerationBatches, GenerationStatus
 from ..nss.timeseries import MAX_ACTIVE_GROUPS, expected_records, prefill, samples_per_prompt, step_problem
-from .accounting import CompletionLog, Progress
+from .accounting import CompletionLog, Logged, Progress, log_completions, logged_completions
 from .sampling import shrink_for_prefill
 from .scheduler import Job
 
@@ -152,19 +152,19 @@ class TimeseriesJobs:
         group = self._jobs.pop(id(job))
         texts = [c.text for c in completions]
         if self.log is not None:
-            self.log.append([group.key, *texts])  # kept before used; the group first, for replay
+            log_completions(self.log, completions, keys=[group.key])  # kept before used; the group first
         self._use(group, texts)
         if self.log is not None:
             self.log.commit()
 
-    def replay(self, entries: Iterable[Sequence[str]]) -> None:
+    def replay(self, entries: Iterable[Logged]) -> None:
         """Use an earlier run's completions (the journal's: the group, then the texts) again."""
         log, self.log = self.log, None
         by_key = {g.key: g for g in self.groups}
         try:
-            for key, *texts in entries:
+            for entry in entries:
                 self._activate()
-                self._use(by_key[key], texts)
+                self._use(by_key[entry.texts[0]], [c.text for c in logged_completions(entry, keys=1)])
         finally:
             self.log = log
 

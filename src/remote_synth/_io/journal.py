@@ -1,7 +1,9 @@
 """The job journal: every completion a job used, in order, so a killed job resumes exactly.
 
 Next to the output (``synthetic_data.csv.journal``), one line per request that
-came back: a JSON array of the completion texts, written (to the kernel) before
+came back: a JSON object of the completion texts (``c``), why each ended (``f``, vLLM's
+``finish_reason``: NSS 0.1.16's first-batch rule reads it) and the tokens each took (``t``),
+written (to the kernel) before
 they are validated, and fsync'd at each NSS batch end. The first line is a
 header that names the job: adapter, schema, prompt and every generation
 setting.
@@ -25,16 +27,25 @@ import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._exceptions import ConfigError, JournalMismatchError, StorageError
 
-__all__ = ["Journal", "job_header"]
+__all__ = ["Journal", "JournalEntry", "job_header"]
 
 logger = logging.getLogger("remote_synth.journal")
 
 FORMAT = "remote-synth journal"
-VERSION = 1
+VERSION = 2
+"""2: entries are objects with finish reasons and tokens (1: arrays of texts)."""
+
+
+class JournalEntry(NamedTuple):
+    """One request's completions as used: texts, and (where known) finish reasons and tokens."""
+
+    texts: list[str]
+    finish_reasons: list[str | None] = []
+    tokens: list[int] = []
 
 
 class Journal:
@@ -63,7 +74,7 @@ class Journal:
 
     # -- opening ---------------------------------------------------------------------------
 
-    def open(self, *, resume: bool) -> list[list[str]]:
+    def open(self, *, resume: bool) -> list[JournalEntry]:
         """Create the journal, or (``resume``) check it is this job's and return its completions."""
         if resume and self.path.exists():
             entries = self._read()
@@ -80,7 +91,7 @@ class Journal:
         _sync_dir(self.path.parent)
         return []
 
-    def _read(self) -> list[list[str]]:
+    def _read(self) -> list[JournalEntry]:
         """Entries of a journal on disk; a last line without its newline was cut short and is dropped."""
         try:
             data = self.path.read_bytes()
@@ -90,7 +101,7 @@ class Journal:
         if not complete:
             raise ConfigError(f"{self.path}: not a remote-synth journal (no header)")
         self._check_header(complete[0])
-        entries: list[list[str]] = []
+        entries: list[JournalEntry] = []
         for number, line in enumerate(complete[1:], start=2):
             entry = _entry(line)
             if entry is None:
@@ -114,9 +125,11 @@ class Journal:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def append(self, texts: Sequence[str]) -> None:
+    def append(
+        self, texts: Sequence[str], finish_reasons: Sequence[str | None] = (), tokens: Sequence[int] = ()
+    ) -> None:
         """One request's completions, handed to the kernel now (survives a kill; fsync'd by ``commit``)."""
-        self._write_line(list(texts))
+        self._write_line({"c": list(texts), "f": list(finish_reasons), "t": list(tokens)})
 
     def commit(self) -> None:
         """Make everything appended so far durable (a batch end)."""
@@ -165,14 +178,21 @@ class Journal:
         return StorageError(f"cannot {what} the journal {self.path}: {exc.strerror or exc}", errno=exc.errno)
 
 
-def _entry(line: bytes) -> list[str] | None:
+def _entry(line: bytes) -> JournalEntry | None:
     try:
         value = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+    if not isinstance(value, dict):
         return None
-    return value
+    texts, reasons, tokens = value.get("c"), value.get("f", []), value.get("t", [])
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        return None
+    if not isinstance(reasons, list) or not all(r is None or isinstance(r, str) for r in reasons):
+        return None
+    if not isinstance(tokens, list) or not all(type(n) is int for n in tokens):
+        return None
+    return JournalEntry(texts, reasons, tokens)
 
 
 def _sync_dir(directory: Path) -> None:

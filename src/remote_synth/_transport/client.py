@@ -342,7 +342,29 @@ def _choices(data: dict[str, Any], expected: int) -> list[Completion]:
             endpoint="POST /v1/completions",
         )
     ordered = sorted(choices, key=lambda c: c.get("index", 0))
-    return [Completion(text=c.get("text") or "", finish_reason=c.get("finish_reason")) for c in ordered]
+    texts = [c.get("text") or "" for c in ordered]
+    tokens = _shares(_completion_tokens(data), [len(t) for t in texts])
+    return [
+        Completion(text=t, finish_reason=c.get("finish_reason"), tokens=n)
+        for c, t, n in zip(ordered, texts, tokens, strict=True)
+    ]
+
+
+def _completion_tokens(data: dict[str, Any]) -> int:
+    usage = data.get("usage")
+    total = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else 0
+
+
+def _shares(total: int, weights: list[int]) -> list[int]:
+    """``total`` split in proportion to ``weights`` (equally when they are all 0), summing to ``total``."""
+    if not weights:
+        return []
+    weights = weights if any(weights) else [1] * len(weights)
+    whole = sum(weights)
+    shares = [total * w // whole for w in weights]
+    shares[-1] += total - sum(shares)
+    return shares
 
 
 _NO_METRICS = (401, 403, 404)

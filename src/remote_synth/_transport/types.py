@@ -21,6 +21,9 @@ class Completion:
 
     text: str
     finish_reason: str | None = None
+    tokens: int = 0
+    """Tokens generated: the response's ``usage.completion_tokens``, shared among its choices by length
+    (vLLM reports a total per response; the shares add up to it exactly)."""
 
 
 @dataclass(frozen=True)

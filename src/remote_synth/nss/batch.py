@@ -87,12 +87,32 @@ class Batch:
         self._actions: ParsedResponse | None = None  # what data actions replaced the valid records with
         self.num_valid_records = 0
         self.num_invalid_records = 0
+        self.finish_reasons: Counter[str] = Counter()
+        """Why each completion ended (vLLM's ``finish_reason``: stop, length, abort), as NSS 0.1.16 counts."""
+        self.num_completion_tokens = 0
+        """Tokens the server generated for these completions (its ``usage``), where it said."""
 
-    def process(self, prompt_number: int, text: str) -> ParsedResponse:
+    def process(
+        self, prompt_number: int, text: str, finish_reason: str | None = None, completion_tokens: int = 0
+    ) -> ParsedResponse:
         """Parse one completion with the batch's processor and keep the result."""
         if self._processor is None:
             raise TypeError("this Batch has no processor; use add_response()")
+        if finish_reason is not None:
+            self.finish_reasons[finish_reason] += 1
+        self.num_completion_tokens += completion_tokens
         return self.add_response(self._processor(prompt_number, text))
+
+    @property
+    def num_length_truncated_completions(self) -> int:
+        """Completions that stopped at ``max_tokens``."""
+        return self.finish_reasons["length"]
+
+    @property
+    def is_inconclusive(self) -> bool:
+        """No valid record, but every completion was cut at ``max_tokens``: it says nothing of the model
+        (NSS 0.1.16), so it does not stop a job as a first batch and the probe is sent again."""
+        return self.num_valid_records == 0 and 0 < self.num_prompts == self.num_length_truncated_completions
 
     def add_response(self, response: ParsedResponse) -> ParsedResponse:
         self._responses.append(response)

@@ -20,6 +20,8 @@ from .._exceptions import ConfigError, GenerationError
 from .batch import Batch, normalize_dataframe, valid_fraction
 
 __all__ = [
+    "ADAPTIVE_MAX_PROMPTS_CEILING",
+    "INITIAL_PROBE_PROMPTS",
     "MAX_NUM_PROMPTS_PER_BATCH",
     "NUM_PROMPT_BUFFER",
     "DataActionsFn",
@@ -39,6 +41,8 @@ TOO_MANY_INVALID = (
 """What to do about a stop for invalid records: generation-side remedies first (NSS puts training first)."""
 
 MAX_NUM_PROMPTS_PER_BATCH = 100
+ADAPTIVE_MAX_PROMPTS_CEILING = 2000
+INITIAL_PROBE_PROMPTS = 10
 NUM_PROMPT_BUFFER = 10
 _EPS = 1e-15
 IDX = "__nss__idx"
@@ -114,7 +118,13 @@ class GenerationStopCondition:
 
 @dataclass
 class GenerateJobResults:
-    """What ``generate()`` returns: NSS's eight fields, same meanings."""
+    """What ``generate()`` returns: NSS 0.1.16's sixteen fields, same meanings.
+
+    The token fields are None when no token data was seen (as in NSS). The completion tokens come
+    from the server's ``usage``; the per-record token counts need each record tokenized (NSS runs
+    its tokenizer in-process), which a remote client would pay for with a request per record: they
+    stay None, and so do the figures derived from them.
+    """
 
     df: pd.DataFrame
     """Valid records, schema columns in order; truncated to the target for tabular runs."""
@@ -127,6 +137,17 @@ class GenerateJobResults:
     valid_record_fraction: float
     batch_valid_record_fractions: list[float] = field(default_factory=list)
     elapsed_time: float = 0.0
+    num_completion_tokens: int | None = None
+    """Tokens the server generated for every completion used (its ``usage.completion_tokens``)."""
+    num_valid_record_tokens: int | None = None
+    num_invalid_record_tokens: int | None = None
+    num_non_record_tokens: int | None = None
+    tokens_per_prompt: float | None = None
+    """``num_completion_tokens / num_prompts``."""
+    tokens_per_second: float | None = None
+    """``num_completion_tokens / elapsed_time``."""
+    valid_tokens_per_second: float | None = None
+    tokenization_overhead_sec: float | None = None
 
     @classmethod
     def from_batches(
@@ -137,6 +158,7 @@ class GenerateJobResults:
         elapsed_time: float = 0.0,
     ) -> GenerateJobResults:
         """NSS's argument order: ``(batches, max_num_records, columns, elapsed_time)``."""
+        tokens = batches.num_completion_tokens or None
         return cls(
             df=batches.to_dataframe(columns, max_num_records),
             status=batches.status,
@@ -146,7 +168,19 @@ class GenerateJobResults:
             valid_record_fraction=batches.valid_record_fraction,
             batch_valid_record_fractions=list(batches.batch_valid_record_fractions),
             elapsed_time=elapsed_time,
+            num_completion_tokens=tokens,
+            tokens_per_prompt=tokens / batches.num_prompts if tokens and batches.num_prompts else None,
+            tokens_per_second=tokens / elapsed_time if tokens and elapsed_time > 0 else None,
         )
+
+
+def adaptive_cap(explicit: int | None, target: int | None) -> int:
+    """NSS 0.1.16's prompts per batch: as given, else one per 20 records wanted, within 100…2000."""
+    if explicit is not None:
+        return explicit
+    if target is None:
+        return MAX_NUM_PROMPTS_PER_BATCH
+    return min(ADAPTIVE_MAX_PROMPTS_CEILING, max(MAX_NUM_PROMPTS_PER_BATCH, target // 20))
 
 
 class GenerationBatches:
@@ -165,7 +199,7 @@ class GenerationBatches:
         self,
         target_num_records: int | None = None,
         batches: list[Batch] | None = None,
-        max_num_prompts_per_batch: int = MAX_NUM_PROMPTS_PER_BATCH,
+        max_num_prompts_per_batch: int | None = None,
         invalid_fraction_threshold: float | None = None,
         patience: int | None = None,
         data_actions_fn: DataActionsFn | None = None,
@@ -173,7 +207,7 @@ class GenerationBatches:
         if (invalid_fraction_threshold is None) != (patience is None):
             raise ConfigError("invalid_fraction_threshold and patience must be given together")
         self.target_num_records = target_num_records
-        self.max_num_prompts_per_batch = max_num_prompts_per_batch
+        self.max_num_prompts_per_batch = adaptive_cap(max_num_prompts_per_batch, target_num_records)
         self.stop_condition = (
             GenerationStopCondition(invalid_fraction_threshold, patience)
             if invalid_fraction_threshold is not None and patience is not None
@@ -186,6 +220,8 @@ class GenerationBatches:
         self.num_valid_records = 0
         self.num_invalid_records = 0
         self.num_prompts = 0
+        self.num_completion_tokens = 0
+        self.last_batch_inconclusive = False
         self.batch_valid_record_fractions: list[float] = []
         self._frames: list[pd.DataFrame] = []
         self._accepted: pd.DataFrame | None = None
@@ -198,6 +234,8 @@ class GenerationBatches:
         self.num_valid_records += batch.num_valid_records
         self.num_invalid_records += batch.num_invalid_records
         self.num_prompts += batch.num_prompts
+        self.num_completion_tokens += batch.num_completion_tokens
+        self.last_batch_inconclusive = batch.is_inconclusive
         self.batch_valid_record_fractions.append(batch.valid_record_fraction)
         if frame is not None:
             self._frames.append(frame)
@@ -218,7 +256,9 @@ class GenerationBatches:
             return
         self.running.update(batch.stopping_metric)
         first = self.num_batches == 0
-        if batch.num_valid_records == 0 and (first or self.stop_condition is None):
+        if batch.num_valid_records == 0 and self.stop_condition is None:
+            self.status = GenerationStatus.STOP_NO_RECORDS
+        elif batch.num_valid_records == 0 and first and not batch.is_inconclusive:  # NSS 0.1.16
             self.status = GenerationStatus.STOP_NO_RECORDS
         elif self.stop_condition is not None:
             self.stop_condition.update(self.running.mean)
@@ -227,13 +267,19 @@ class GenerationBatches:
         self._count(batch, frame)
 
     def get_next_num_prompts(self) -> int:
-        """100 until records arrive, then enough for the rest at the observed yield, plus 10."""
-        if self.target_num_records is None or self.num_valid_records == 0:
-            return self.max_num_prompts_per_batch
+        """NSS 0.1.16: a 10-prompt probe first (again after an inconclusive batch); with no valid
+        record yet, the rest plus 10; then enough for the rest at the observed yield, plus 10.
+        Never more than the cap."""
+        cap = self.max_num_prompts_per_batch
+        if self.target_num_records is None:
+            return cap
         remaining = self.target_num_records - self.num_valid_records
-        per_prompt = self.num_valid_records / self.num_prompts
-        needed = round(remaining / (per_prompt + _EPS))
-        return min(self.max_num_prompts_per_batch, needed + NUM_PROMPT_BUFFER)
+        if self.num_valid_records > 0 and self.num_prompts > 0:
+            per_prompt = self.num_valid_records / self.num_prompts
+            return min(cap, round(remaining / (per_prompt + _EPS)) + NUM_PROMPT_BUFFER)
+        if self.num_prompts == 0 or self.last_batch_inconclusive:
+            return min(cap, INITIAL_PROBE_PROMPTS, remaining + NUM_PROMPT_BUFFER)
+        return min(cap, remaining + NUM_PROMPT_BUFFER)
 
     @property
     def is_stopped(self) -> bool:
