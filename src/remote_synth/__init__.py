@@ -1,7 +1,7 @@
 """remote-synth: NSS-compatible synthetic table generation against a remote vLLM server.
 
 The names here are the library's surface: the backend, its settings and parameters, the results,
-and the errors. Everything else is importable from its layer: ``remote_synth.nss`` (what NSS
+the errors, and ``generate_remotely`` (NSS's own pipeline, generating through the backend). Everything else is importable from its layer: ``remote_synth.nss`` (what NSS
 means: run directories, processors, records, batches), and the private layers ``_engine``,
 ``_transport``, ``_server``, ``_io`` and ``_cli`` (see docs/architecture.md).
 """
@@ -22,6 +22,7 @@ from ._exceptions import (
     ServerStartError,
     StorageError,
 )
+from ._pipeline import generate_remotely
 from ._settings import RemoteSettings
 from .nss import (
     GenerateJobResults,
@@ -54,6 +55,7 @@ __all__ = [
     "ServerStartError",
     "StorageError",
     "ValidationParameters",
+    "generate_remotely",
 ]
 
 __version__ = "0.1.0"

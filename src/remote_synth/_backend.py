@@ -50,6 +50,7 @@ from .nss.params import GenerateParameters
 from .nss.processors import Processor
 from .nss.results import DataActionsFn, GenerateJobResults, GenerationBatches
 from .nss.rundir import ModelMetadata, RunDirectory
+from .nss.upstream import as_nss_results, is_nss_object, register_as_nss_backend
 
 __all__ = ["RemoteBackend"]
 
@@ -82,6 +83,10 @@ class RemoteBackend(GeneratorBackend):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.transport = transport  # a test seam: a fake transport instead of the network
+        self.speaks_nss = any(is_nss_object(x) for x in (workdir, config, model_metadata))
+        """Built from NSS's own objects (its pipeline): an NSS ``GeneratorBackend``, NSS's results."""
+        if self.speaks_nss:
+            register_as_nss_backend(type(self))
         self.run = run_directory(workdir).check()
         self.workdir = self.run.path
         self.settings = settings if settings is not None else RemoteSettings.load()
@@ -198,9 +203,10 @@ class RemoteBackend(GeneratorBackend):
                 jobs.flush()  # runs the progress callback: a second Ctrl-C may land in it
             finally:
                 self.elapsed_time = time.monotonic() - started
-                self.gen_results = self.kind.finish(batches, done=jobs.done, elapsed=self.elapsed_time)
+                results = self.kind.finish(batches, done=jobs.done, elapsed=self.elapsed_time)
+                self.gen_results = as_nss_results(results) if self.speaks_nss else results
         batches.raise_for_status()
-        return self.gen_results
+        return results
 
     def teardown(self) -> None:
         """Cancel in-flight requests, close the pool, stop our server; idempotent, steps isolated."""

@@ -19,6 +19,7 @@ from fakes.fault_proxy import Fault, FaultProxy
 
 from remote_synth import RemoteBackend, RunDirectory
 from remote_synth._engine import TabularJobs
+from remote_synth._io import JournalEntry
 from remote_synth._server import VllmServer
 from remote_synth.nss import GenerationBatches
 
@@ -40,10 +41,10 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None
         time.sleep(0.2)
 
 
-def journal_entries(path: Path) -> list[list[str]]:
+def journal_entries(path: Path) -> list[JournalEntry]:
     """A journal's entries as a resume reads them (a last line cut short is dropped)."""
     *complete, _torn = path.read_bytes().split(b"\n")
-    return [json.loads(line) for line in complete[1:]]
+    return [JournalEntry(e["c"], e["f"], e["t"]) for e in map(json.loads, complete[1:])]
 
 
 def fault_plan() -> tuple[object, ...]:

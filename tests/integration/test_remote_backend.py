@@ -53,12 +53,26 @@ def test_only_the_adapter_writes_valid_rows(server: VllmServer, api_key: str, de
 
 def test_structured_regex_mode_keeps_records_valid(demo_run: RunDirectory, external: RemoteSettings) -> None:
     # At temperature 0.9 the tiny adapter alone writes mostly garbage; the regex must hold it.
-    config = {"num_records": 60, "temperature": 0.9, "use_structured_generation": True}
+    config = {"num_records": 60, "temperature": 0.9, "use_structured_generation": True,
+              "structured_generation_schema_method": "regex"}  # fmt: skip
     with RemoteBackend(demo_run, config, settings=external) as backend:
-        assert "regex" in backend.structured_outputs
+        assert "regex" in (backend.structured_outputs or {})
         results = backend.generate()
     assert results.valid_record_fraction >= 0.95
     assert len(results.df) == 60 and rows_valid(results.df, demo_run) == []
+
+
+def test_nss_0_1_16_default_method_sends_a_structural_tag_the_server_enforces(
+    demo_run: RunDirectory, external: RemoteSettings
+) -> None:
+    """schema_method auto (0.1.16's default) on a server whose backend serves tags: every record valid."""
+    config = {"num_records": 60, "temperature": 0.9, "structured_generation": {"enabled": True}}
+    with RemoteBackend(demo_run, config, settings=external) as backend:
+        assert list(backend.structured_outputs or {}) == ["structural_tag"]
+        results = backend.generate()
+    assert results.valid_record_fraction >= 0.95
+    assert len(results.df) == 60 and rows_valid(results.df, demo_run) == []
+    assert results.num_completion_tokens and results.tokens_per_second  # from the server's usage
 
 
 def test_structured_json_schema_mode_runs(demo_run: RunDirectory, external: RemoteSettings) -> None:

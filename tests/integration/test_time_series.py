@@ -57,9 +57,23 @@ def test_library_results_have_the_tabular_fields(server: VllmServer, api_key: st
         results = backend.generate()
     assert isinstance(results, GenerateJobResults)
     assert {f.name for f in dataclasses.fields(results)} == {
-        "df", "status", "num_valid_records", "num_invalid_records", "num_prompts", "valid_record_fraction",
-        "batch_valid_record_fractions", "elapsed_time",
-    }  # fmt: skip
+        "df",
+        "status",
+        "num_valid_records",
+        "num_invalid_records",
+        "num_prompts",
+        "valid_record_fraction",
+        "batch_valid_record_fractions",
+        "elapsed_time",
+        "num_completion_tokens",
+        "num_valid_record_tokens",
+        "num_invalid_record_tokens",
+        "num_non_record_tokens",
+        "tokens_per_prompt",
+        "tokens_per_second",
+        "valid_tokens_per_second",
+        "tokenization_overhead_sec",
+    }  # fmt: skip  (NSS 0.1.16's sixteen)
     assert (
         results.status.value == "complete"
         and results.num_valid_records == len(results.df) == backend.config.num_records

@@ -248,3 +248,49 @@ def test_a_supervised_server_out_of_restarts_ends_the_work_with_its_log_tail(ser
     with pytest.raises(ServerError, match="exited with code -9 during generation, after 0 restart") as info:
         asyncio.run(run_supervised(work(), server, max_restarts=0, interval=0.05))
     assert cancelled and "fake vllm starting" in info.value.log_tail and info.value.returncode == -9
+
+
+def _rope_run(tmp_path: Path, name: str, factor: float) -> Path:
+    import json
+
+    from remote_synth.demo.layout import write_run_dir
+
+    base = tmp_path / "base"
+    base.mkdir(exist_ok=True)
+    (base / "config.json").write_text(json.dumps({"max_position_embeddings": 1024}))
+    run = write_run_dir(tmp_path / name, {"properties": {"a": {"type": "integer"}}, "required": ["a"]},
+                        base_model=str(base), base_max_seq_length=1024)  # fmt: skip
+    meta_file = run / "train" / "adapter" / "metadata_v2.json"
+    meta = json.loads(meta_file.read_text())
+    meta["rope_scaling"] = {"rope_type": "default", "factor": factor, "theta": 500000.0,
+                            "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0, "extra": 1}}  # fmt: skip
+    meta_file.write_text(json.dumps(meta))
+    return run
+
+
+def test_a_rope_scaled_run_is_served_at_its_scaled_context_with_nss_overrides(tmp_path: Path) -> None:
+    """NSS 0.1.16 applies the trained RoPE scaling at inference; without it the context stays native."""
+    import json
+
+    from remote_synth import RemoteSettings, RunDirectory
+    from remote_synth._server import launch_settings
+
+    launch = launch_settings(RunDirectory.open(_rope_run(tmp_path, "r", 2.0)), RemoteSettings())
+    assert launch.max_model_len == 2048
+    expected = {"rope_type": "linear", "rope_theta": 500000.0, "extra": 1, "factor": 2.0,
+                "original_max_position_embeddings": 1024}  # fmt: skip
+    assert launch.hf_overrides == {"rope_parameters": expected}
+    cmd = VllmServer(launch)._command()  # noqa: SLF001
+    assert json.loads(cmd[cmd.index("--hf-overrides") + 1]) == {"rope_parameters": expected}
+    plain = launch_settings(RunDirectory.open(_rope_run(tmp_path, "p", 1.0)), RemoteSettings())
+    assert plain.hf_overrides is None and plain.max_model_len == 1024
+    assert "--hf-overrides" not in VllmServer(plain)._command()  # noqa: SLF001
+
+
+def test_runs_with_different_rope_scaling_are_not_served_together(tmp_path: Path) -> None:
+    from remote_synth import RunDirectory
+    from remote_synth._server import serve_settings
+
+    runs = [RunDirectory.open(_rope_run(tmp_path, n, f)) for n, f in (("a", 2.0), ("b", 1.0))]
+    with pytest.raises(ConfigError, match="different RoPE scaling"):
+        serve_settings(runs)

@@ -15,11 +15,12 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .._exceptions import ConfigError
 from .._settings import RemoteSettings
 from ..nss.params import GenerateParameters
-from ..nss.rundir import ModelMetadata, RunDirectory
+from ..nss.rundir import MAX_ROPE_SCALING_FACTOR, ModelMetadata, RunDirectory
 from .vllm import ServerSettings
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "files_dir",
     "is_loopback",
     "launch_settings",
+    "rope_overrides",
     "serve_settings",
     "state_dir",
     "structured_outputs_backend",
@@ -64,6 +66,7 @@ def launch_settings(
         max_cpu_loras=s.max_cpu_loras,
         max_lora_rank=run.adapter_config.r,
         max_model_len=s.max_model_len or _fitting_context(model, meta),
+        hf_overrides=rope_overrides(meta),
         max_num_seqs=s.max_num_seqs,
         offline=s.offline if s.offline is not None else Path(model).exists(),
         host=s.host,
@@ -94,6 +97,11 @@ def serve_settings(runs: Sequence[RunDirectory], settings: RemoteSettings | None
             raise ConfigError(
                 f"{run.path} was trained on {launch.model}, {runs[0].path} on {first.model}: "
                 "one server serves adapters of one base model"
+            )
+        if launch.hf_overrides != first.hf_overrides:
+            raise ConfigError(
+                f"{run.path} and {runs[0].path} were trained with different RoPE scaling: "
+                "one server serves one (serve them apart)"
             )
     names = [launch.adapter_name for launch in launches]
     if len(set(names)) != len(names):
@@ -160,11 +168,30 @@ def structured_outputs_backend(config: GenerateParameters) -> str:
     return sg.backend
 
 
+def rope_overrides(metadata: ModelMetadata) -> dict[str, Any] | None:
+    """NSS 0.1.16 ``_build_rope_hf_overrides``: the trained RoPE scaling, when its factor is above 1."""
+    rope = metadata.rope_scaling
+    if rope is None or not rope.factor or rope.factor <= 1.0:
+        return None
+    parameters = dict(rope.rope_parameters or {})
+    rope_type = parameters.get("rope_type", rope.rope_type or "default")
+    parameters.update(
+        rope_type="linear" if rope_type == "default" else rope_type,
+        factor=float(min(rope.factor, MAX_ROPE_SCALING_FACTOR)),
+        original_max_position_embeddings=metadata.base_max_seq_length,
+        rope_theta=float(rope.theta if rope.theta is not None else 10000.0),
+    )
+    return {"rope_parameters": parameters}
+
+
 def _fitting_context(model: str, metadata: ModelMetadata) -> int | None:
-    """``--max-model-len`` for a launched server: NSS's max_seq_length when the base allows it.
+    """``--max-model-len`` for a launched server: NSS's max_seq_length when the base allows it,
+    and always with a RoPE scaling (NSS 0.1.16 serves the scaled context: ``rope_overrides``).
 
     Only a local base model's config can be read offline; otherwise vLLM decides.
     """
+    if rope_overrides(metadata) is not None:
+        return metadata.max_seq_length
     config_file = Path(model) / "config.json"
     if not config_file.is_file():
         return None

@@ -92,6 +92,8 @@ class ServerSettings:
     """Adapters kept in CPU memory (``--max-cpu-loras``); None: vLLM's default."""
     max_lora_rank: int = 16
     max_model_len: int | None = None
+    hf_overrides: dict[str, Any] | None = None
+    """``--hf-overrides`` (NSS 0.1.16: the run's RoPE scaling, so the context reaches max_seq_length)."""
     max_num_seqs: int | None = None
     """Sequences the server runs at once (``--max-num-seqs``); None: vLLM's default."""
     host: str = "127.0.0.1"
@@ -170,6 +172,8 @@ class VllmServer:
         ]  # fmt: skip
         if s.max_model_len:
             cmd += ["--max-model-len", str(s.max_model_len)]
+        if s.hf_overrides:
+            cmd += ["--hf-overrides", json.dumps(s.hf_overrides)]
         if s.max_num_seqs:
             cmd += ["--max-num-seqs", str(s.max_num_seqs)]
         if s.max_cpu_loras:

@@ -24,8 +24,8 @@ def run_directory(workdir: Any) -> RunDirectory:
         return workdir
     if isinstance(workdir, (str, Path)):
         return RunDirectory.open(workdir)
-    # An NSS Workdir: its run directory (generation-only runs find their parent through info.json).
-    run_dir = getattr(workdir, "run_dir", None)
+    # An NSS Workdir: where its artifacts are (a generation run's parent: ``source_run_dir``).
+    run_dir = getattr(workdir, "source_run_dir", None) or getattr(workdir, "run_dir", None)
     if run_dir is None:
         raise ConfigError(f"workdir must be a run directory path or an NSS Workdir, not {type(workdir).__name__}")
     return RunDirectory.open(run_dir)

@@ -8,7 +8,6 @@ the group ("Group not ordered") instead of aborting generation.
 
 from __future__ import annotations
 
-import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -88,20 +87,26 @@ class GroupedDataProcessor(Processor):
             return ParsedResponse(invalid_records=[text], errors=[NO_DELIMITERS])
         out = ParsedResponse()
         for group in groups:
-            self._add_group(out, self.validator.split(extract_records(group)))
+            self._add_group(out, extract_records(group))
         return out
 
-    def _add_group(self, out: ParsedResponse, part: ParsedResponse) -> None:
-        records = part.valid_records
+    def _add_group(self, out: ParsedResponse, raws: list[str]) -> None:
+        """NSS 0.1.16: a failed group's records stay in order with the text the model wrote, and each
+        carries the group's error; a group with no valid record keeps each record's own error."""
+        results = [self.validator.parse(raw) for raw in raws]
+        records = [r for r in results if type(r) is dict]
         if not records:
-            _reject(out, part)
+            out.invalid_records.extend(raws)
+            out.errors.extend(results)  # type: ignore[arg-type]
             return
-        if part.invalid_records and not self.validation.group_by_ignore_invalid_records:
-            _reject(out, part, OTHER_RECORDS_INVALID)
-            return
+        if len(records) < len(raws):
+            if not self.validation.group_by_ignore_invalid_records:
+                _reject(out, raws, OTHER_RECORDS_INVALID)
+                return
+            raws = [raw for raw, r in zip(raws, results, strict=True) if type(r) is dict]
         problem = self._group_problem(records)
         if problem is not None:
-            _reject(out, ParsedResponse(valid_records=records), problem)
+            _reject(out, raws, problem)
             return
         out.valid_records.extend(records)
 
@@ -222,13 +227,10 @@ def _invalid(out: ParsedResponse, raw: str, error: ErrorTuple) -> None:
     out.errors.append(error)
 
 
-def _reject(out: ParsedResponse, part: ParsedResponse, reason: tuple[str, str] | None = None) -> None:
-    """Count a group's records as invalid: raw text for unparsed ones, JSON for parsed ones."""
-    out.invalid_records.extend(part.invalid_records)
-    out.errors.extend(part.errors)
-    if reason is not None:
-        out.invalid_records.extend(json.dumps(r, ensure_ascii=False) for r in part.valid_records)
-        out.errors.extend([reason] * len(part.valid_records))
+def _reject(out: ParsedResponse, raws: list[str], reason: tuple[str, str]) -> None:
+    """Count a group's records as invalid, as written and in order, each with the group's error."""
+    out.invalid_records.extend(raws)
+    out.errors.extend([reason] * len(raws))
 
 
 def create_processor(

@@ -69,6 +69,8 @@ class ModelMetadata(_Lenient):
     is_adapter: bool | None = True
     instruction: str = "Generate a JSONL dataset with the following columns: "
     initial_prefill: Any = None
+    timeseries_group_values: list[Any] | None = None
+    """NSS 0.1.16's time-series protocol (in place of ``initial_prefill``)."""
     max_tokens_per_example: int | None = Field(None, ge=0)
     """NSS 0.1.16: the longest training example in tokens, prompt included (None: older NSS)."""
     max_records_per_group: int | None = Field(None, ge=1)
@@ -122,8 +124,9 @@ class TimeSeriesSection(_Lenient):
     timestamp_column: str | None = None
     timestamp_format: str | None = None
     timestamp_interval_seconds: float | None = Field(None, gt=0)
-    start_timestamp: str | None = None
-    stop_timestamp: str | None = None
+    start_timestamp: str | int | None = None
+    stop_timestamp: str | int | None = None
+    """NSS 0.1.16 writes ints in its flexible mode (elapsed steps)."""
 
 
 class NSSConfig(_Lenient):
@@ -230,6 +233,16 @@ class RunDirectory:
         series = self.config.time_series
         if not series.timestamp_column or not series.timestamp_format:
             raise RunDirError(self.config_file, "a time-series run needs time_series.timestamp_column and _format")
+        if self.metadata.timeseries_group_values is not None and self.metadata.initial_prefill is None:
+            raise RunDirError(
+                self.adapter_dir / "metadata_v2.json",
+                "saved with NSS 0.1.16's time-series protocol (timeseries_group_values), which this version "
+                "of remote-synth does not generate yet; time-series runs of the earlier protocol "
+                "(initial_prefill) do",
+            )
+        if isinstance(series.start_timestamp, int) or isinstance(series.stop_timestamp, int):
+            raise RunDirError(self.config_file, "integer start/stop timestamps (NSS 0.1.16's flexible mode) are "
+                              "not supported yet")  # fmt: skip
         prefill = self.metadata.initial_prefill
         if not isinstance(prefill, dict) or not prefill or not all(isinstance(v, str) for v in prefill.values()):
             raise RunDirError(
