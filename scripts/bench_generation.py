@@ -5,8 +5,9 @@
 Three ways, the same demo run, sampling and processor, interleaved round by round, best of N:
 
 - ours: ``RemoteBackend.generate()`` with default settings against a vLLM server we launch;
-- NSS's in-process way: ``vllm.LLM.generate`` on each NSS batch (100 prompts, then NSS's
-  adaptive count) with the LoRA request, a barrier per batch, in a process of its own (as NSS's
+- NSS's in-process way, as NSS 0.1.16 runs it: ``vllm.LLM.generate`` on each NSS batch (a 10-prompt
+  probe, then NSS's count within the adaptive cap; ``max_tokens`` sized from the run's longest
+  training example × ``max_tokens_multiplier``) with the LoRA request, a barrier per batch, in a process of its own (as NSS's
   would be; loaded into ours, vLLM's threads slow our event loop); the engine's start is excluded;
 - one prompt per request, 64 in flight (what a plain OpenAI-client loop does), NSS batches.
 

@@ -141,7 +141,14 @@ class RemoteBackend(GeneratorBackend):
             if self.settings.load_adapter:
                 self._loop.run(self._register_adapter(self._client))
             self.server_info = self._loop.run(
-                check_server(self._client, self.adapter_name, self.prompt, self.kind.structured_choices, lazy=lazy)
+                check_server(
+                    self._client,
+                    self.adapter_name,
+                    self.prompt,
+                    self.kind.structured_choices,
+                    lazy=lazy,
+                    max_tokens=self.model_metadata.max_tokens_for(0, self.config.max_tokens_multiplier),
+                )
             )
             self.gen_method = self.generate
         except BaseException:

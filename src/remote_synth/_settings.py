@@ -13,11 +13,13 @@ CLI derives its flags from these fields (``_cli.options``), so a new setting is 
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, FilePath, JsonValue, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from ._exceptions import ConfigError
 from .nss.params import ENV_PREFIX, format_validation_error
@@ -25,13 +27,29 @@ from .nss.params import ENV_PREFIX, format_validation_error
 __all__ = ["AdapterCheck", "ClientSettings", "EngineSettings", "LaunchSettings", "RemoteSettings"]
 
 AdapterCheck = Literal["strict", "lazy"]
+HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+"""An HTTP header name (RFC 9110 token)."""
+HEADER_VALUE = r"^[\x20-\x7e\t]*$"
+"""A header value we send: printable ASCII (httpx cannot encode others; no line breaks)."""
 
 
 class _Settings(BaseSettings):
+    """Unknown names are refused (a typo must not fall back to a default: ``base_ur=`` would launch a
+    server); every bad value is a ``ConfigError`` naming the field, never the key's value."""
+
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", validate_assignment=True, allow_inf_nan=False,
+        env_prefix=ENV_PREFIX, extra="forbid", validate_assignment=True, allow_inf_nan=False,
         use_attribute_docstrings=True,
     )  # fmt: skip
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, secret_fields={"api_key", "base_url"})) from None
+        except SettingsError as exc:  # a JSON-valued variable that is not JSON
+            field = str(exc).partition('field "')[2].partition('"')[0]
+            raise ConfigError(f"{ENV_PREFIX}{field.upper()}: not valid JSON (write it as a JSON object)") from None
 
 
 class ClientSettings(_Settings):
@@ -69,9 +87,11 @@ class ClientSettings(_Settings):
     session_affinity: bool = False
     """Send X-Session-ID: ADAPTER, so a router hashing on it (vllm-router consistent_hash) keeps this
     table on one replica."""
-    session_header: str = Field("X-Session-ID", min_length=1, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    session_header: str = Field("X-Session-ID", min_length=1, pattern=HEADER_NAME)
     """The header session_affinity sets (vllm-router reads X-Session-ID first)."""
-    extra_headers: dict[str, str] = Field(default_factory=dict)
+    extra_headers: dict[Annotated[str, Field(pattern=HEADER_NAME)], Annotated[str, Field(pattern=HEADER_VALUE)]] = (
+        Field(default_factory=dict)
+    )
     """Sent with every request (gateways: tenant ids, routing); ``REMOTE_SYNTH_EXTRA_HEADERS`` is JSON."""
     extra_body: dict[str, JsonValue] = Field(default_factory=dict)
     """Merged into every completions request (gateways' own fields); ``REMOTE_SYNTH_EXTRA_BODY`` is JSON."""
@@ -81,6 +101,26 @@ class ClientSettings(_Settings):
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str) and "," in value:
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_key", mode="after")
+    @classmethod
+    def _printable_keys(cls, value: SecretStr | list[SecretStr] | None) -> SecretStr | list[SecretStr] | None:
+        keys = [] if value is None else [value] if isinstance(value, SecretStr) else value
+        if any(not re.fullmatch(r"[\x21-\x7e]+", k.get_secret_value()) for k in keys):
+            raise ValueError("a key must be printable ASCII without spaces (it goes in an HTTP header)")
+        return value
+
+    @field_validator("base_url", mode="after")
+    @classmethod
+    def _urls(cls, value: str | list[str] | None) -> str | list[str] | None:
+        """An empty or unparsable base URL is an error, never a reason to launch a server."""
+        if value is None:
+            return None
+        for url in [value] if isinstance(value, str) else value:
+            _check_url(url)
+        if not value:
+            raise ValueError("no URL given (unset it to launch a local server)")
         return value
 
     @property
@@ -96,6 +136,22 @@ class ClientSettings(_Settings):
             return []
         keys = [self.api_key] if isinstance(self.api_key, SecretStr) else self.api_key
         return [k.get_secret_value() for k in keys]
+
+
+def _check_url(url: str) -> None:
+    """Scheme http(s), a host, a port in range (what httpx would only find out mid-request)."""
+    parts = urllib.parse.urlsplit(url.strip())
+    shown = repr(
+        parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl() if "@" in parts.netloc else url
+    )
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"base URL {shown} must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError(f"base URL {shown} has no host")
+    try:
+        parts.port  # noqa: B018 - raises for a port out of range
+    except ValueError:
+        raise ValueError(f"base URL {shown} has a port out of range (1-65535)") from None
 
 
 class LaunchSettings(_Settings):
@@ -162,7 +218,4 @@ class RemoteSettings(ClientSettings, LaunchSettings, EngineSettings):
     @classmethod
     def load(cls, **values: Any) -> RemoteSettings:
         """Given values over ``REMOTE_SYNTH_*`` over defaults; a bad value is a ``ConfigError``."""
-        try:
-            return cls(**{k: v for k, v in values.items() if v is not None})
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, secret_fields={"api_key"})) from None
+        return cls(**{k: v for k, v in values.items() if v is not None})

@@ -54,6 +54,11 @@ def run(tmp_path: Path) -> Path:
         (["generate", "{run}", "--window", "9000", "--base-url", "http://127.0.0.1:1"], "max_window"),
         (["generate", "{run}", "--ca-bundle", "{tmp}/no-such.pem", "--base-url", "https://x:1"], "ca_bundle"),
         (["generate", "{run}", "--wait-for-server", "-1", "--base-url", "http://127.0.0.1:1"], "wait_for_server"),
+        (["generate", "{run}", "--base-url", "http://127.0.0.1:99999", "--output", "{tmp}/x.csv"], "out of range"),
+        (["generate", "{run}", "--base-url", ",,,", "--output", "{tmp}/x.csv"], "base URL"),
+        (["generate", "{run}", "--header", "X-Name: ünïcödé", "--base-url", "http://127.0.0.1:1"], "extra_headers"),
+        (["generate", "{run}", "--header", "Bad Name: v", "--base-url", "http://127.0.0.1:1"], "extra_headers"),
+        (["generate", "{run}", "--api-key-env", "sk-live-0123.4567"], "not a variable name"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
@@ -530,3 +535,30 @@ def test_settings_flags_come_from_the_settings_fields() -> None:
     assert options["share"].type == click.FLOAT and "[default: 1.0]" in (options["share"].help or "")
     serve_options = {p.name: p for p in serve.params if isinstance(p, click.Option)}
     assert serve_options["offline"].opts == ["--offline"] and serve_options["offline"].secondary_opts == ["--online"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("REMOTE_SYNTH_BASE_URL", ",,,", "no URL given"),
+        ("REMOTE_SYNTH_BASE_URL", "localhost:8000", "must start with http"),
+        ("REMOTE_SYNTH_EXTRA_HEADERS", "notjson", "REMOTE_SYNTH_EXTRA_HEADERS: not valid JSON"),
+        ("REMOTE_SYNTH_API_KEY", "clé secrète", "printable ASCII"),
+    ],
+)
+def test_bad_variables_are_one_line_and_never_launch_a_server(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path,
+    variable: str, value: str, message: str,
+) -> None:  # fmt: skip
+    monkeypatch.setenv(variable, value)
+    code, err = run_main(monkeypatch, capsys, "generate", str(run), "--output", str(tmp_path / "x.csv"))
+    assert code == EXIT_BAD_INPUT and message in err and "Traceback" not in err
+    assert "starting vLLM" not in err and len(err.strip().splitlines()) == 1
+    assert "secrète" not in err
+
+
+def test_a_key_given_for_its_variable_s_name_is_not_echoed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path
+) -> None:
+    code, err = run_main(monkeypatch, capsys, "generate", str(run), "--api-key-env", "sk-live-0123.4567")
+    assert code == EXIT_BAD_INPUT and "sk-live" not in err and "0123" not in err

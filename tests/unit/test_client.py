@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import re
 from collections.abc import Callable
 
 import httpx
@@ -200,3 +201,70 @@ def test_every_httpx_exception_is_translated() -> None:
     classes = [c for c in vars(httpx).values() if inspect.isclass(c) and issubclass(c, Exception)]
     sources = tuple(source for group, _ in _TRANSLATIONS for source in group)
     assert classes and all(issubclass(c, sources) for c in classes), [c for c in classes if not issubclass(c, sources)]
+
+
+class _Drip(httpx.AsyncByteStream):
+    """A body that comes a byte at a time, ``every`` seconds apart, forever (or ``limit`` bytes)."""
+
+    def __init__(self, every: float, limit: int | None = None, chunk: bytes = b" ") -> None:
+        self.every, self.limit, self.chunk = every, limit, chunk
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        sent = 0
+        while self.limit is None or sent < self.limit:
+            await asyncio.sleep(self.every)
+            sent += len(self.chunk)
+            yield self.chunk
+
+
+def test_a_server_that_drips_its_body_cannot_hold_a_request() -> None:
+    """Each byte comes within the read timeout; the whole request still ends at connect + read."""
+    from remote_synth._transport import TimeoutPolicy
+
+    c = client(lambda request: httpx.Response(200, stream=_Drip(0.05)), timeouts=TimeoutPolicy(connect=0.2, read=0.3),
+               retry=RetryPolicy(deadline=0))  # fmt: skip
+    started = asyncio.run(_timed(c.complete_many("adapter", ["p"], {})))
+    assert isinstance(started[1], APITimeoutError) and "no complete answer within 0.5 s" in str(started[1])
+    assert started[0] < 2.0
+
+
+def test_an_endless_body_is_cut_at_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from remote_synth._transport import client as client_module
+
+    monkeypatch.setattr(client_module, "MAX_BODY_BYTES", 10_000)
+    c = client(lambda request: httpx.Response(200, stream=_Drip(0, chunk=b"x" * 1000)), retry=RetryPolicy(deadline=0))
+    with pytest.raises(MalformedResponseError, match="larger than"):
+        run(c.complete_many("adapter", ["p"], {}))
+
+
+async def _timed(coro):  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        await coro
+        error = None
+    except Exception as exc:  # noqa: BLE001 - the test looks at it
+        error = exc
+    return loop.time() - started, error
+
+
+@pytest.mark.parametrize(
+    ("answer", "field"),
+    [
+        ({"choices": [{"index": 0, "text": 57}]}, "choices.0.text"),
+        ({"choices": "nope"}, "choices"),
+        ({"choices": [7]}, "choices.0"),
+        ({"nothing": []}, "choices"),
+        ({"choices": [{"text": "x"}], "usage": {"completion_tokens": -3}}, "usage.completion_tokens"),
+    ],
+)
+def test_an_answer_of_the_wrong_shape_names_the_field(answer: dict, field: str) -> None:
+    c = client(lambda request: httpx.Response(200, json=answer), retry=RetryPolicy(deadline=0))
+    with pytest.raises(MalformedResponseError, match=f"POST /v1/completions: `{re.escape(field)}`"):
+        run(c.complete_many("adapter", ["p"], {}))
+
+
+def test_usage_is_shared_among_the_choices_by_length() -> None:
+    answer = {"choices": [{"index": 0, "text": "aaa"}, {"index": 1, "text": "a"}], "usage": {"completion_tokens": 9}}
+    c = client(lambda request: httpx.Response(200, json=answer))
+    assert [x.tokens for x in run(c.complete_many("adapter", ["p", "q"], {}))] == [6, 3]

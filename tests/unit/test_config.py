@@ -102,3 +102,36 @@ def test_assignment_is_validated() -> None:
     p = GenerateParameters()
     with pytest.raises(ValueError):
         p.temperature = -1
+
+
+@pytest.mark.parametrize(
+    ("values", "env", "message"),
+    [
+        ({"base_ur": "http://gpu:8000"}, {}, "base_ur: Extra inputs are not permitted"),
+        ({}, {"REMOTE_SYNTH_BASE_URL": ",,,"}, "no URL given"),
+        ({"base_url": ""}, {}, "must start with http"),
+        ({"base_url": "http://127.0.0.1:99999"}, {}, "port out of range"),
+        ({"base_url": "gpu-host:8000"}, {}, "must start with http"),
+        ({"base_url": "http://:8000"}, {}, "has no host"),
+        ({"base_url": ["http://a:1", "nope"]}, {}, "'nope' must start with http"),
+        ({"max_concurrency": 0}, {}, "max_concurrency"),
+        ({"api_key": 5}, {}, "api_key"),
+    ],
+)
+def test_bad_settings_are_config_errors_and_never_launch_a_server(
+    values: dict, env: dict, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from remote_synth import RemoteSettings
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        RemoteSettings(**values)
+
+
+def test_a_base_url_s_credentials_are_not_echoed() -> None:
+    from remote_synth import RemoteSettings
+
+    with pytest.raises(ConfigError) as info:
+        RemoteSettings(base_url="http://user:hunter2@gpu:99999")
+    assert "hunter2" not in str(info.value) and "***@gpu" in str(info.value)

@@ -490,3 +490,15 @@ def test_lazy_adapter_check_accepts_an_adapter_a_resolver_will_load(run: Path) -
     with RemoteBackend(run, {"num_records": 5}, settings=lazy, transport=httpx.MockTransport(fake)) as b:
         assert b.server_info is not None and b.server_info.context == 300
         assert b.generate().num_valid_records >= 5
+
+
+def test_no_request_of_a_constrained_job_exceeds_its_max_tokens(tmp_path: Path) -> None:
+    """A proxy that logs bodies sees every completion constrained and within the run's max_tokens."""
+    run = write_run_dir(tmp_path / "r", SCHEMA, base_model="base", base_max_seq_length=1024, layout="0.1.16",
+                        max_tokens_per_example=30, generation={"structured_generation": {"enabled": True}})  # fmt: skip
+    fake = FakeVllm(_obeys_probes)
+    with backend(run, fake, {"num_records": 5}) as b:
+        b.generate()
+    assert fake.bodies and all(body["max_tokens"] <= 36 for body in fake.bodies)  # 30 x 1.2
+    assert all("structured_outputs" in body for body in fake.bodies)
+    assert fake.bodies[-1]["max_tokens"] == 36

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -30,6 +31,9 @@ def api_key_from(value: str | None, env_name: str | None) -> str | None:
     if value:
         return value
     if env_name:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_name):  # perhaps the key itself: never echo it
+            raise ConfigError("--api-key-env takes the NAME of an environment variable holding the key, "
+                              "and what was given is not a variable name (it is not shown)")  # fmt: skip
         key = os.environ.get(env_name)
         if not key:
             raise ConfigError(f"--api-key-env {env_name}: that environment variable is not set")

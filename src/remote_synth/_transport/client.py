@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, Field, ValidationError
 
 from .._exceptions import (
     APIConnectionError,
@@ -64,6 +65,12 @@ class TimeoutPolicy:
     write: float = 60.0
     probe: float = 5.0
     """For health and model-list probes, which must answer quickly."""
+
+    @property
+    def total(self) -> float:
+        """The whole request, connect to last byte: ``read`` bounds each wait for bytes, so a server
+        that drips its body (or never ends it) would hold a request forever without this."""
+        return self.connect + self.read
 
     def httpx(self) -> httpx.Timeout:
         return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=None)
@@ -223,9 +230,11 @@ class InferenceClient:
         """One request on the replica with the fewest in flight; no answer or a 5xx takes it out for a while."""
         replica = await self._replicas.pick()
         replica.in_flight += 1
+        what = f"{method} {path}"
+        deadline = kwargs["timeout"] + self.timeouts.connect if "timeout" in kwargs else self.timeouts.total
         try:
-            with _translate(f"{method} {path}"):
-                response = await replica.http.request(method, path, **kwargs)
+            with _translate(what):
+                response = await _bounded(replica.http, method, path, deadline, what, **kwargs)
         except APIConnectionError as exc:
             self._replicas.failed(replica, exc.message)
             raise
@@ -272,6 +281,29 @@ class InferenceClient:
                 f"{method} {path}: unexpected answer shape ({type(data).__name__})", endpoint=f"{method} {path}"
             )
         return data
+
+
+MAX_BODY_BYTES = 256 * 2**20
+"""Most an answer may hold (25 completions of a long context are a few MB): an endless body is an error."""
+
+
+async def _bounded(
+    http: httpx.AsyncClient, method: str, path: str, deadline: float, what: str, **kwargs: Any
+) -> httpx.Response:
+    """One request, done within ``deadline`` seconds and ``MAX_BODY_BYTES`` (the body is read here)."""
+    try:
+        async with asyncio.timeout(deadline), http.stream(method, path, **kwargs) as response:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():  # decoded (gzip…), so the cap is on what we hold
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise MalformedResponseError(
+                        f"{what}: the answer is larger than {MAX_BODY_BYTES // 2**20} MiB", endpoint=what
+                    )
+    except TimeoutError:
+        raise APITimeoutError(f"{what}: no complete answer within {deadline:g} s", endpoint=what) from None
+    headers = [(k, v) for k, v in response.headers.multi_items() if k not in ("content-encoding", "content-length")]
+    return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=response.request)
 
 
 async def _stamp_request_id(request: httpx.Request) -> None:
@@ -333,27 +365,43 @@ def _count_prompts(body: dict[str, Any]) -> int:
     return (len(prompt) if isinstance(prompt, list) else 1) * int(body.get("n", 1))
 
 
+class _Choice(BaseModel):
+    index: int = 0
+    text: str | None = None
+    finish_reason: str | None = None
+
+
+class _Usage(BaseModel):
+    completion_tokens: int | None = Field(None, ge=0)
+
+
+class _CompletionsAnswer(BaseModel):
+    """What a ``/v1/completions`` answer must hold (more fields are allowed: servers add their own)."""
+
+    choices: list[_Choice]
+    usage: _Usage | None = None
+
+
 def _choices(data: dict[str, Any], expected: int) -> list[Completion]:
-    choices = data.get("choices")
-    if not isinstance(choices, list) or len(choices) != expected:
-        got = len(choices) if isinstance(choices, list) else "no"
+    what = "POST /v1/completions"
+    try:
+        answer = _CompletionsAnswer.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        raise MalformedResponseError(f"{what}: `{where}`: {error['msg']}", endpoint=what) from None
+    if len(answer.choices) != expected:
         raise MalformedResponseError(
-            f"POST /v1/completions: the server returned {got} choices for {expected} prompts",
-            endpoint="POST /v1/completions",
+            f"{what}: the server returned {len(answer.choices)} choices for {expected} prompts", endpoint=what
         )
-    ordered = sorted(choices, key=lambda c: c.get("index", 0))
-    texts = [c.get("text") or "" for c in ordered]
-    tokens = _shares(_completion_tokens(data), [len(t) for t in texts])
+    ordered = sorted(answer.choices, key=lambda c: c.index)
+    texts = [c.text or "" for c in ordered]
+    total = answer.usage.completion_tokens if answer.usage is not None else None
+    tokens = _shares(total or 0, [len(t) for t in texts])
     return [
-        Completion(text=t, finish_reason=c.get("finish_reason"), tokens=n)
+        Completion(text=t, finish_reason=c.finish_reason, tokens=n)
         for c, t, n in zip(ordered, texts, tokens, strict=True)
     ]
-
-
-def _completion_tokens(data: dict[str, Any]) -> int:
-    usage = data.get("usage")
-    total = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    return total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else 0
 
 
 def _shares(total: int, weights: list[int]) -> list[int]:

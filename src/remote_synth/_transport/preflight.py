@@ -57,13 +57,15 @@ async def check_server(
     constraints: Sequence[Mapping[str, Any]] = (),
     *,
     lazy: bool = False,
+    max_tokens: int | None = None,
 ) -> ServerInfo:
     """Health, the adapter in ``/v1/models``, the prompt's length, and structured outputs.
 
     ``constraints``: ``structured_outputs`` fields, best first; the first the server accepts
     (and obeys) is the info's ``structured_outputs``.
     ``lazy``: the adapter may be missing from the list (a resolver plugin loads it on first use);
-    the base model's context and tokenizer stand in for it.
+    the base model's context and tokenizer stand in for it. ``max_tokens``: the job's own, which
+    no request of the check exceeds either.
     """
     health = await client.health()
     if health >= 500:  # 404: a gateway without /health; 0: no answer, which /v1/models reports below
@@ -87,7 +89,8 @@ async def check_server(
             f"the prompt ({info.prompt_tokens} tokens) does not fit the server's context ({info.context})"
         ).with_remedy("max_model_len")
     if constraints:
-        chosen = await _accepted_constraint(client, adapter, prompt, constraints, info)
+        probe_tokens = min(PROBE_TOKENS, info.room or PROBE_TOKENS, max_tokens or PROBE_TOKENS)
+        chosen = await _accepted_constraint(client, adapter, prompt, constraints, probe_tokens)
         info = dataclasses.replace(info, structured_outputs=chosen)
     return info
 
@@ -106,13 +109,13 @@ async def _served_models(client: InferenceClient) -> list[ServedModel]:
 
 
 async def _accepted_constraint(
-    client: InferenceClient, adapter: str, prompt: str, constraints: Sequence[Mapping[str, Any]], info: ServerInfo
+    client: InferenceClient, adapter: str, prompt: str, constraints: Sequence[Mapping[str, Any]], probe_tokens: int
 ) -> dict[str, Any]:
     """The first constraint the server takes and obeys (a backend without structural tags refuses one)."""
     refusals = []
     for constraint in constraints:
         try:
-            await _check_structured_outputs(client, adapter, prompt, constraint, info)
+            await _check_structured_outputs(client, adapter, prompt, constraint, probe_tokens)
             return dict(constraint)
         except BadRequestError as exc:
             refusals.append(f"{'/'.join(constraint)}: {exc}")
@@ -124,7 +127,7 @@ async def _accepted_constraint(
 
 
 async def _check_structured_outputs(
-    client: InferenceClient, adapter: str, prompt: str, constraint: Mapping[str, Any], info: ServerInfo
+    client: InferenceClient, adapter: str, prompt: str, constraint: Mapping[str, Any], probe_tokens: int
 ) -> None:
     """Old servers and gateways drop unknown fields silently: make sure the constraint bites.
 
@@ -133,7 +136,7 @@ async def _check_structured_outputs(
     """
     method = next(iter(constraint))
     json_method = method != "regex"
-    base = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_tokens": min(PROBE_TOKENS, info.room or PROBE_TOKENS)}
+    base = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "max_tokens": probe_tokens}
     answer = (await client.complete_many(adapter, [prompt], {**base, "structured_outputs": _probe(method)}))[0]
     await client.complete_many(adapter, [prompt], {**base, "max_tokens": 1, "structured_outputs": dict(constraint)})
     if not _obeys_probe(answer, json_method):

@@ -268,6 +268,7 @@ def format_validation_error(exc: ValidationError, secret_fields: frozenset[str] 
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "value"
-        got = "" if where in secret_fields else f" (got {err.get('input')!r})"
-        parts.append(f"{where}: {err['msg']}{got}")
+        got = "" if where.split(".")[0] in secret_fields else f" (got {err.get('input')!r})"
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}{got}")
     return "invalid parameter " + "; ".join(parts)
