@@ -59,6 +59,11 @@ def run(tmp_path: Path) -> Path:
         (["generate", "{run}", "--header", "X-Name: ünïcödé", "--base-url", "http://127.0.0.1:1"], "extra_headers"),
         (["generate", "{run}", "--header", "Bad Name: v", "--base-url", "http://127.0.0.1:1"], "extra_headers"),
         (["generate", "{run}", "--api-key-env", "sk-live-0123.4567"], "not a variable name"),
+        (
+            ["generate", "{run}", "--output", "{run}/train/safe-synthesizer-config.json/x.csv"],
+            "safe-synthesizer-config.json is a file, not a directory",
+        ),  # fmt: skip
+        (["generate", "{run}", "--output", "{tmp}/" + "n" * 240 + ".csv"], "file name is too long"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(

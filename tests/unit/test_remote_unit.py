@@ -18,7 +18,7 @@ from remote_synth import (
     RemoteBackend,
     RemoteSettings,
 )
-from remote_synth._exceptions import NotFoundError, ServerCheckError
+from remote_synth._exceptions import APIStatusError, AuthenticationError, NotFoundError, ServerCheckError
 from remote_synth.demo.layout import write_run_dir
 
 SCHEMA = {
@@ -269,8 +269,9 @@ def test_adapter_name_is_stable_across_copies(run: Path, tmp_path: Path) -> None
 def test_unhealthy_server_is_refused_but_a_gateway_without_health_is_fine(run: Path) -> None:
     fake = FakeVllm()
     fake.health = 503
-    with pytest.raises(ServerCheckError, match="not healthy"):
+    with pytest.raises(APIStatusError, match="not healthy") as info:  # the server fails: exit 1, not 2
         backend(run, fake).initialize()
+    assert info.value.status_code == 503
     fake.health = 404
     with backend(run, fake, {"num_records": 1}) as b:
         assert len(b.generate().df) == 1
@@ -502,3 +503,16 @@ def test_no_request_of_a_constrained_job_exceeds_its_max_tokens(tmp_path: Path) 
     assert fake.bodies and all(body["max_tokens"] <= 36 for body in fake.bodies)  # 30 x 1.2
     assert all("structured_outputs" in body for body in fake.bodies)
     assert fake.bodies[-1]["max_tokens"] == 36
+
+
+def test_a_401_says_whether_a_key_was_sent(run: Path) -> None:
+    class Locked(FakeVllm):
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/v1/models":
+                return httpx.Response(401, json={"error": "unauthorized"})
+            return super().__call__(request)
+
+    with pytest.raises(AuthenticationError, match="needs an API key, and none was sent"):
+        backend(run, Locked()).initialize()
+    with pytest.raises(AuthenticationError, match="refused the API key"):
+        backend(run, Locked(), api_key="wrong").initialize()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,37 @@ def test_metadata_from_other_families_and_versions(run: Path) -> None:
     metadata = RunDirectory.open(run).metadata
     assert metadata.max_seq_length == 2048
     assert metadata.prompt_config.bos_token == "<|im_start|>"
+
+
+def _schema_file(run: Path) -> Path:
+    return run / "train" / "adapter" / "dataset_schema.json"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: (p.unlink(), os.mkfifo(p)), "not a regular file"),  # a FIFO would hang a read
+        (lambda p: (p.unlink(), p.symlink_to("/dev/zero")), "not a regular file"),  # would grow forever
+        (lambda p: (p.unlink(), p.mkdir()), "not a regular file"),
+        (lambda p: p.write_bytes(b'{"properties": {"\\xff": 1}}'.replace(b"\\xff", b"\xff")), "not UTF-8"),
+        (
+            lambda p: p.write_text(json.dumps({"properties": {f"c{i}": {"type": "integer"} for i in range(10_001)}})),
+            "10,001 columns",
+        ),  # fmt: skip
+    ],
+)
+def test_run_directory_files_that_are_not_files_are_one_error(run: Path, make: object, message: str) -> None:
+    make(_schema_file(run))  # type: ignore[operator]
+    with pytest.raises(RunDirError, match=message):
+        RunDirectory.open(run).check()
+
+
+def test_a_template_with_an_unknown_placeholder_is_named(run: Path) -> None:
+    meta_file = run / "train" / "adapter" / "metadata_v2.json"
+    meta = json.loads(meta_file.read_text())
+    meta["prompt_config"]["template"] = "[INST] {instruction} {schema} {tablename} [/INST]"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(
+        RunDirError, match=r"metadata_v2.json: prompt_config.template: .*unknown placeholder \{tablename\}"
+    ):
+        RunDirectory.open(run).check()

@@ -27,6 +27,12 @@ def current_umask() -> int:
     return mask
 
 
+NAME_MAX = 255
+"""Bytes in a file name on Linux and macOS file systems."""
+NAME_OVERHEAD = len(".journal") + len("..12345678.tmp")
+"""What the journal (``<name>.journal``) and an atomic write (``.<name>.XXXXXXXX.tmp``) add to the name."""
+
+
 class OutputFile:
     """Where results go; ``check()`` before generating, ``write(df)`` after."""
 
@@ -44,6 +50,13 @@ class OutputFile:
         """Fail now, not after an hour of generation, if the file cannot be written."""
         if self.path.is_dir():
             raise ConfigError(f"--output {self.path}: is a directory; name a file")
+        blocking = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise ConfigError(f"--output {self.path}: {blocking} is a file, not a directory; choose another path")
+        longest = len(os.fsencode(self.path.name)) + NAME_OVERHEAD
+        if longest > NAME_MAX:
+            raise ConfigError(f"--output: the file name is too long ({longest - NAME_OVERHEAD} bytes; at most "
+                              f"{NAME_MAX - NAME_OVERHEAD}, with room for the journal's and the temporary file's)")  # fmt: skip
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.path.parent, prefix=".remote-synth-check-"):

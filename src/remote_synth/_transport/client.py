@@ -145,6 +145,11 @@ class InferenceClient:
         await self._replicas.aclose()
 
     @property
+    def sends_key(self) -> bool:
+        """Whether any request carries an API key."""
+        return any(_keys_for(self.base_urls, self.api_key))
+
+    @property
     def display_url(self) -> str:
         """The base URL(s) for messages: any credentials in them are masked."""
         return ", ".join(replica.url for replica in self._replicas.replicas)

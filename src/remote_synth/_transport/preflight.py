@@ -15,7 +15,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from .._exceptions import APIConnectionError, AuthenticationError, BadRequestError, NotFoundError, ServerCheckError
+from .._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    ServerCheckError,
+)
 from .client import InferenceClient
 from .models import ServedModel, context_length, serves
 from .readiness import is_ready, until
@@ -69,7 +76,11 @@ async def check_server(
     """
     health = await client.health()
     if health >= 500:  # 404: a gateway without /health; 0: no answer, which /v1/models reports below
-        raise ServerCheckError(f"the server at {client.display_url} is not healthy (/health answered HTTP {health})")
+        raise APIStatusError(  # the server fails (exit 1), it is not the job that is wrong
+            f"the server at {client.display_url} is not healthy (/health answered HTTP {health})",
+            status_code=health,
+            endpoint="GET /health",
+        )
     models = await _served_models(client)
     tokenizer = adapter
     if not serves(models, adapter) and lazy:
@@ -101,8 +112,9 @@ async def _served_models(client: InferenceClient) -> list[ServedModel]:
     except APIConnectionError as exc:
         raise type(exc)(f"cannot reach a server at {client.display_url} ({exc})").with_remedy("base_url") from None
     except AuthenticationError as exc:
+        what = "refused the API key" if client.sends_key else "needs an API key, and none was sent"
         raise AuthenticationError(
-            f"the server at {client.display_url} refused the API key (HTTP {exc.status_code})",
+            f"the server at {client.display_url} {what} (HTTP {exc.status_code})",
             status_code=exc.status_code,
         ).with_remedy("api_key") from None
     return models

@@ -16,12 +16,13 @@ A project directory (``<config>---<dataset>``) resolves to its newest run.
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .._exceptions import RunDirError
 
@@ -48,6 +49,19 @@ class PromptConfig(_Lenient):
     bos_token_id: int | None = None
     eos_token: str = ""
     eos_token_id: int | None = None
+
+    @field_validator("template")
+    @classmethod
+    def _known_placeholders(cls, template: str) -> str:
+        """NSS's templates fill ``{instruction}``, ``{schema}`` and ``{prefill}``, nothing else."""
+        try:
+            template.format(instruction="", schema="", prefill="")
+        except KeyError as exc:
+            raise ValueError(f"unknown placeholder {{{exc.args[0]}}}; NSS fills {{instruction}}, {{schema}} "
+                             "and {prefill}") from None  # fmt: skip
+        except (IndexError, ValueError) as exc:
+            raise ValueError(f"not a format template ({exc}); write literal braces as {{{{ and }}}}") from None
+        return template
 
 
 class RopeScaling(_Lenient):
@@ -193,6 +207,9 @@ class RunDirectory:
         schema = _read_json(path)
         if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict) or not schema["properties"]:
             raise RunDirError(path, "not a record schema: expected an object with a non-empty 'properties' mapping")
+        if len(schema["properties"]) > MAX_COLUMNS:
+            raise RunDirError(path, f"{len(schema['properties']):,} columns, more than {MAX_COLUMNS:,} (no prompt of "
+                              "such a table fits a model's context)")  # fmt: skip
         _check_schema(path, schema)
         return schema
 
@@ -271,13 +288,32 @@ def _newest_run(project: Path) -> Path:
     return runs[-1] if runs else project
 
 
+MAX_FILE_BYTES = 64 * 2**20
+"""Most a run-directory JSON file may hold (NSS's are kilobytes; a schema of 10,000 columns ~2 MB)."""
+MAX_COLUMNS = 10_000
+"""More columns than any prompt fits in a model's context."""
+
+
 def _read_json(path: Path) -> Any:
+    """A regular file (not a FIFO, a device, a directory), at most ``MAX_FILE_BYTES``, UTF-8 JSON."""
     try:
-        text = path.read_text(encoding="utf-8")
+        info = path.stat()
     except FileNotFoundError:
         raise RunDirError(path, "missing: the run directory is incomplete (was training finished?)") from None
     except OSError as exc:
         raise RunDirError(path, f"cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise RunDirError(
+            path, "not a regular file (a directory, a pipe or a device): restore it from the training run"
+        )
+    if info.st_size > MAX_FILE_BYTES:
+        raise RunDirError(path, f"{info.st_size / 2**20:.0f} MB, more than any NSS run writes (corrupt?)")
+    try:
+        text = path.read_bytes()[: MAX_FILE_BYTES + 1].decode("utf-8")
+    except OSError as exc:
+        raise RunDirError(path, f"cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise RunDirError(path, f"not UTF-8 text (byte {exc.start}): restore it from the training run") from None
     try:
         return json.loads(text)
     except ValueError as exc:
