@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 
-Remedy = Literal["adapter_name", "max_model_len", "base_url", "api_key"]
+Remedy = Literal["adapter_name", "max_model_len", "base_url", "api_key", "runtime_adapters"]
 
 
 class RemoteSynthError(Exception):
@@ -97,11 +97,23 @@ class GenerationError(RemoteSynthError, RuntimeError):
 class ServerError(RemoteSynthError, RuntimeError):
     """A vLLM server process launched by remote-synth failed; carries its exit code and log tail."""
 
-    def __init__(self, message: str, *, log_tail: str = "", returncode: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, log_tail: str = "", returncode: int | None = None, log_file: object = None
+    ) -> None:
         self.log_tail = log_tail
         self.returncode = returncode
-        text = message if not log_tail else f"{message}\n--- last lines of the server log ---\n{log_tail}"
-        super().__init__(text)
+        self.log_file = log_file
+        cause = _telling_line(log_tail)
+        text = f"{message}: {cause}" if cause else message
+        super().__init__(f"{text} (the server's log: {log_file})" if log_file else text)
+
+
+def _telling_line(log: str) -> str:
+    """The log line that most likely says why: the last error, else the last line (one line, not a dump)."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error:" in line]
+    line = (errors or lines or [""])[-1]
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 class ServerStartError(ServerError):

@@ -189,6 +189,9 @@ class _ReadyServer:
 
     def raise_if_exited(self) -> None: ...
 
+    def log_tail(self, lines: int = 1) -> str:
+        return "INFO loading weights"
+
     def stop(self) -> None:
         self.stopped += 1
 
@@ -218,7 +221,10 @@ def test_ctrl_c_right_after_the_announcement_is_a_clean_stop(
     code, _ = run_main(monkeypatch, capsys, "serve", str(run), "--api-key", "k", "--port", str(free_port()))
     assert code == 0
     assert fake.stopped == 1
-    assert [m for m in said if m.startswith("starting vLLM… ")] == ["starting vLLM… 15 s", "starting vLLM… 30 s"]
+    assert [m for m in said if m.startswith("starting vLLM… ")] == [
+        "starting vLLM… 15 s | INFO loading weights",  # every 2 s at most, with what the server says
+        "starting vLLM… 30 s | INFO loading weights",
+    ]
 
 
 # -- durable jobs: inputs, existing files, exit codes by phase ----------------------------------
@@ -567,3 +573,15 @@ def test_a_key_given_for_its_variable_s_name_is_not_echoed(
 ) -> None:
     code, err = run_main(monkeypatch, capsys, "generate", str(run), "--api-key-env", "sk-live-0123.4567")
     assert code == EXIT_BAD_INPUT and "sk-live" not in err and "0123" not in err
+
+
+def test_a_client_only_serve_says_so_before_writing_or_starting_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    code, err = run_main(monkeypatch, capsys, "serve", str(run))
+    assert code == EXIT_BAD_INPUT and "vLLM is not installed here" in err and len(err.strip().splitlines()) == 1
+    assert not list(run.rglob(".vllm-api-key*")) and "starting" not in err

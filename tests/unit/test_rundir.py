@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,10 @@ def test_a_template_with_an_unknown_placeholder_is_named(run: Path) -> None:
         RunDirError, match=r"metadata_v2.json: prompt_config.template: .*unknown placeholder \{tablename\}"
     ):
         RunDirectory.open(run).check()
+
+
+def test_a_file_or_a_subfolder_given_as_the_run_says_what_to_pass(run: Path) -> None:
+    with pytest.raises(RunDirError, match="is a file: pass the NSS run directory"):
+        RunDirectory.open(run / "train" / "safe-synthesizer-config.json")
+    with pytest.raises(RunDirError, match=f"is inside a run directory: pass {re.escape(str(run.resolve()))} instead"):
+        RunDirectory.open(run / "train" / "adapter")

@@ -95,6 +95,9 @@ def test_early_exit_fails_fast_with_the_log_tail(server_factory) -> None:  # typ
         server.wait_ready()
     assert "model not found" in info.value.log_tail
     assert info.value.returncode == 3
+    message = str(info.value)  # one line: why (the log's telling line) and where the whole log is
+    assert "\n" not in message and "model not found" in message and str(server.log_file) in message
+    assert "--lora-modules" in server.log_file.read_text()  # the command is in the log, not the message
 
 
 async def _no_sleep(seconds: float) -> None:

@@ -108,7 +108,5 @@ def adapters_unload(name: str, server: _Server) -> None:
     from .._transport.client import redact_url
 
     if not server.run(lambda client: unregister_adapter(client, name)):
-        raise ConfigError(
-            f"{name} is not served by {redact_url(server.base_url)} (or it does not unload adapters at runtime)"
-        )
+        raise ConfigError(f"{name} is not served by {redact_url(server.base_url)}")
     click.echo(f"unloaded {name}")

@@ -35,6 +35,7 @@ REMEDIES: dict[Remedy, str] = {
     "max_model_len": "; launch the server with a larger --max-model-len",
     "base_url": "; check --base-url and that the server runs",
     "api_key": "; pass the right key with --api-key-env NAME or REMOTE_SYNTH_API_KEY",
+    "runtime_adapters": ": start it with `remote-synth serve --runtime-adapters`",
 }
 """The library's remedies (``RemoteSynthError.remedy``) as command-line advice."""
 

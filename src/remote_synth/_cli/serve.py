@@ -42,8 +42,9 @@ def serve(args: tuple[str, ...], port: int, api_key: str | None, api_key_env: st
     vLLM's own flags go after `--` (e.g. `-- --tensor-parallel-size 2 --gpu-memory-utilization 0.8`).
     """
     from .._server.launch import files_dir, is_loopback, serve_settings
-    from .._server.vllm import VllmServer, port_is_free
+    from .._server.vllm import VllmServer, port_is_free, require_vllm
 
+    require_vllm()  # before anything is written or said
     run_dirs, vllm_args = _split_pass_through(args)
     key = api_key_from(api_key, api_key_env)
     settings = RemoteSettings.load(port=port, api_key=key, **take_settings(values))
@@ -65,7 +66,8 @@ def serve(args: tuple[str, ...], port: int, api_key: str | None, api_key_env: st
         key_note = "none (--insecure: every route is open to anyone who can reach the port)"
     elif key is None:
         key = secrets.token_urlsafe(24)
-        key_note = f"random, written to {write_key(files_dir(runs[0], settings) / KEY_FILE, key)}"
+        key_file = files_dir(runs[0], settings) / f"{KEY_FILE}-{port}"  # one per serve: two may run
+        key_note = f"random, written to {write_key(key_file, key)}"
     server = VllmServer(dataclasses.replace(launch, api_key=key))
     adapters = [
         (launch.adapter_name, runs[0].path),
@@ -75,10 +77,16 @@ def serve(args: tuple[str, ...], port: int, api_key: str | None, api_key_env: st
         try:
             click.echo(f"starting vLLM for {len(adapters)} adapter(s) on {host}:{port} (log: {server.log_file})")
             server.start()
-            server.wait_ready(on_wait=every(15.0, lambda waited: click.echo(f"starting vLLM… {waited:.0f} s")))
+            server.wait_ready(on_wait=every(2.0, lambda waited: click.echo(_starting(server, waited))))
             _serve_until_interrupted(server, adapters, key_note)
         finally:
             server.stop()  # a second Ctrl-C while stopping kills the group at once
+
+
+def _starting(server: Any, waited: float) -> str:
+    """What a starting server is doing: the time, and its log's last line."""
+    last = server.log_tail(1).strip()
+    return f"starting vLLM… {waited:.0f} s" + (f" | {last[-120:]}" if last else "")
 
 
 def _split_pass_through(args: tuple[str, ...]) -> tuple[list[Path], tuple[str, ...]]:

@@ -115,6 +115,15 @@ class ServerSettings:
     extra_env: tuple[tuple[str, str], ...] = ()
 
 
+def require_vllm() -> None:
+    """A ``ConfigError`` when this interpreter has no vLLM to launch (the client-only install)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "vLLM is not installed here: install remote-synth[cpu] (or [gpu]) to launch a local server, "
+            "or pass --base-url to use a running one"
+        )
+
+
 class VllmServer:
     """A vLLM server process we own.
 
@@ -207,17 +216,16 @@ class VllmServer:
         """Spawn the server in its own process group; does not wait."""
         if self._process is not None or self._closed:
             raise RuntimeError("this server was already started; create a new VllmServer")
-        if importlib.util.find_spec("vllm") is None and self.settings.python == sys.executable:
-            raise ConfigError(
-                "vLLM is not installed here: install remote-synth[cpu] (or [gpu]) to launch a local server, "
-                "or pass --base-url to use a running one"
-            )
+        if self.settings.python == sys.executable:
+            require_vllm()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         if self.api_key and self._gate_dir is None:
             self._gate_dir = Path(tempfile.mkdtemp(prefix="remote-synth-gate-"))
             shutil.copyfile(AUTH_GATE, self._gate_dir / f"{AUTH_GATE_MODULE}.py")
         logger.info("starting vLLM on %s (log: %s)", self.base_url, self.log_file)
         with self.log_file.open("ab") as log:
+            log.write(f"remote-synth: starting {' '.join(self.command)}\n".encode())  # the key is not on it
+            log.flush()
             # stdin is the lifeline: its write end stays here, and closes when this process ends.
             self._process = subprocess.Popen(  # noqa: S603 - an argument list, never a shell
                 [sys.executable, str(LIFELINE), *self.command], stdin=subprocess.PIPE, stdout=log,
@@ -284,8 +292,9 @@ class VllmServer:
         try:
             if not await until(ready, timeout=budget, on_wait=on_wait, clock=clock, sleep=sleep):
                 raise ServerStartError(
-                    f"vLLM did not become ready within {budget:.0f} s; command: {' '.join(self.command)}",
+                    f"vLLM did not become ready within {budget:.0f} s",
                     log_tail=self.log_tail(),
+                    log_file=self.log_file,
                 )
         finally:
             await client.aclose()
@@ -296,9 +305,7 @@ class VllmServer:
         code = self._process.poll()
         if code is not None:
             raise ServerStartError(
-                f"vLLM exited with code {code}; command: {' '.join(self.command)}",
-                log_tail=self.log_tail(),
-                returncode=code,
+                f"vLLM exited with code {code}", log_tail=self.log_tail(), returncode=code, log_file=self.log_file
             )
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:

@@ -43,10 +43,18 @@ async def register_adapter(client: InferenceClient, name: str, path: str) -> boo
 
 
 async def unregister_adapter(client: InferenceClient, name: str) -> bool:
-    """Stop serving ``name``; False when the server did not hold it."""
+    """Stop serving ``name``; False when the server did not hold it.
+
+    vLLM answers 404 both for an adapter it does not hold and, without runtime adapter
+    updating, for the route itself (``{"detail": "Not Found"}``): only the first is False.
+    """
     try:
         await client.unload_adapter(name)
-    except NotFoundError:
-        return False
+    except NotFoundError as exc:
+        if "cannot be found" in exc.body or "cannot be found" in exc.message:
+            return False
+        raise ServerCheckError(
+            f"the server at {client.display_url} cannot unload adapters (runtime adapter updating is off)"
+        ).with_remedy("runtime_adapters") from None
     logger.info("unloaded adapter %r from %s", name, client.display_url)
     return True

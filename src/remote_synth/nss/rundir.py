@@ -174,11 +174,16 @@ class RunDirectory:
     def open(cls, path: str | Path) -> RunDirectory:
         """Find the run (and its training source) or fail naming what is missing."""
         root = Path(path).expanduser()
+        if root.exists() and not root.is_dir():
+            raise RunDirError(root, "is a file: pass the NSS run directory (the folder that has train/adapter/)")
         if not root.is_dir():
             raise RunDirError(root, "run directory does not exist (pass an NSS run directory that has train/adapter/)")
         run = _newest_run(root) if not _has_adapter(root) and not _parent_from_info(root) else root
         source = run if _has_adapter(run) else _parent_from_info(run)
         if source is None or not _has_adapter(source):
+            enclosing = next((p for p in root.resolve().parents if _has_adapter(p)), None)
+            if enclosing is not None:
+                raise RunDirError(root, f"is inside a run directory: pass {enclosing} instead")
             raise RunDirError(
                 root / "train" / "adapter",
                 "missing: not an NSS run directory (expected train/adapter/ with the trained adapter)",
