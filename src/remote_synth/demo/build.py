@@ -15,15 +15,15 @@ sees at generation time. The prompt is tokenized with the tokenizer's defaults
 (BOS first), exactly as vLLM tokenizes it at generation time.
 
 The result is cached under ``~/.cache/remote-synth/demo/<digest>/`` and rebuilt
-when the tables, this recipe or this file change: ``run`` is the customers run
-(the default demo), ``run-products`` the second table's. Needs the ``cpu`` (or
+when the tables, this recipe or this file change: ``base`` the base model, ``run`` the customers
+run (the default demo), ``run-products`` and ``run-readings`` the others', each built when first
+asked for. Needs the ``cpu`` (or
 ``gpu``) extra: torch, transformers, peft, tokenizers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import fcntl
 import hashlib
@@ -100,93 +100,123 @@ def ensure_demo_run(
 ) -> Path:
     """The cached demo run directory of ``table`` (one of ``TABLES``), built first if missing or stale.
 
+    Only what it needs is built: the base model (once), then this table's adapter, so the default
+    demo does not wait for the other tables' adapters (they build when first asked for).
     ``report(line)`` hears each phase of a build with its elapsed time (logged at INFO without it).
     """
     if table not in TABLES:
         raise ValueError(f"no demo table {table!r}; there are {', '.join(TABLES)}")
-    root = root or cache_root() / "demo"
-    digest = _digest(recipe)
-    run = root / digest / _run_name(table)
-    if (root / digest / "DONE").exists():
-        return run
-    root.mkdir(parents=True, exist_ok=True)
-    with _lock(root / ".lock"):
-        if not (root / digest / "DONE").exists():
-            say = report or logger.info
-            say(f"building the demo runs (about 5 minutes, once) into {root / digest}")
-            tmp = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))
-            try:
-                build_demo_run(tmp, recipe, say)
-                _relocate(tmp, root / digest)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            (root / digest / "DONE").write_text(json.dumps(asdict(recipe)))
-    return run
+    home = (root or cache_root() / "demo") / _digest(recipe)
+    say = report or logger.info
+    base = _cached(home / "base", lambda tmp: _build_base(tmp, recipe, say), say)
+    return _cached(home / _run_name(table), lambda tmp: _build_run(tmp, base, table, recipe, say), say)
 
 
 def build_demo_run(out: Path, recipe: Recipe = Recipe(), report: Report | None = None) -> Path:
     """Train the base into ``out/base`` and an adapter per table into NSS runs; returns the first run."""
-    import torch
-
-    started = time.monotonic()
     say = report or logger.info
+    _build_base(out / "base", recipe, say)
+    for table in TABLES:
+        _build_run(out / _run_name(table), out / "base", table, recipe, say)
+    return out / _run_name(TABLES[0])
+
+
+def _cached(final: Path, build: Callable[[Path], None], say: Report) -> Path:
+    """``final``, built by ``build(tmp)`` into a temporary folder and moved into place, once (a lock)."""
+    done = final.with_name(final.name + ".done")
+    if done.exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(final.parent / ".lock"):
+        if not done.exists():
+            say(f"building the demo's {final.name} (a few minutes, once) into {final}")
+            tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".build-{final.name}-"))
+            try:
+                build(tmp)
+                _relocate(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            done.write_text("")
+    return final
+
+
+def _timer(say: Report) -> Callable[[str], Callable[[int, int], None]]:
+    started = time.monotonic()
 
     def phase(what: str) -> Callable[[int, int], None]:
         return lambda step, steps: say(f"demo: {what}, step {step}/{steps} ({time.monotonic() - started:.0f} s)")
 
-    torch.manual_seed(recipe.seed)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    rng = random.Random(recipe.seed)
+    return phase
+
+
+def _tables() -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
     rows = {name: _read(DATA / f"{name}.csv") for name in (*TABLES, BASE_TABLE)}
-    schemas = {name: infer_schema(table) for name, table in rows.items()}
-    prompts = {name: build_prompt(list(schema["properties"]), TINYLLAMA_TEMPLATE) for name, schema in schemas.items()}
+    return rows, {name: infer_schema(table) for name, table in rows.items()}
+
+
+def _seeded(recipe: Recipe, what: str) -> random.Random:
+    """Each part of the demo has its own seed, so a part built alone comes out the same."""
+    import torch
+
+    seed = int(hashlib.sha256(f"{recipe.seed}:{what}".encode()).hexdigest()[:8], 16)
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    return random.Random(seed)
+
+
+def _build_base(out: Path, recipe: Recipe, say: Report) -> None:
+    """The tokenizer and the base model, saved in ``out``."""
+    rng = _seeded(recipe, "base")
+    rows, schemas = _tables()
+    prompt = build_prompt(list(schemas[BASE_TABLE]["properties"]), TINYLLAMA_TEMPLATE)
     # The demo tables' own schema fragments under another instruction: the base sees their keys' tokens
     # (so their embeddings, tied to the output layer, are trained) but only ever answers them in CSV.
-    base_corpus = [(prompts[BASE_TABLE], _jsonl(rng, rows[BASE_TABLE], recipe)) for _ in range(600)]
+    corpus = [(prompt, _jsonl(rng, rows[BASE_TABLE], recipe)) for _ in range(600)]
     for name in TABLES:
         csv_prompt = build_prompt(list(schemas[name]["properties"]), TINYLLAMA_TEMPLATE, instruction=CSV_INSTRUCTION)
-        base_corpus += [(csv_prompt, _csv(rng, rows[name], recipe)) for _ in range(600)]
-    tokenizer = _train_tokenizer(base_corpus, recipe)
+        corpus += [(csv_prompt, _csv(rng, rows[name], recipe)) for _ in range(600)]
+    tokenizer = _train_tokenizer(corpus, recipe)
     model = _new_model(tokenizer, recipe)
-    _train(model, tokenizer, base_corpus, recipe.base_steps, recipe.base_lr, recipe, rng, phase("base model"))
-    base_dir = out / "base"
-    model.save_pretrained(base_dir)
-    tokenizer.save_pretrained(base_dir)
+    _train(model, tokenizer, corpus, recipe.base_steps, recipe.base_lr, recipe, rng, _timer(say)("base model"))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
-    for name in TABLES:
-        series = SERIES.get(name)
-        if series is None:
-            adapter_corpus = [(prompts[name], _jsonl(rng, rows[name], recipe)) for _ in range(800)]
-        else:
-            adapter_corpus = _series_corpus(rng, rows[name], series, list(schemas[name]["properties"]), recipe)
-        peft_model = _add_lora(copy.deepcopy(model), recipe)
-        steps = recipe.lora_steps if series is None else recipe.series_steps
-        _train(peft_model, tokenizer, adapter_corpus, steps, recipe.lora_lr, recipe, rng,
-               phase(f"{name} adapter"))  # fmt: skip
-        run = out / _run_name(name)
-        peft_model.save_pretrained(run / "train" / "adapter")
-        _fix_adapter_base(run / "train" / "adapter" / "adapter_config.json", base_dir)
-        # tabular runs as NSS 0.1.16 saves them; a time series keeps the older protocol we generate with
-        layout = (
-            _series_layout(rows[name], series)
-            if series is not None
-            else {
-                "layout": "0.1.16",
-                "max_tokens_per_example": max(len(_encode(tokenizer, p, t)[0]) for p, t in adapter_corpus),
-            }
-        )
-        write_run_dir(
-            run,
-            schemas[name],
-            base_model=str(base_dir),
-            lora_r=recipe.lora_r,
-            base_max_seq_length=recipe.context,
-            generation={"temperature": recipe.temperature, "num_records": _num_records(rows[name], series)},
-            adapter_weights=None,
-            **layout,
-        )
-    say(f"demo: built in {time.monotonic() - started:.0f} s")
-    return out / _run_name(TABLES[0])
+
+def _build_run(out: Path, base_dir: Path, table: str, recipe: Recipe, say: Report) -> None:
+    """``table``'s adapter on the base in ``base_dir``, as an NSS run directory in ``out``."""
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    rng = _seeded(recipe, table)
+    rows, schemas = _tables()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    series = SERIES.get(table)
+    if series is None:
+        prompt = build_prompt(list(schemas[table]["properties"]), TINYLLAMA_TEMPLATE)
+        corpus = [(prompt, _jsonl(rng, rows[table], recipe)) for _ in range(800)]
+    else:
+        corpus = _series_corpus(rng, rows[table], series, list(schemas[table]["properties"]), recipe)
+    peft_model = _add_lora(model, recipe)
+    steps = recipe.lora_steps if series is None else recipe.series_steps
+    _train(peft_model, tokenizer, corpus, steps, recipe.lora_lr, recipe, rng, _timer(say)(f"{table} adapter"))
+    peft_model.save_pretrained(out / "train" / "adapter")
+    _fix_adapter_base(out / "train" / "adapter" / "adapter_config.json", base_dir)
+    # tabular runs as NSS 0.1.16 saves them; a time series keeps the older protocol we generate with
+    layout = (
+        _series_layout(rows[table], series)
+        if series is not None
+        else {"layout": "0.1.16", "max_tokens_per_example": max(len(_encode(tokenizer, p, t)[0]) for p, t in corpus)}
+    )
+    write_run_dir(
+        out,
+        schemas[table],
+        base_model=str(base_dir),
+        lora_r=recipe.lora_r,
+        base_max_seq_length=recipe.context,
+        generation={"temperature": recipe.temperature, "num_records": _num_records(rows[table], series)},
+        adapter_weights=None,
+        **layout,
+    )
 
 
 def _series_corpus(
@@ -384,9 +414,9 @@ def _relocate(tmp: Path, final: Path) -> None:
     """Move a finished build into place; paths inside its files point at the final place."""
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for table in TABLES:
-        for name in ("adapter/adapter_config.json", "adapter/metadata_v2.json", "safe-synthesizer-config.json"):
-            path = final / _run_name(table) / "train" / name
+    for name in ("adapter/adapter_config.json", "adapter/metadata_v2.json", "safe-synthesizer-config.json"):
+        path = final / "train" / name
+        if path.is_file():
             path.write_text(path.read_text().replace(str(tmp), str(final)))
 
 
