@@ -59,6 +59,33 @@ def run(tmp_path: Path) -> Path:
         (["generate", "{run}", "--header", "X-Name: ünïcödé", "--base-url", "http://127.0.0.1:1"], "extra_headers"),
         (["generate", "{run}", "--header", "Bad Name: v", "--base-url", "http://127.0.0.1:1"], "extra_headers"),
         (["generate", "{run}", "--api-key-env", "sk-live-0123.4567"], "not a variable name"),
+        (["generate", "{run}", "--temperature", "2.5", "--base-url", "http://127.0.0.1:1"], "temperature"),
+        (["generate", "{run}", "--max-tokens-multiplier", "0", "--base-url", "http://127.0.0.1:1"], "multiplier"),
+        (
+            [
+                "generate",
+                "{run}",
+                "--structured-generation-schema-method",
+                "structural_tag",
+                "--structured-generation-backend",
+                "outlines",
+                "--structured-generation-enabled",
+                "--base-url",
+                "http://127.0.0.1:1",
+            ],
+            "structural_tag",
+        ),  # fmt: skip
+        (
+            [
+                "generate",
+                "{run}",
+                "--structured-generation-max-records-per-sequence",
+                "0",
+                "--base-url",
+                "http://127.0.0.1:1",
+            ],
+            "max_records_per_sequence",
+        ),  # fmt: skip
         (
             ["generate", "{run}", "--output", "{run}/train/safe-synthesizer-config.json/x.csv"],
             "safe-synthesizer-config.json is a file, not a directory",

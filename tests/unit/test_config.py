@@ -135,3 +135,22 @@ def test_a_base_url_s_credentials_are_not_echoed() -> None:
     with pytest.raises(ConfigError) as info:
         RemoteSettings(base_url="http://user:hunter2@gpu:99999")
     assert "hunter2" not in str(info.value) and "***@gpu" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"temperature": 2.5},
+        {"temperature": 5},
+        {"top_k": -2},
+        {"top_k": 1.5},
+        {"min_p": 1.5},
+        {"top_p": 0},
+        {"repetition_penalty": 0},
+    ],  # fmt: skip
+)
+def test_sampling_values_vllm_refuses_are_refused_before_generation(kwargs: dict) -> None:
+    from remote_synth._engine import sampling_fields
+
+    with pytest.raises(ConfigError, match=next(iter(kwargs))):
+        sampling_fields(kwargs, GenerateParameters())

@@ -49,6 +49,7 @@ def sampling_fields(kwargs: Mapping[str, Any], config: GenerateParameters) -> di
         **{k: fields[k] for k in ("top_p", "repetition_penalty") if k in fields},
     }
     GenerateParameters.resolve(overrides=checked, use_env=False)  # ranges, with field-named errors
+    _check_vllm_ranges(fields)
     fields["temperature"] = temperature
     if (beams := kwargs.get("num_beams", 1)) not in (None, 1):
         raise ConfigError(f"num_beams={beams}: beam search is not supported by the remote backend; use 1")
@@ -112,6 +113,16 @@ def fit_max_tokens(wanted: int, server: ServerInfo) -> int:
 def shrink_for_prefill(max_tokens: int, prefill: str) -> int:
     """A time-series prompt ends in its group's prefill, which has at most a token per byte."""
     return max(1, max_tokens - len(prefill.encode("utf-8")))
+
+
+def _check_vllm_ranges(fields: Mapping[str, Any]) -> None:
+    """What vLLM would refuse with a 400 once generation runs (``SamplingParams._verify_args``)."""
+    top_k = fields.get("top_k", -1)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < -1:
+        raise ConfigError(f"top_k must be 0 or -1 (off), or a positive integer (got {top_k!r})")
+    min_p = fields.get("min_p", 0.0)
+    if isinstance(min_p, bool) or not isinstance(min_p, (int, float)) or not 0.0 <= min_p <= 1.0:
+        raise ConfigError(f"min_p must be in [0, 1] (got {min_p!r})")
 
 
 def _resolve_temperature(kwargs: Mapping[str, Any], default: float) -> float:

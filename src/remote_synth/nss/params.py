@@ -117,10 +117,16 @@ class StructuredGenerationParameters(_Strict):
 
 
 class GenerateParameters(_Strict):
-    """NSS ``GenerateParameters`` plus the checks NSS lacks (temperature ≥ 0, num_records ≥ 1)."""
+    """NSS ``GenerateParameters`` plus the checks NSS lacks (temperature in vLLM's [0, 2], num_records ≥ 1),
+    so that a value the server would refuse mid-job is refused before anything starts."""
 
     num_records: int = Field(1000, ge=1, description="Valid records to generate.")
-    temperature: float = Field(0.9, ge=0.0, description="Sampling temperature; lower gives fewer invalid records.")
+    temperature: float = Field(
+        0.9,
+        ge=0.0,
+        le=2.0,
+        description="Sampling temperature, in [0, 2] as vLLM takes it; lower gives fewer invalid records.",
+    )
     repetition_penalty: float = Field(1.0, gt=0.0, description="Penalty on repeated tokens (1: none).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling: the probability mass sampled from.")
     patience: int = Field(3, ge=1, description="Batches in a row above the invalid threshold before stopping.")
