@@ -612,3 +612,18 @@ def test_a_client_only_serve_says_so_before_writing_or_starting_anything(
     code, err = run_main(monkeypatch, capsys, "serve", str(run))
     assert code == EXIT_BAD_INPUT and "vLLM is not installed here" in err and len(err.strip().splitlines()) == 1
     assert not list(run.rglob(".vllm-api-key*")) and "starting" not in err
+
+
+def test_generate_help_is_in_sections_with_examples_first() -> None:
+    from click.testing import CliRunner
+
+    from remote_synth._cli import cli
+
+    text = CliRunner().invoke(cli, ["generate", "--help"]).output
+    titles = ["Examples:", "Connection:", "Sampling (NSS's generation parameters):", "Engine:", "Durability:",
+              "Tenancy (shared servers and gateways):"]  # fmt: skip
+    assert [text.index(t) for t in titles] == sorted(text.index(t) for t in titles)
+    connection = text[text.index("Connection:") : text.index("Sampling")]
+    assert "--base-url" in connection and "--temperature" not in connection
+    other = text[text.index("Other options:") :]
+    assert "--help" in other and "--" not in other.replace("--help", "")  # every other flag has its section

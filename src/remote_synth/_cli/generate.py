@@ -31,6 +31,7 @@ from .options import (
     take_settings,
 )
 from .progress import ProgressBar
+from .sections import SectionedCommand
 from .signals import signals_raise_interrupt
 
 GENERATE_SETTINGS = (
@@ -40,7 +41,23 @@ GENERATE_SETTINGS = (
 """``RemoteSettings`` fields that are ``generate`` flags (after the ones grouped near the top)."""
 
 
-@click.command()
+HELP_SECTIONS = {
+    "Connection": ["base_urls", "api_key_envs", "adapter_name", "base_model", "wait_for_server", "ca_bundle",
+                   "load_adapter", "server_adapter_path", "adapter_check", "log_dir"],
+    "Sampling (NSS's generation parameters)": [
+        "num_records", "temperature", "top_p", "repetition_penalty", "patience", "invalid_fraction_threshold",
+        "max_tokens_multiplier", "max_new_tokens", "structured_generation__enabled",
+        "structured_generation__schema_method", "structured_generation__backend",
+        "structured_generation__use_single_sequence", "structured_generation__max_records_per_sequence",
+        "validation__enforce_numeric_range"],
+    "Engine": ["max_concurrency", "prompts_per_request", "window", "share", "use_detailed_logs"],
+    "Durability": ["output", "resume", "overwrite", "retry_deadline"],
+    "Tenancy (shared servers and gateways)": ["priority", "cache_salt", "session_affinity", "headers", "extra_body"],
+}  # fmt: skip
+"""How ``generate --help`` groups its options."""
+
+
+@click.command(cls=SectionedCommand, sections=HELP_SECTIONS)
 @click.argument("run_dir", required=False, type=click.Path(path_type=Path))
 @click.option(
     "--base-url",
@@ -84,6 +101,11 @@ def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tup
              max_new_tokens: int | None, resume: bool, overwrite: bool, headers: tuple[str, ...],
              extra_body: str | None, **values: Any) -> None:  # fmt: skip
     """Generate records for RUN_DIR (default: the bundled demo run, built if missing).
+
+    \b
+    Examples:
+      remote-synth generate RUN_DIR --num-records 5000      # launch a local vLLM, stop it after
+      REMOTE_SYNTH_API_KEY=... remote-synth generate RUN_DIR --base-url http://gpu-host:8000
 
     Accepted records go to a journal next to the output as they come; after a crash or a
     stop, the same command with --resume continues the job without losing or repeating any.
