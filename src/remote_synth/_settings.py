@@ -14,6 +14,7 @@ CLI derives its flags from these fields (``_cli.options``), so a new setting is 
 from __future__ import annotations
 
 import re
+import ssl
 import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -101,6 +102,17 @@ class ClientSettings(_Settings):
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str) and "," in value:
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("ca_bundle", mode="after")
+    @classmethod
+    def _loadable_bundle(cls, value: Path | None) -> Path | None:
+        """Loaded now, not at the first https request: a file that is no PEM bundle is one line."""
+        if value is not None:
+            try:
+                ssl.create_default_context(cafile=str(value))
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise ValueError(f"{value} is not a PEM file of CA certificates ({exc})") from None
         return value
 
     @field_validator("api_key", mode="after")

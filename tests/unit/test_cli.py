@@ -60,6 +60,17 @@ def run(tmp_path: Path) -> Path:
         (["generate", "{run}", "--header", "Bad Name: v", "--base-url", "http://127.0.0.1:1"], "extra_headers"),
         (["generate", "{run}", "--api-key-env", "sk-live-0123.4567"], "not a variable name"),
         (["generate", "{run}", "--temperature", "2.5", "--base-url", "http://127.0.0.1:1"], "temperature"),
+        (
+            [
+                "generate",
+                "{run}",
+                "--ca-bundle",
+                "{run}/train/safe-synthesizer-config.json",
+                "--base-url",
+                "https://x:1",
+            ],
+            "not a PEM file of CA certificates",
+        ),  # fmt: skip
         (["generate", "{run}", "--max-tokens-multiplier", "0", "--base-url", "http://127.0.0.1:1"], "multiplier"),
         (
             [
