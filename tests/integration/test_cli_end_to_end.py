@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -35,6 +36,17 @@ def vllm_pids() -> set[str]:
     """Processes that belong to any vLLM server (API servers and their engine children)."""
     found = subprocess.run(["pgrep", "-f", "vllm|VLLM"], capture_output=True, text=True).stdout.split()
     return set(found) - {str(os.getpid())}
+
+
+def pids_with(marker: str) -> set[str]:
+    """Processes whose environment holds ``marker``: a job's server inherits the job's environment,
+    so this finds that server's processes and no one else's (another test run's fakes included)."""
+    found = set()
+    for pid in vllm_pids():
+        with contextlib.suppress(OSError):
+            if marker.encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                found.add(pid)
+    return found
 
 
 def test_generate_with_only_num_records_and_output_runs_the_embedded_default(
@@ -172,4 +184,4 @@ def test_sigterm_during_generate_stops_the_launched_server(demo_run: RunDirector
             os.killpg(proc.pid, signal.SIGKILL)
     assert "terminated" in proc.stderr.read()
     close_pipes(proc)
-    assert vllm_pids() <= before
+    assert vllm_pids() <= before or not pids_with(str(log)), pids_with(str(log))  # the launched server is gone
