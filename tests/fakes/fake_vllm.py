@@ -12,6 +12,8 @@ import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from vllm_core import VllmCore, as_bytes  # run by path: its folder is on sys.path
+
 args = sys.argv[1:]
 port = int(args[args.index("--port") + 1])
 adapter = json.loads(args[args.index("--lora-modules") + 1])["name"]
@@ -31,16 +33,18 @@ if mode == "stubborn":
     )
 
 
+core = VllmCore(adapters=[adapter], context=512)
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        if self.path == "/health":
-            return self._send(200, {})
-        if self.headers.get("Authorization") != f"Bearer {key}":
+        if self.path != "/health" and self.headers.get("Authorization") != f"Bearer {key}":
             return self._send(401, {"error": "Unauthorized"})
-        return self._send(200, {"data": [{"id": "base", "max_model_len": 512}, {"id": adapter, "parent": "base"}]})
+        status, data, _ = as_bytes(core.route("GET", self.path) or (404, {}))
+        return self._send(status, data)
 
-    def _send(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
+    def _send(self, code: int, data: bytes | dict) -> None:
+        data = data if isinstance(data, bytes) else json.dumps(data).encode()
         self.send_response(code)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .vllm_core import VllmCore, as_bytes
+
 
 class HttpVllm:
     def __init__(
@@ -31,6 +33,7 @@ class HttpVllm:
         self.loading_for = loading_for
         """``/health`` answers 503 this many times first, as a server still loading its model."""
         self.health_requests = 0
+        self.core = VllmCore(adapters=[adapter])
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,16 +42,15 @@ class HttpVllm:
             def do_GET(self) -> None:
                 if self.path == "/health":
                     owner.health_requests += 1
-                    return self._send(503 if owner.health_requests <= owner.loading_for else 200, {})
-                if self.path == "/v1/models":
-                    return self._send(200, {"data": [{"id": "base", "max_model_len": 2048},
-                                                     {"id": owner.adapter, "parent": "base"}]})  # fmt: skip
-                return self._send(404, {"detail": "Not Found"})
+                    owner.core.health = 503 if owner.health_requests <= owner.loading_for else 200
+                return self._send(*(owner.core.route("GET", self.path) or (404, {})))
 
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                if self.path == "/tokenize":
-                    return self._send(200, {"count": 20})
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                shared = owner.core.route("POST", self.path, raw)
+                if shared is not None:
+                    return self._send(*shared)
+                body = json.loads(raw)
                 owner.completion_requests += 1
                 if owner.completion_requests > owner.good_requests:
                     if owner.fail_status == 0:
@@ -61,9 +63,9 @@ class HttpVllm:
                                                     for i in range(len(prompts))]})  # fmt: skip
 
             def _send(self, code: int, payload: Any) -> None:
-                data = json.dumps(payload).encode()
+                code, data, kind = as_bytes((code, payload))
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import httpx
 
+from .vllm_core import VllmCore, as_httpx, metrics_text
+
 SCHEMA = {
     "type": "object",
     "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}, "c": {"enum": ["x", "y"]}},
@@ -63,6 +65,7 @@ class SimulatedVllm(httpx.AsyncBaseTransport):
         self.sigma = sigma
         self.metrics = metrics
         self.adapter = adapter
+        self.core = VllmCore(adapters=[adapter], context=4096)
         self._rng = random.Random(seed)
         self._text = text
         self._continuation = continuation
@@ -82,32 +85,16 @@ class SimulatedVllm(httpx.AsyncBaseTransport):
         return sum(1 for f in self._queue if not f.done())
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        if path == "/health":
-            return httpx.Response(200)
-        if path == "/metrics":
-            if not self.metrics:
-                return httpx.Response(404)
-            text = (
-                "# TYPE vllm:num_requests_running gauge\n"
-                f'vllm:num_requests_running{{model_name="base"}} {self.running}\n'
-                "# TYPE vllm:num_requests_waiting gauge\n"
-                f'vllm:num_requests_waiting{{model_name="base"}} {self.waiting}\n'
-            )
-            return httpx.Response(200, text=text)
-        if path == "/v1/models":
-            data = [{"id": "base", "max_model_len": 4096}, {"id": self.adapter, "parent": "base"}]
-            return httpx.Response(200, json={"data": data})
-        if path == "/tokenize":
-            return httpx.Response(200, json={"count": 20})
-        if path == "/v1/completions":
-            body = json.loads(await request.aread())
-            prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
-            self.requests += 1
-            texts = await asyncio.gather(*(self._sequence(p) for p in prompts))
-            choices = [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)]
-            return httpx.Response(200, json={"choices": choices})
-        return httpx.Response(404)
+        self.core.metrics = metrics_text(self.running, self.waiting) if self.metrics else None
+        shared = self.core.route(request.method, request.url.path, await request.aread())
+        if shared is not None:
+            return as_httpx(shared)
+        body = json.loads(await request.aread())
+        prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+        self.requests += 1
+        texts = await asyncio.gather(*(self._sequence(p) for p in prompts))
+        choices = [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)]
+        return httpx.Response(200, json={"choices": choices})
 
     async def _sequence(self, prompt: str) -> str:
         await self._slot()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fakes.vllm_core import VllmCore, as_httpx
 
 from remote_synth import (
     BackendStateError,
@@ -30,32 +31,35 @@ GOOD = '{"n":1,"c":"x"}\n{"n":2,"c":"y"}\n'
 
 
 class FakeVllm:
-    """Routes like vLLM's server; ``text(prompt_index)`` decides each completion."""
+    """vLLM's routes (the shared core); ``text(body)`` decides each completion."""
 
     def __init__(self, text: Callable[[dict], str] = lambda body: GOOD, context: int = 300, prompt_tokens: int = 40):
         self.text = text
-        self.context = context
-        self.prompt_tokens = prompt_tokens
+        self.core = VllmCore(context=context, prompt_tokens=prompt_tokens)
         self.bodies: list[dict] = []
-        self.adapters = ["nss-adapter"]
-        self.health = 200
         self.refuse: set[str] = set()
         """Structured-output methods answered with 400, as a server whose backend lacks them."""
 
+    @property
+    def adapters(self) -> list[str]:
+        return self.core.adapters
+
+    @adapters.setter
+    def adapters(self, names: list[str]) -> None:
+        self.core.adapters = names
+
+    @property
+    def health(self) -> int:
+        return self.core.health
+
+    @health.setter
+    def health(self, status: int) -> None:
+        self.core.health = status
+
     def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/health":
-            return httpx.Response(self.health)
-        if request.url.path == "/v1/models":
-            data = [{"id": "base", "max_model_len": self.context}] + [
-                {"id": a, "parent": "base"} for a in self.adapters
-            ]
-            return httpx.Response(200, json={"data": data})
-        if request.url.path == "/metrics":
-            return httpx.Response(404)  # like a gateway: no vLLM metrics
-        if request.url.path == "/tokenize":
-            return httpx.Response(200, json={"count": self.prompt_tokens})
-        if request.url.path != "/v1/completions":
-            return httpx.Response(404, json={"detail": "Not Found"})
+        shared = self.core.route(request.method, request.url.path, request.content)
+        if shared is not None:
+            return as_httpx(shared)
         body = json.loads(request.content)
         if self.refuse & set(body.get("structured_outputs", {})):
             return httpx.Response(400, json={"error": {"message": "unsupported structured outputs"}})
@@ -424,33 +428,26 @@ class LoadingVllm(FakeVllm):
 
     def __init__(self, forget_after: int = 10**9) -> None:
         super().__init__()
+        self.core.runtime_adapters = True
         self.adapters = []
         self.loads: list[dict] = []
         self.unloads: list[str] = []
         self.forget_after = forget_after
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/load_lora_adapter":
-            body = json.loads(request.content)
-            self.loads.append(body)
-            if body["lora_name"] in self.adapters:
-                return httpx.Response(400, json={"error": {"message": "has already been loaded"}})
-            self.adapters.append(body["lora_name"])
-            return httpx.Response(200, text="Success")
-        if request.url.path == "/v1/unload_lora_adapter":
-            name = json.loads(request.content)["lora_name"]
-            if name not in self.adapters:
-                return httpx.Response(404, json={"error": {"message": "cannot be found"}})
-            self.adapters.remove(name)
-            self.unloads.append(name)
-            return httpx.Response(200, text="Success")
-        if request.url.path == "/v1/completions":
+        path = request.url.path
+        if path == "/v1/load_lora_adapter":
+            self.loads.append(json.loads(request.content))
+        if path == "/v1/completions":
             model = json.loads(request.content)["model"]
             if len(self.bodies) == self.forget_after:
                 self.adapters, self.forget_after = [], -1  # a restart: runtime-loaded adapters are gone
             if model != "base" and model not in self.adapters:
                 return httpx.Response(404, json={"error": {"message": f"The model `{model}` does not exist."}})
-        return super().__call__(request)
+        response = super().__call__(request)
+        if path == "/v1/unload_lora_adapter" and response.status_code == 200:
+            self.unloads.append(json.loads(request.content)["lora_name"])
+        return response
 
 
 def test_load_adapter_registers_at_start_again_after_a_restart_and_unloads_at_teardown(run: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from fakes.vllm_core import VllmCore, as_httpx
 
 from remote_synth import GenerationStatus, RemoteBackend, RemoteSettings
 from remote_synth.demo.layout import write_run_dir
@@ -75,18 +76,12 @@ class SeriesVllm:
     def __init__(self, model: Continuation) -> None:
         self.model = model
         self.bodies: list[dict] = []
+        self.core = VllmCore(prompt_tokens=40)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        if path == "/health":
-            return httpx.Response(200)
-        if path == "/v1/models":
-            return httpx.Response(200, json={"data": [{"id": "base", "max_model_len": 2048},
-                                                      {"id": "nss-adapter", "parent": "base"}]})  # fmt: skip
-        if path == "/tokenize":
-            return httpx.Response(200, json={"count": 40})
-        if path != "/v1/completions":
-            return httpx.Response(404)
+        shared = self.core.route(request.method, request.url.path, request.content)
+        if shared is not None:
+            return as_httpx(shared)
         body = json.loads(request.content)
         self.bodies.append(body)
         texts = [self._continue(p) for p in body["prompt"]]
