@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import pandas as pd
 import pytest
-from fakes.http_vllm import HttpVllm
+from fakes.scripted_vllm import ScriptedVllm
 
 from remote_synth._cli import main
 from remote_synth._cli.exits import EXIT_BAD_INPUT
@@ -21,6 +23,14 @@ from remote_synth._server.vllm import free_port
 from remote_synth.demo.layout import write_run_dir
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+
+
+@contextlib.contextmanager
+def scripted(monkeypatch: pytest.MonkeyPatch, adapter: str, text: Callable[[], str],
+             **kwargs: Any) -> Iterator[ScriptedVllm]:  # fmt: skip
+    """A scripted vLLM in process: the CLI's backends talk to it until the block ends."""
+    with monkeypatch.context() as patch:
+        yield ScriptedVllm(adapter, text, **kwargs).serve(patch)
 
 
 def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -176,7 +186,7 @@ def test_a_job_waits_for_a_server_still_loading_and_says_so(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "x.csv"
-    with HttpVllm("a", unique_record, loading_for=2) as server:
+    with scripted(monkeypatch, "a", unique_record, loading_for=2) as server:
         args = generate_args(run, server.url, out, "--num-records", "5")
         code, err = run_main(monkeypatch, capsys, *args)
         assert code != 0 and server.completion_requests == 0  # not waiting: a loading server is an error
@@ -189,7 +199,7 @@ def test_a_job_waits_for_a_server_still_loading_and_says_so(
 def test_too_many_invalid_records_advise_generation_remedies_first(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path
 ) -> None:
-    with HttpVllm("a", lambda: '{"b": 1}\n') as server:  # every record invalid
+    with scripted(monkeypatch, "a", lambda: '{"b": 1}\n') as server:  # every record invalid
         code, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, tmp_path / "x.csv"))
     assert code == 1 and "Traceback" not in err
     advice = err[err.index("Lower the temperature") :]
@@ -310,7 +320,7 @@ def test_existing_output_or_journal_needs_resume_or_overwrite(
 ) -> None:
     out = tmp_path / "x.csv"
     out.write_text("a\n1\n")
-    with HttpVllm("a", unique_record) as server:
+    with scripted(monkeypatch, "a", unique_record) as server:
         code, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, out, "--num-records", "5"))
         assert code == EXIT_BAD_INPUT and "exists (an earlier output)" in err and "--overwrite" in err
         assert out.read_text() == "a\n1\n" and server.completion_requests == 0
@@ -329,14 +339,14 @@ def test_a_failure_during_generation_exits_1_and_resume_finishes_the_job_exactly
     out = tmp_path / "x.csv"
     journal = tmp_path / "x.csv.journal"
     args = generate_args(run, "{url}", out, "--num-records", "120", "--prompts-per-request", "5", "--window", "5")
-    with HttpVllm("a", unique_record, good_requests=6, fail_status=400) as server:  # 30 prompts, then 400s
+    with scripted(monkeypatch, "a", unique_record, good_requests=6, fail_status=400) as server:  # 30 prompts, then 400s
         code, err = run_main(monkeypatch, capsys, *[a.format(url=server.url) for a in args])
     assert code == 1 and "injected failure" in err and "Traceback" not in err
     assert journal.exists() and not out.exists()
     kept = pd.read_csv(tmp_path / "x.partial.csv")
     assert len(kept) == 30 and "--resume" in err
 
-    with HttpVllm("a", unique_record) as server:
+    with scripted(monkeypatch, "a", unique_record) as server:
         code, err = run_main(monkeypatch, capsys, *[a.format(url=server.url) for a in args])
         assert code == EXIT_BAD_INPUT and "unfinished job's journal" in err
         code, err = run_main(monkeypatch, capsys, *[a.format(url=server.url) for a in args], "--resume",
@@ -355,7 +365,7 @@ def test_a_server_that_stops_answering_mid_job_exits_1(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "x.csv"
-    with HttpVllm("a", unique_record, good_requests=2, fail_status=0) as server:
+    with scripted(monkeypatch, "a", unique_record, good_requests=2, fail_status=0) as server:
         code, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, out, "--num-records", "500"))
     assert code == 1 and "Traceback" not in err
 
@@ -365,7 +375,7 @@ def test_outputs_follow_the_umask(
 ) -> None:
     old = os.umask(0o022)
     try:
-        with HttpVllm("a", unique_record) as server:
+        with scripted(monkeypatch, "a", unique_record) as server:
             code, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, tmp_path / "x.csv",
                                                                      "--num-records", "3"))  # fmt: skip
     finally:
@@ -427,7 +437,7 @@ def test_a_signal_during_generation_keeps_the_rows_and_exits_by_signal(
 
     monkeypatch.setattr(cli_module.ProgressBar, "update", update)
     out = tmp_path / "x.csv"
-    with HttpVllm("a", unique_record) as server:
+    with scripted(monkeypatch, "a", unique_record) as server:
         got, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, out, "--num-records", "500"))
     assert got == code and word in err and "Traceback" not in err, err
     assert (tmp_path / "x.csv.journal").exists() and (tmp_path / "x.partial.csv").exists(), err
@@ -447,7 +457,7 @@ def test_a_full_disk_at_the_final_write_exits_1_and_resume_writes_the_kept_recor
 
     out = tmp_path / "x.csv"
     monkeypatch.setattr(OutputFile, "write", full)
-    with HttpVllm("a", unique_record) as server:
+    with scripted(monkeypatch, "a", unique_record) as server:
         code, err = run_main(monkeypatch, capsys, *generate_args(run, server.url, out, "--num-records", "40"))
         assert code == 1 and "No space left on device" in err and "--resume" in err and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1
