@@ -23,11 +23,8 @@ from ._engine import (
     Jobs,
     LoopThread,
     Progress,
-    Recovery,
     RunKind,
     Scheduler,
-    WindowPolicy,
-    WindowSettings,
     request_body,
     run_kind,
     sampling_fields,
@@ -39,11 +36,10 @@ from ._server.supervisor import run_supervised
 from ._server.vllm import ServerSettings, VllmServer
 from ._settings import RemoteSettings
 from ._transport.adapters import register_adapter, unregister_adapter
-from ._transport.client import InferenceClient, TimeoutPolicy
+from ._transport.client import InferenceClient
 from ._transport.preflight import check_server, wait_for_server
-from ._transport.readiness import is_ready
-from ._transport.retry import RetryPolicy
 from ._transport.types import ServerInfo
+from ._wiring import client_for, scheduler_for, tenant_fields
 from .nss.contract import GeneratorBackend
 from .nss.inputs import generation_parameters, metadata_for, run_directory
 from .nss.params import GenerateParameters
@@ -124,17 +120,7 @@ class RemoteBackend(GeneratorBackend):
         try:
             self._loop = LoopThread()
             base_url, api_key = self._server_address()
-            self._client = InferenceClient(
-                base_url,
-                api_key=api_key,
-                timeouts=TimeoutPolicy(read=self.settings.request_timeout),
-                retry=RetryPolicy(deadline=self.settings.retry_deadline),
-                max_concurrency=self.settings.max_concurrency,
-                prompts_per_request=self.settings.prompts_per_request,
-                headers=self._headers(),
-                ca_bundle=self.settings.ca_bundle,
-                transport=self.transport,
-            )
+            self._client = client_for(self.settings, base_url, api_key, self.adapter_name, self.transport)
             lazy = self.settings.adapter_check == "lazy"
             if self.settings.wait_for_server > 0:
                 self._loop.run(self._wait_for_server(self._client, health_only=lazy or self.settings.load_adapter))
@@ -154,12 +140,6 @@ class RemoteBackend(GeneratorBackend):
         except BaseException:
             self.teardown()
             raise
-
-    def _headers(self) -> dict[str, str]:
-        """The tenant's headers: the session-affinity one first, so an explicit ``--header`` wins."""
-        s = self.settings
-        affinity = {s.session_header: self.adapter_name} if s.session_affinity else {}
-        return {**affinity, **s.extra_headers}
 
     def prepare_params(self, **kwargs: Any) -> None:
         """Sampling parameters under NSS's names; ``generate()`` uses exactly these (see ``sampling_fields``)."""
@@ -318,12 +298,7 @@ class RemoteBackend(GeneratorBackend):
 
     def _request_body(self, server: ServerInfo) -> dict[str, Any]:
         """The sampling fields, then the tenant's own (priority, cache salt, a gateway's extras)."""
-        body = self._sampling_body(server)
-        s = self.settings
-        tenant = {"priority": s.priority, "cache_salt": s.cache_salt}
-        body.update({k: v for k, v in tenant.items() if v is not None})
-        body.update(s.extra_body)
-        return body
+        return {**self._sampling_body(server), **tenant_fields(self.settings)}
 
     def _sampling_body(self, server: ServerInfo) -> dict[str, Any]:
         return request_body(
@@ -348,16 +323,6 @@ class RemoteBackend(GeneratorBackend):
             await run_supervised(scheduler.run(jobs), self.server, max_restarts=self.settings.max_server_restarts)
 
     def _scheduler(self, client: InferenceClient) -> Scheduler:
-        """The window starts at the server's slots where we launched it with a known count."""
-        s = self.settings
+        reregister = (lambda: self._register_adapter(client)) if self.settings.load_adapter else None
         known_slots = self.server.settings.max_num_seqs if self.server is not None else None
-        initial = min(known_slots or s.window, s.max_window)
-        window = WindowPolicy(
-            WindowSettings(initial=initial, maximum=s.max_window, step=s.prompts_per_request, share=s.share)
-        )
-        adapter = self.adapter_name
-        recovery = Recovery(lambda: is_ready(client, adapter), deadline=s.retry_deadline,
-                            where=f"the server at {client.display_url}")  # fmt: skip
-        reregister = (lambda: self._register_adapter(client)) if s.load_adapter else None
-        return Scheduler(client, adapter, window, prompts_per_request=s.prompts_per_request,
-                         load_interval=s.load_interval, recovery=recovery, reregister=reregister)  # fmt: skip
+        return scheduler_for(self.settings, client, self.adapter_name, known_slots=known_slots, reregister=reregister)
