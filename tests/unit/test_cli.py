@@ -648,3 +648,60 @@ def test_generate_help_is_in_sections_with_examples_first() -> None:
     assert "--base-url" in connection and "--temperature" not in connection
     other = text[text.index("Other options:") :]
     assert "--help" in other and "--" not in other.replace("--help", "")  # every other flag has its section
+
+
+NUMERIC_FLAGS = {
+    "--num-records": "num_records", "--temperature": "temperature", "--top-p": "top_p",
+    "--repetition-penalty": "repetition_penalty", "--patience": "patience",
+    "--invalid-fraction-threshold": "invalid_fraction_threshold", "--max-tokens-multiplier": "max_tokens_multiplier",
+    "--structured-generation-max-records-per-sequence": "max_records_per_sequence",
+    "--max-new-tokens": "max_new_tokens", "--max-concurrency": "max_concurrency",
+    "--prompts-per-request": "prompts_per_request", "--window": "window", "--share": "share",
+    "--retry-deadline": "retry_deadline", "--wait-for-server": "wait_for_server", "--priority": "priority",
+}  # fmt: skip
+"""Every numeric flag of ``generate``, and the field it sets."""
+NEGATIVE_IS_VALID = {"--priority"}
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        (flag, value)
+        for flag in NUMERIC_FLAGS
+        for value in ("abc", "nan", "inf", "-1", "1e999", "")
+        if not (flag in NEGATIVE_IS_VALID and value == "-1")
+    ],  # fmt: skip
+)
+def test_every_numeric_flag_refuses_garbage_in_one_line_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path,
+    flag: str, value: str,
+) -> None:  # fmt: skip
+    out = tmp_path / "x.csv"
+    code, err = run_main(monkeypatch, capsys, "generate", str(run), flag, value, "--base-url", "http://127.0.0.1:1",
+                         "--output", str(out))  # fmt: skip
+    assert code == EXIT_BAD_INPUT, err
+    assert "Traceback" not in err and "cannot reach" not in err  # refused before any connection
+    assert flag in err or NUMERIC_FLAGS[flag] in err, err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1 or "Usage:" in err
+    assert not out.exists() and not (tmp_path / "x.csv.journal").exists()
+
+
+VARIABLES = ["TEMPERATURE", "TOP_P", "NUM_RECORDS", "PATIENCE", "MAX_TOKENS_MULTIPLIER", "WINDOW", "MAX_WINDOW",
+             "SHARE", "REQUEST_TIMEOUT", "RETRY_DEADLINE", "MAX_CONCURRENCY", "PROMPTS_PER_REQUEST", "LOAD_INTERVAL",
+             "MAX_SERVER_RESTARTS", "STARTUP_TIMEOUT", "STRUCTURED_GENERATION__ENABLED",
+             "STRUCTURED_GENERATION__SCHEMA_METHOD", "VALIDATION__ENFORCE_NUMERIC_RANGE", "ADAPTER_CHECK"]  # fmt: skip
+"""``REMOTE_SYNTH_<FIELD>`` variables whose values are numbers, flags or choices."""
+
+
+@pytest.mark.parametrize(("name", "value"), [(n, v) for n in VARIABLES for v in ("abc", "nan", "-5")])
+def test_every_variable_refuses_garbage_in_one_line_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], run: Path, tmp_path: Path,
+    name: str, value: str,
+) -> None:  # fmt: skip
+    monkeypatch.setenv(f"REMOTE_SYNTH_{name}", value)
+    out = tmp_path / "x.csv"
+    code, err = run_main(monkeypatch, capsys, "generate", str(run), "--base-url", "http://127.0.0.1:1",
+                         "--output", str(out))  # fmt: skip
+    assert code == EXIT_BAD_INPUT and "Traceback" not in err and "cannot reach" not in err, err
+    assert name.lower().split("__")[-1] in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()

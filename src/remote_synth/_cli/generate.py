@@ -86,7 +86,7 @@ HELP_SECTIONS = {
 )  # fmt: skip
 @click.option(
     "--max-new-tokens",
-    type=int,
+    type=click.IntRange(min=1),
     help="Tokens per completion (default: the run's longest training example × max_tokens_multiplier, "
     "fitted to the server; runs saved before NSS 0.1.16: max_seq_length).",
 )
