@@ -23,6 +23,7 @@ from pydantic import Field, FilePath, JsonValue, SecretStr, ValidationError, fie
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from ._exceptions import ConfigError
+from ._urls import redact_url
 from .nss.params import ENV_PREFIX, format_validation_error
 
 __all__ = ["AdapterCheck", "ClientSettings", "EngineSettings", "LaunchSettings", "RemoteSettings"]
@@ -153,9 +154,7 @@ class ClientSettings(_Settings):
 def _check_url(url: str) -> None:
     """Scheme http(s), a host, a port in range (what httpx would only find out mid-request)."""
     parts = urllib.parse.urlsplit(url.strip())
-    shown = repr(
-        parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl() if "@" in parts.netloc else url
-    )
+    shown = repr(redact_url(url))
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"base URL {shown} must start with http:// or https://")
     if not parts.hostname:

@@ -105,7 +105,7 @@ def adapters_load(run_dir: Path, server: _Server, adapter_name: str | None, serv
 def adapters_unload(name: str, server: _Server) -> None:
     """Stop serving adapter NAME."""
     from .._transport.adapters import unregister_adapter
-    from .._transport.client import redact_url
+    from .._urls import redact_url
 
     if not server.run(lambda client: unregister_adapter(client, name)):
         raise ConfigError(f"{name} is not served by {redact_url(server.base_url)}")

@@ -30,7 +30,7 @@ from .options import (
     settings_options,
     take_settings,
 )
-from .progress import ProgressBar
+from .progress import ProgressBar, with_log_line
 from .sections import SectionedCommand
 from .signals import signals_raise_interrupt
 
@@ -145,8 +145,7 @@ def _with_server_log(backend: Any, status: Callable[[str], None]) -> Callable[[s
 
     def show(text: str) -> None:
         if logging.getLogger().isEnabledFor(logging.INFO) and backend.server is not None:
-            last = backend.server.log_tail(1).strip()
-            text = f"{text} | {last[-120:]}" if last else text
+            text = with_log_line(text, backend.server)
         status(text)
 
     return show

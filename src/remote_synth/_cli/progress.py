@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Protocol
 
 import click
 
@@ -50,3 +51,13 @@ class ProgressBar:
     def __exit__(self, *exc: object) -> None:
         self._bar.close()
         self._logs.__exit__(None, None, None)
+
+
+class _HasLog(Protocol):
+    def log_tail(self, lines: int = ...) -> str: ...
+
+
+def with_log_line(text: str, server: _HasLog) -> str:
+    """``text``, then what a starting server last wrote to its log (the tail of that line)."""
+    last = server.log_tail(1).strip()
+    return f"{text} | {last[-120:]}" if last else text

@@ -17,6 +17,7 @@ from .._exceptions import ConfigError
 from .._settings import RemoteSettings
 from ..nss.rundir import RunDirectory
 from .options import api_key_from, every, settings_options, take_settings
+from .progress import with_log_line
 from .signals import signals_raise_interrupt
 
 SERVE_SETTINGS = ("adapter_name", "max_model_len", "max_loras", "max_cpu_loras", "offline", "server_log", "log_dir")
@@ -77,16 +78,11 @@ def serve(args: tuple[str, ...], port: int, api_key: str | None, api_key_env: st
         try:
             click.echo(f"starting vLLM for {len(adapters)} adapter(s) on {host}:{port} (log: {server.log_file})")
             server.start()
-            server.wait_ready(on_wait=every(2.0, lambda waited: click.echo(_starting(server, waited))))
+            say = every(2.0, lambda waited: click.echo(with_log_line(f"starting vLLM… {waited:.0f} s", server)))
+            server.wait_ready(on_wait=say)
             _serve_until_interrupted(server, adapters, key_note)
         finally:
             server.stop()  # a second Ctrl-C while stopping kills the group at once
-
-
-def _starting(server: Any, waited: float) -> str:
-    """What a starting server is doing: the time, and its log's last line."""
-    last = server.log_tail(1).strip()
-    return f"starting vLLM… {waited:.0f} s" + (f" | {last[-120:]}" if last else "")
 
 
 def _split_pass_through(args: tuple[str, ...]) -> tuple[list[Path], tuple[str, ...]]:

@@ -44,8 +44,8 @@ class JournalEntry(NamedTuple):
     """One request's completions as used: texts, and (where known) finish reasons and tokens."""
 
     texts: list[str]
-    finish_reasons: list[str | None] = []
-    tokens: list[int] = []
+    finish_reasons: Sequence[str | None] = ()
+    tokens: Sequence[int] = ()
 
 
 class Journal:

@@ -40,6 +40,7 @@ from .._exceptions import (
     NotFoundError,
     ServerOverloadedError,
 )
+from .._urls import redact_url
 from .models import ServedModel, parse_models
 from .replicas import ANSWERED, Replica, ReplicaSet
 from .retry import RetryPolicy
@@ -314,17 +315,6 @@ async def _bounded(
 async def _stamp_request_id(request: httpx.Request) -> None:
     """Every request carries an ``X-Request-Id`` (kept if the caller set one): servers and gateways log it."""
     request.headers.setdefault("X-Request-Id", f"remote-synth-{uuid.uuid4().hex}")
-
-
-def redact_url(url: str) -> str:
-    """``http://user:secret@host`` → ``http://***@host``: messages and logs never show credentials."""
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        return url
-    if not parsed.userinfo:
-        return url
-    return str(parsed.copy_with(username="***", password=None))
 
 
 def _checked_url(url: str) -> str:

@@ -314,7 +314,7 @@ def _read_json(path: Path) -> Any:
     if info.st_size > MAX_FILE_BYTES:
         raise RunDirError(path, f"{info.st_size / 2**20:.0f} MB, more than any NSS run writes (corrupt?)")
     try:
-        text = path.read_bytes()[: MAX_FILE_BYTES + 1].decode("utf-8")
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise RunDirError(path, f"cannot be read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
