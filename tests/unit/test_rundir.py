@@ -115,14 +115,23 @@ def test_time_series_runs_need_their_time_settings_and_initial_prefill(tmp_path:
         RunDirectory.open(no_prefill).check()
 
 
-def test_a_time_series_run_of_nss_0_1_16_s_protocol_is_refused_in_one_line(tmp_path: Path) -> None:
+def test_nss_0_1_16_time_series_runs_load_and_what_they_lack_is_one_line(tmp_path: Path) -> None:
     flexible = {"timestamp_column": "_time_idx", "timestamp_format": "elapsed_seconds",
                 "timestamp_interval_seconds": 1, "start_timestamp": 0, "stop_timestamp": 47}  # fmt: skip
-    run = write_run_dir(tmp_path / "new", SCHEMA, base_model="m", time_series=flexible, layout="0.1.16")
+    grouped = {"group_training_examples_by": "g"}
+    run = write_run_dir(tmp_path / "new", SCHEMA, base_model="m", time_series=flexible, layout="0.1.16", data=grouped,
+                        timeseries_group_values=["a", 2])  # fmt: skip
+    assert RunDirectory.open(run).check().speaks_series_016
     meta_file = run / "train" / "adapter" / "metadata_v2.json"
-    meta_file.write_text(json.dumps(json.loads(meta_file.read_text()) | {"timeseries_group_values": ["a", 2]}))
-    with pytest.raises(RunDirError, match="metadata_v2.json: saved with NSS 0.1.16's time-series protocol"):
+    meta = json.loads(meta_file.read_text())
+    meta["timeseries_metadata"]["flexible"] = {"max_records": 48}
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(RunDirError, match="metadata_v2.json: saved in NSS 0.1.16's flexible time-series mode"):
         RunDirectory.open(run).check()
+    ungrouped = write_run_dir(tmp_path / "u", SCHEMA, base_model="m", time_series=flexible, layout="0.1.16",
+                              timeseries_group_values=["a"])  # fmt: skip
+    with pytest.raises(RunDirError, match="config.json: .* needs .*group_training_examples_by"):
+        RunDirectory.open(ungrouped).check()
 
 
 def test_unknown_keys_from_other_nss_versions_are_ignored(run: Path) -> None:

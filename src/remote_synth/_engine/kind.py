@@ -8,7 +8,7 @@ are finished (tabular results are cut at the target; time series are sorted by g
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from ..nss.processors import Processor
@@ -63,8 +63,10 @@ class RunKind(Protocol):
         *,
         on_batch: Callable[[Progress], None] | None,
         log: CompletionLog | None,
+        tokenize: Callable[[str], Awaitable[list[int]]] | None = None,
     ) -> Jobs:
-        """The engine's job source for one ``generate()`` call."""
+        """The engine's job source for one ``generate()`` call (``tokenize``: the server's tokenizer,
+        for runs whose prompts are token ids)."""
 
     def finish(self, batches: GenerationBatches, *, done: bool, elapsed: float) -> GenerateJobResults:
         """Results from what was generated so far (kept even when generation stops early)."""

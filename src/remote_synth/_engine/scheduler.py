@@ -26,7 +26,7 @@ from typing import Protocol
 
 from .._exceptions import APIConnectionError, APIError, NotFoundError, ServerOverloadedError
 from .._transport.retry import RetryPolicy
-from .._transport.types import Completion, CompletionSender, completions_body
+from .._transport.types import Completion, CompletionSender, Prompt, completions_body
 from .recovery import Recovery
 from .window import Gate, WindowPolicy
 
@@ -44,9 +44,12 @@ STEADY_BACKOFF = 8
 class Job:
     """Prompts that go out as one request, with their sampling fields."""
 
-    prompts: Sequence[str]
+    prompts: Sequence[Prompt]
     params: Mapping[str, object]
     """Every sampling field of the request body except ``model``, ``prompt`` and ``n``."""
+    prepare: Callable[[], Awaitable[Job]] | None = None
+    """Makes the job that is sent, as it is sent (same size): for prompts that need the server
+    first (token ids from ``/tokenize``). The source still gets this job's completions."""
 
     @property
     def size(self) -> int:
@@ -195,7 +198,8 @@ class Scheduler:
 
     async def _send(self, job: Job) -> Sequence[Completion]:
         """One job, retried by the policy; a model the server lost (404) is registered again, once per run."""
-        body = completions_body(self.model, job.prompts, job.params)
+        sent = await self._prepared(job)
+        body = completions_body(self.model, sent.prompts, sent.params)
         try:
             return await self._attempts(job, body, holding=True)  # the scheduler reserved the first room
         except NotFoundError:
@@ -206,6 +210,18 @@ class Scheduler:
                 self._reregistering = asyncio.ensure_future(self.reregister())
             await asyncio.shield(self._reregistering)
             return await self._attempts(job, body, holding=False)
+
+    async def _prepared(self, job: Job) -> Job:
+        """The job as it goes out; its preparation is retried like a request (it is one)."""
+        if job.prepare is None:
+            return job
+        async for attempt in self.retry.retrying(sleep=self._sleep, clock=self._clock):
+            with attempt:
+                sent = await job.prepare()
+                if sent.size != job.size:
+                    raise ValueError(f"a prepared job has {sent.size} prompts for {job.size}")
+                return sent
+        raise AssertionError("unreachable: the retry policy reraises the last error")
 
     async def _attempts(self, job: Job, body: dict[str, object], *, holding: bool) -> Sequence[Completion]:
         """Attempts by the retry policy; between attempts the job holds no room in the window."""

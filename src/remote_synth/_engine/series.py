@@ -7,23 +7,25 @@ Time series generate without structured outputs, as NSS's do.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from .._exceptions import RunDirError
 from ..nss.params import GenerateParameters
 from ..nss.processors import TimeSeriesDataProcessor
 from ..nss.prompt import build_prompt
 from ..nss.results import GenerateJobResults, GenerationBatches
 from ..nss.rundir import ModelMetadata, RunDirectory
 from ..nss.schema import generation_schema
-from ..nss.timeseries import ELAPSED_SECONDS, parse_bound
+from ..nss.timeseries import ELAPSED_SECONDS, format_bound, parse_bound, partial_record_prefix
 from .accounting import CompletionLog, Progress
 from .kind import complete_when_done
-from .series_jobs import SeriesSpec, TimeseriesJobs
+from .series_jobs import GroupStart, SeriesPrompts, SeriesSpec, TextPrefills, TimeseriesJobs, TokenPrompts
 
 __all__ = ["PSEUDO_GROUP", "SeriesKind"]
 
@@ -41,11 +43,16 @@ class SeriesKind:
     """The prompt's column order: group, time, then the rest, as training wrote the records (bug 5)."""
     template: str
     instruction: str
-    initial_prefill: dict[str, str]
+    starts: tuple[GroupStart, ...]
+    """Every group, in order, with where it starts."""
     table_columns: list[str]
     """The run's columns, as the results carry them before sorting."""
     config: GenerateParameters
     detailed_errors: bool
+    token_prompts: tuple[tuple[list[int], list[int]], int, int] | None = None
+    """NSS 0.1.16: the prompt's own (BOS, EOS) ids, the sequence BOS id, the model's context."""
+    output_columns: tuple[str, ...] = ()
+    """NSS 0.1.16: the source table's column order (``timeseries_metadata.source_columns``)."""
     structured_outputs: dict[str, Any] | None = None
     structured_choices: tuple[dict[str, Any], ...] = ()
     """NSS sends none for time series."""
@@ -76,12 +83,40 @@ class SeriesKind:
             start=parse_bound(series.start_timestamp, fmt),
             stop=parse_bound(series.stop_timestamp, fmt),
             group_column=group_column,
+            rules="0.1.16" if run.speaks_series_016 else "48a8f5c",
         )
+        if run.speaks_series_016:
+            return cls._open_016(run, metadata, config, detailed_errors, processor, spec)
         first = [c for c in (group_column, column) if c is not None]
         columns = first + [c for c in run.columns if c not in first and c != PSEUDO_GROUP]
         prefills = {str(k): str(v) for k, v in (metadata.initial_prefill or {}).items()}
-        return cls(processor, spec, columns, metadata.prompt_config.template, metadata.instruction, prefills,
+        starts = tuple(GroupStart(key, key, prefill=text) for key, text in prefills.items())
+        return cls(processor, spec, columns, metadata.prompt_config.template, metadata.instruction, starts,
                    run.columns, config, detailed_errors)  # fmt: skip
+
+    @classmethod
+    def _open_016(
+        cls,
+        run: RunDirectory,
+        metadata: ModelMetadata,
+        config: GenerateParameters,
+        detailed_errors: bool,
+        processor: TimeSeriesDataProcessor,
+        spec: SeriesSpec,
+    ) -> SeriesKind:
+        """NSS 0.1.16: the schema's order, one partial first record per registered group."""
+        series = run.config.time_series
+        assert series.start_timestamp is not None and metadata.timeseries_group_values  # RunDirectory.check
+        start = format_bound(series.start_timestamp, processor.format)  # NSS 0.1.16 wrote str(Timestamp): T11
+        starts = tuple(_group_starts(run, metadata.timeseries_group_values, spec.group_column, processor.column, start))
+        prompt = metadata.prompt_config
+        assert prompt.bos_token_id is not None
+        special = ([prompt.bos_token_id] if prompt.add_bos_token_to_prompt else [],
+                   [prompt.eos_token_id] if prompt.add_eos_token_to_prompt and prompt.eos_token_id is not None else [])  # fmt: skip
+        source = metadata.timeseries_metadata.source_columns if metadata.timeseries_metadata else []
+        return cls(processor, spec, run.columns, prompt.template, metadata.instruction, starts, run.columns, config,
+                   detailed_errors, token_prompts=(special, prompt.bos_token_id, metadata.max_seq_length),
+                   output_columns=tuple(source))  # fmt: skip
 
     @property
     def prompt(self) -> str:
@@ -98,17 +133,32 @@ class SeriesKind:
         *,
         on_batch: Callable[[Progress], None] | None,
         log: CompletionLog | None,
+        tokenize: Callable[[str], Awaitable[list[int]]] | None = None,
     ) -> TimeseriesJobs:
         c = self.config
-        return TimeseriesJobs(batches, self.processor, self.spec, self.prompt_for, body, self.initial_prefill,
+        return TimeseriesJobs(batches, self.processor, self.spec, self._prompts(body, tokenize), body, self.starts,
                               target=c.num_records, threshold=c.invalid_fraction_threshold, patience=c.patience,
                               detailed_errors=self.detailed_errors, on_batch=on_batch, log=log)  # fmt: skip
+
+    def _prompts(
+        self, body: Mapping[str, object], tokenize: Callable[[str], Awaitable[list[int]]] | None
+    ) -> SeriesPrompts:
+        if self.token_prompts is None:
+            room = body.get("max_tokens")
+            return TextPrefills(self.prompt_for, room if isinstance(room, int) else 0)
+        if tokenize is None:
+            raise ValueError("an NSS 0.1.16 time series needs the server's tokenizer")
+        special, bos, context = self.token_prompts
+        return TokenPrompts(self.prompt, special, bos, tokenize, context)
 
     def finish(self, batches: GenerationBatches, *, done: bool, elapsed: float) -> GenerateJobResults:
         """No truncation (num_records is only a progress target here); sorted by group and time."""
         complete_when_done(batches, done=done)
         results = GenerateJobResults.from_batches(batches, None, self.table_columns, elapsed)
         results.df = self.sort(results.df)
+        if self.output_columns:  # NSS 0.1.16 gives the source table's order back
+            first = [c for c in self.output_columns if c in results.df.columns]
+            results.df = results.df[first + [c for c in results.df.columns if c not in first]]
         return results
 
     def sort(self, df: pd.DataFrame) -> pd.DataFrame:
@@ -135,3 +185,20 @@ class SeriesKind:
 def _or_last(seconds: float | None) -> float:
     """An unreadable time sorts last (it cannot be in the output: such records are invalid)."""
     return float("inf") if seconds is None else seconds
+
+
+def _group_starts(
+    run: RunDirectory, groups: Sequence[object], group_column: str | None, time_column: str, start: object
+) -> list[GroupStart]:
+    """A partial first record per registered group (each once, in the registry's order)."""
+    starts: dict[str, GroupStart] = {}
+    for ordinal, group_id in enumerate(groups, start=1):
+        seed = {group_column: group_id, time_column: start} if group_column is not None else {time_column: start}
+        try:
+            prefix = partial_record_prefix(run.columns, run.schema, seed)
+        except (TypeError, ValueError) as exc:
+            raise RunDirError(run.adapter_dir / "metadata_v2.json",
+                              f"group {ordinal} of timeseries_group_values cannot start a record: {exc}") from None  # fmt: skip
+        key = json.dumps(group_id, ensure_ascii=False)
+        starts.setdefault(key, GroupStart(key, group_id, prefix=prefix))
+    return list(starts.values())

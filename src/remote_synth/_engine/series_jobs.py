@@ -16,6 +16,12 @@ Deviations from NSS (``docs/deviations.md``), the bugs 7 and 9 of reference §8:
 - where the stop timestamp cannot end a group (none, or times of day that roll over midnight), the
   group completes at its expected record count, else at its share of ``num_records`` (NSS never
   ended it).
+
+Runs saved by NSS 0.1.16 (``SeriesSpec.rules == "0.1.16"``) get that release's protocol: token-id
+prompts (``TokenPrompts``) that start each group at a partial first record and continue from the
+model's own text; a group also fails after ``patience`` batches that move its time on by nothing;
+a failed group's records are counted as invalid ("Time-series group failed before completing");
+and the job ends COMPLETE only when every group did, else INCOMPLETE (a warning, never an error).
 """
 
 from __future__ import annotations
@@ -24,28 +30,39 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+from .._exceptions import GenerationError
 from .._transport.types import Completion
 from ..nss.batch import Batch, valid_fraction
 from ..nss.processors import TIMESERIES, TimeSeriesDataProcessor
-from ..nss.records import ParsedResponse
+from ..nss.records import ParsedResponse, extract_records, sanitize_text
 from ..nss.results import GenerationBatches, GenerationStatus
-from ..nss.timeseries import MAX_ACTIVE_GROUPS, expected_records, prefill, samples_per_prompt, step_problem
+from ..nss.timeseries import (
+    MAX_ACTIVE_GROUPS,
+    expected_records,
+    history,
+    prefill,
+    prompt_token_ids,
+    samples_per_prompt,
+    step_problem,
+)
 from .accounting import CompletionLog, Logged, Progress, log_completions, logged_completions
 from .sampling import shrink_for_prefill
 from .scheduler import Job
 
-__all__ = ["SeriesSpec", "TimeseriesJobs"]
+__all__ = ["GroupStart", "SeriesPrompts", "SeriesSpec", "TextPrefills", "TimeseriesJobs", "TokenPrompts"]
 
 logger = logging.getLogger("remote_synth.engine")
 
 OUT_OF_ORDER = ("Out-of-order time step", TIMESERIES)
 TRIMMED = ("Extra response trimmed for sliding window", TIMESERIES)
 OTHER_GROUP = ("Record of another group", TIMESERIES)
+GROUP_FAILED = ("Time-series group failed before completing", TIMESERIES)
 RECENT = 3  # NSS's _prefill_context_size
+Rules = Literal["48a8f5c", "0.1.16"]
 
 
 @dataclass(frozen=True)
@@ -57,24 +74,118 @@ class SeriesSpec:
     stop: float | None
     group_column: str | None
     """The group column as the records carry it (None: NSS's pseudo group, not in the records)."""
+    rules: Rules = "48a8f5c"
+    """Which NSS's end-of-group and end-of-job rules apply (the run directory's protocol)."""
+
+
+@dataclass(frozen=True)
+class GroupStart:
+    """Where a group starts: its journal key, its id as records carry it, and its first context."""
+
+    key: str
+    group_id: object
+    prefill: str = ""
+    """48a8f5c: the group's first records, as NSS's training wrote them (``initial_prefill``)."""
+    prefix: str | None = None
+    """0.1.16: the partial first record the first completion continues (``{"g":"a","ts":1,"``)."""
 
 
 @dataclass
 class _Group:
     key: str
+    group_id: object
     prefill: str
     last: float | None
     recent: list[dict[str, Any]] = field(default_factory=list)
+    prefix: str | None = None
+    """0.1.16: the partial first record, until the group's first record is accepted."""
+    texts: list[str] = field(default_factory=list)
+    """0.1.16: the last accepted records exactly as the model wrote them (the next prompt's context)."""
     batches: list[Batch] = field(default_factory=list)
     bad_batches: int = 0
+    stalled: int = 0
+    """0.1.16: batches in a row that moved the group's time on by nothing."""
     valid: int = 0
     state: Literal["pending", "active", "completed", "failed"] = "pending"
     in_flight: bool = False
 
 
+class SeriesPrompts(Protocol):
+    """How a group's state becomes a request (text with a prefill, or token ids)."""
+
+    def job(self, group: _Group, count: int, params: Mapping[str, object]) -> Job:
+        """``count`` samples of the group's next prompt."""
+
+
+@dataclass(frozen=True)
+class TextPrefills:
+    """48a8f5c: the prompt text ending in the group's prefill; ``max_tokens`` shrunk by its bytes."""
+
+    prompt_for: Callable[[str], str]
+    room: int
+    """``max_tokens`` as fitted to the prompt without a prefill (0: not sent)."""
+
+    def job(self, group: _Group, count: int, params: Mapping[str, object]) -> Job:
+        sent = dict(params)
+        if self.room:
+            sent["max_tokens"] = shrink_for_prefill(self.room, group.prefill)
+        return Job(prompts=[self.prompt_for(group.prefill)] * count, params=sent)
+
+
+Tokenize = Callable[[str], Awaitable[list[int]]]
+
+
+@dataclass
+class TokenPrompts:
+    """NSS 0.1.16: token ids, ``prompt + [BOS] + context``, each piece tokenized on its own as in
+    training (a string joined first would merge tokens across the boundary: reference §8 bug 5).
+
+    The pieces are tokenized by the server (``/tokenize``) when a job is sent, each text once.
+    ``max_tokens`` is what the context leaves after the prompt, at most the job's own.
+    """
+
+    prompt: str
+    prompt_special: tuple[list[int], list[int]]
+    """Ids before and after the prompt's own (its configured BOS and EOS)."""
+    bos_token_id: int
+    tokenize: Tokenize
+    context: int
+    """Tokens a request may span, prompt included (the run's ``max_seq_length``, or the server's)."""
+    _ids: dict[str, list[int]] = field(default_factory=dict)
+
+    def job(self, group: _Group, count: int, params: Mapping[str, object]) -> Job:
+        segments = [group.prefix] if group.prefix is not None else history(group.texts)
+        readable = self.prompt + "".join(segments)
+
+        async def prepare() -> Job:
+            ids = await self.prompt_ids(segments)
+            room = self.context - len(ids)
+            if room < 1:
+                raise GenerationError(f"a time-series prompt of {len(ids)} tokens leaves no room in the model's "
+                                      f"context ({self.context} tokens)")  # fmt: skip
+            sent = dict(params)
+            limit = sent.get("max_tokens")
+            sent["max_tokens"] = min(limit, room) if isinstance(limit, int) else room
+            return Job(prompts=[ids] * count, params=sent)
+
+        return Job(prompts=[readable] * count, params=params, prepare=prepare)
+
+    async def prompt_ids(self, segments: Sequence[str]) -> list[int]:
+        before, after = self.prompt_special
+        prompt = [*before, *await self._tokens(self.prompt), *after]
+        return prompt_token_ids(prompt, self.bos_token_id, [await self._tokens(s) for s in segments])
+
+    async def _tokens(self, text: str) -> list[int]:
+        if text not in self._ids:
+            if len(self._ids) > 4096:  # a group's context moves on: old records are not asked again
+                self._ids = {self.prompt: self._ids[self.prompt]} if self.prompt in self._ids else {}
+            self._ids[text] = await self.tokenize(text)
+        return self._ids[text]
+
+
 class TimeseriesJobs:
     """```python
-    jobs = TimeseriesJobs(batches, processor, spec, prompt_for, params, initial_prefill, ...)
+    jobs = TimeseriesJobs(batches, processor, spec, TextPrefills(prompt_for, room), params, starts, ...)
     await Scheduler(client, adapter, window).run(jobs)
     jobs.flush()    # groups still running keep what they have (failure, interrupt)
     ```"""
@@ -84,9 +195,9 @@ class TimeseriesJobs:
         batches: GenerationBatches,
         processor: TimeSeriesDataProcessor,
         spec: SeriesSpec,
-        prompt_for: Callable[[str], str],
+        prompts: SeriesPrompts,
         params: Mapping[str, object],
-        initial_prefill: Mapping[str, str],
+        starts: Sequence[GroupStart],
         *,
         target: int,
         threshold: float,
@@ -99,7 +210,7 @@ class TimeseriesJobs:
         self.batches = batches
         self.processor = processor
         self.spec = spec
-        self.prompt_for = prompt_for
+        self.prompts = prompts
         self.params = params
         self.target = target
         self.threshold = threshold
@@ -109,22 +220,24 @@ class TimeseriesJobs:
         self.log = log
         self._clock = clock
         self._started = clock()
-        room = params.get("max_tokens")
-        self._room = room if isinstance(room, int) else 0
-        """``max_tokens`` as fitted to the prompt without a prefill (0: not sent)."""
-        self.groups = [self._new_group(str(key), text) for key, text in initial_prefill.items()]
+        self.groups = [self._new_group(start) for start in starts]
         self._stop_usable = spec.stop is not None and not processor.rollover
         expected = expected_records(spec.start, spec.stop, spec.interval) if not processor.rollover else 0
+        if spec.rules == "0.1.16" and spec.start is not None and spec.start == spec.stop:
+            expected = 1  # NSS 0.1.16: a range of one instant is one record
         self._quota = expected or math.ceil(target / max(1, len(self.groups)))
         """Records that complete a group where the stop timestamp cannot say (times of day, none)."""
         self._jobs: dict[int, _Group] = {}
 
-    def _new_group(self, key: str, initial: str) -> _Group:
-        records = _records_in(initial)
+    def _new_group(self, start: GroupStart) -> _Group:
+        if start.prefix is not None:
+            return _Group(start.key, start.group_id, "", None, prefix=start.prefix)
+        records = _records_in(start.prefill)
         stamps = [self.processor.seconds(r) for r in records]
         last = stamps[-1] if stamps and stamps[-1] is not None else None
         # NSS's first prefill has a leading space and blank lines (bug 5): written again as trained
-        return _Group(key, prefill(records[-RECENT:]) if records else initial, last, records[-RECENT:])
+        text = prefill(records[-RECENT:]) if records else start.prefill
+        return _Group(start.key, start.group_id, text, last, records[-RECENT:])
 
     # -- what the scheduler asks -------------------------------------------------------------
 
@@ -141,19 +254,15 @@ class TimeseriesJobs:
         group = next(g for g in self._active if not g.in_flight)
         group.in_flight = True
         count = max(1, min(samples_per_prompt(len(self._active)), prompts))
-        params = dict(self.params)
-        if self._room:  # fitted to the prompt without a prefill
-            params["max_tokens"] = shrink_for_prefill(self._room, group.prefill)
-        job = Job(prompts=[self.prompt_for(group.prefill)] * count, params=params)
+        job = self.prompts.job(group, count, self.params)
         self._jobs[id(job)] = group
         return job
 
     def complete(self, job: Job, completions: Sequence[Completion]) -> None:
         group = self._jobs.pop(id(job))
-        texts = [c.text for c in completions]
         if self.log is not None:
             log_completions(self.log, completions, keys=[group.key])  # kept before used; the group first
-        self._use(group, texts)
+        self._use(group, completions)
         if self.log is not None:
             self.log.commit()
 
@@ -164,7 +273,7 @@ class TimeseriesJobs:
         try:
             for entry in entries:
                 self._activate()
-                self._use(by_key[entry.texts[0]], [c.text for c in logged_completions(entry, keys=1)])
+                self._use(by_key[entry.texts[0]], logged_completions(entry, keys=1))
         finally:
             self.log = log
 
@@ -183,11 +292,13 @@ class TimeseriesJobs:
 
     # -- one group's completions -------------------------------------------------------------
 
-    def _use(self, group: _Group, texts: Sequence[str]) -> None:
+    def _use(self, group: _Group, completions: Sequence[Completion]) -> None:
         group.in_flight = False
         if group.state != "active":
             return
+        texts = [(group.prefix or "") + c.text for c in completions]  # 0.1.16: the prefix starts the record
         responses = [self.processor(i, text) for i, text in enumerate(texts)]
+        written = [_record_texts(r, text) for r, text in zip(responses, texts, strict=True)]
         for response in responses:
             self._check_group_and_first_step(group, response)
         kept = max(range(len(responses)), key=lambda i: (len(responses[i].valid_records), -i)) if responses else 0
@@ -196,21 +307,30 @@ class TimeseriesJobs:
         metric = 1.0 - valid_fraction(len(best.valid_records), len(best.invalid_records))
         reached = self._keep_until_stop(best)
         batch = Batch()
+        for completion in completions:
+            batch.finish_reasons[completion.finish_reason or "unknown"] += 1
+            batch.num_completion_tokens += completion.tokens
         for i, response in enumerate(responses):
             if i != kept:
                 response.valid_records, response.invalid_records = [], []
                 response.errors.append(TRIMMED)
             batch.add_response(response)
-        self._advance(group, responses[kept].valid_records if responses else [])
+        previous = group.last
+        accepted = responses[kept].valid_records if responses else []
+        self._advance(group, accepted, [written[kept][id(r)] for r in accepted] if responses else [])
+        group.stalled = (
+            0 if group.last is not None and (previous is None or group.last > previous) else group.stalled + 1
+        )
         self._judge(group, batch, metric, reached)
 
     def _check_group_and_first_step(self, group: _Group, response: ParsedResponse) -> None:
         """NSS's chronological check of a completion's first record against the group's last one,
-        and the group column (which NSS did not check): failing records move to invalid."""
+        and the group column (which NSS 48a8f5c did not check; 0.1.16 compares typed values):
+        failing records move to invalid."""
         records = response.valid_records
         column = self.spec.group_column
         if column is not None:
-            others = [r for r in records if str(r.get(column)) != group.key]
+            others = [r for r in records if not self._in_group(r.get(column), group)]
             if others:
                 _move(response, others, OTHER_GROUP)
                 records = response.valid_records
@@ -220,6 +340,11 @@ class TimeseriesJobs:
         rollover = self.processor.rollover
         if first is None or step_problem(group.last, first, self.spec.interval, rollover=rollover) is not None:
             _move(response, list(records), OUT_OF_ORDER)
+
+    def _in_group(self, value: object, group: _Group) -> bool:
+        if self.spec.rules == "0.1.16":
+            return value == group.group_id
+        return str(value) == group.key
 
     def _keep_until_stop(self, response: ParsedResponse) -> bool:
         """Whether the kept completion reaches the stop timestamp; records past it are dropped."""
@@ -233,12 +358,14 @@ class TimeseriesJobs:
         ]
         return reached
 
-    def _advance(self, group: _Group, records: list[dict[str, Any]]) -> None:
+    def _advance(self, group: _Group, records: list[dict[str, Any]], texts: list[str]) -> None:
         """The window moves on whatever the batch's fate (as NSS: even a bad batch's records)."""
         if not records:
             return
         group.recent = (group.recent + records)[-RECENT:]
         group.prefill = prefill(group.recent)
+        group.texts = (group.texts + texts)[-RECENT:]
+        group.prefix = None
         last = self.processor.seconds(records[-1])
         group.last = last if last is not None else group.last
 
@@ -248,29 +375,38 @@ class TimeseriesJobs:
         past it, into times the adapter never saw, until the group failed)."""
         batch.log_summary(detailed_errors=self.detailed_errors)
         at_stop = reached_stop or (self._stop_usable and group.last is not None and group.last >= (self.spec.stop or 0))
+        group.batches.append(batch)
         if metric >= self.threshold and not at_stop:
             group.bad_batches += 1
             if group.bad_batches >= self.patience:
-                self._finish(group, "failed")
+                self._finish(group, "failed", f"{self.patience} batches in a row above the invalid threshold")
                 return
-            group.batches.append(batch)
         else:
             group.bad_batches = 0
-            group.batches.append(batch)
             group.valid += batch.num_valid_records
             if at_stop or (not self._stop_usable and group.valid >= self._quota):
                 self._finish(group, "completed")
+                return
+        if self.spec.rules == "0.1.16" and group.stalled >= self.patience:
+            self._finish(group, "failed", f"{self.patience} batches in a row that did not move its time on")
+            return
         self._report()
 
-    def _finish(self, group: _Group, state: Literal["completed", "failed"]) -> None:
+    def _finish(self, group: _Group, state: Literal["completed", "failed"], why: str = "") -> None:
         group.state = state
         if state == "failed":
             kept = sum(b.num_valid_records for b in group.batches)
-            logger.warning("group %s failed after %d batches in a row above the invalid threshold; its %d records "
-                           "are dropped", group.key, self.patience, kept)  # fmt: skip
-            group.batches = []
+            if self.spec.rules == "0.1.16":  # counted as invalid, as NSS 0.1.16 counts them
+                logger.warning("group %s failed after %s; its %d records are invalid", group.key, why, kept)
+                group.batches = [_invalidated(b, GROUP_FAILED) for b in group.batches]
+                self._add(group)
+            else:
+                logger.warning("group %s failed after %s; its %d records are dropped", group.key, why, kept)
+                group.batches = []
+            self._report()
             return
         self._add(group)
+        self._report()
 
     def _add(self, group: _Group) -> None:
         for batch in group.batches:
@@ -284,7 +420,9 @@ class TimeseriesJobs:
                 self._add(group)
         if self.done and self.batches.status is GenerationStatus.IN_PROGRESS:
             failed = sum(g.state == "failed" for g in self.groups)
-            if self.batches.num_valid_records == 0:
+            if self.spec.rules == "0.1.16":  # every group done, or INCOMPLETE (which only warns)
+                self.batches.status = GenerationStatus.INCOMPLETE if failed else GenerationStatus.COMPLETE
+            elif self.batches.num_valid_records == 0:
                 self.batches.status = GenerationStatus.STOP_NO_RECORDS
             elif not failed:
                 self.batches.status = GenerationStatus.COMPLETE
@@ -300,6 +438,23 @@ class TimeseriesJobs:
                             elapsed=self._clock() - self._started)  # fmt: skip
         if self.on_batch is not None:
             self.on_batch(progress)
+
+
+def _record_texts(response: ParsedResponse, text: str) -> dict[int, str]:
+    """Each valid record's text as the model wrote it (the processor keeps a completion's leading
+    run of good records, in order, so they are its first record lines)."""
+    lines = extract_records(sanitize_text(text))
+    return {id(r): line for r, line in zip(response.valid_records, lines, strict=False)}
+
+
+def _invalidated(batch: Batch, error: tuple[str, str]) -> Batch:
+    """The batch with every valid record moved to invalid with ``error`` (counts kept)."""
+    out = Batch()
+    out.finish_reasons, out.num_completion_tokens = batch.finish_reasons, batch.num_completion_tokens
+    for response in batch.responses:
+        _move(response, list(response.valid_records), error)
+        out.add_response(response)
+    return out
 
 
 def _move(response: ParsedResponse, records: list[dict[str, Any]], error: tuple[str, str]) -> None:

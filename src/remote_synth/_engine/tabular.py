@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +70,9 @@ class TabularKind:
         *,
         on_batch: Callable[[Progress], None] | None,
         log: CompletionLog | None,
+        tokenize: Callable[[str], Awaitable[list[int]]] | None = None,
     ) -> TabularJobs:
+        """Text prompts (``tokenize`` is not needed)."""
         return TabularJobs(batches, self.processor, self.prompt, body, self.config.num_records,
                            detailed_errors=self.detailed_errors, on_batch=on_batch, log=log)  # fmt: skip
 

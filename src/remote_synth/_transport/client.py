@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -207,6 +207,12 @@ class InferenceClient:
             data = await self._json("POST", "/v1/completions", json=body)
             return int(data["usage"]["prompt_tokens"])
 
+    async def tokenize(self, model: str, text: str) -> list[int]:
+        """``text``'s token ids as the server's tokenizer makes them, without special tokens
+        (``/tokenize``: NSS 0.1.16's time-series prompts are token ids built piece by piece)."""
+        data = await self._json("POST", "/tokenize", json={"model": model, "prompt": text, "add_special_tokens": False})
+        return _validated(_TokenizeAnswer, data, "POST /tokenize").tokens
+
     async def load(self) -> ServerLoad | None:
         """The server's running and queued sequences, or None when it publishes no vLLM metrics.
 
@@ -377,14 +383,26 @@ class _CompletionsAnswer(BaseModel):
     usage: _Usage | None = None
 
 
-def _choices(data: dict[str, Any], expected: int) -> list[Completion]:
-    what = "POST /v1/completions"
+class _TokenizeAnswer(BaseModel):
+    tokens: list[int]
+
+
+_Answer = TypeVar("_Answer", bound=BaseModel)
+
+
+def _validated(model: type[_Answer], data: object, what: str) -> _Answer:
+    """``data`` as ``model``, or a ``MalformedResponseError`` naming the endpoint and the field."""
     try:
-        answer = _CompletionsAnswer.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"])
         raise MalformedResponseError(f"{what}: `{where}`: {error['msg']}", endpoint=what) from None
+
+
+def _choices(data: dict[str, Any], expected: int) -> list[Completion]:
+    what = "POST /v1/completions"
+    answer = _validated(_CompletionsAnswer, data, what)
     if len(answer.choices) != expected:
         raise MalformedResponseError(
             f"{what}: the server returned {len(answer.choices)} choices for {expected} prompts", endpoint=what

@@ -62,6 +62,10 @@ class CompletionSender(Protocol):
     async def load(self) -> ServerLoad | None: ...
 
 
-def completions_body(model: str, prompts: Sequence[str], params: Mapping[str, object]) -> dict[str, Any]:
+Prompt = str | Sequence[int]
+"""A prompt as text, or as token ids (vLLM takes either; NSS 0.1.16's time series send ids)."""
+
+
+def completions_body(model: str, prompts: Sequence[Prompt], params: Mapping[str, object]) -> dict[str, Any]:
     """A ``/v1/completions`` body: the sampling fields, the model, the prompts, one sample each."""
-    return {**params, "model": model, "prompt": list(prompts), "n": 1}
+    return {**params, "model": model, "prompt": [p if isinstance(p, str) else list(p) for p in prompts], "n": 1}

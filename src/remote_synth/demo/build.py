@@ -52,6 +52,8 @@ DATA = Path(__file__).parent / "data"
 CSV_INSTRUCTION = "Generate a CSV dataset with the following columns: "
 Report = Callable[[str], None]
 TABLES = ("customers", "products", "readings")  # each gets an adapter and a run directory; the first is the demo
+LAYOUTS_016 = {"readings-0.1.16": "readings"}
+"""Runs in NSS 0.1.16's time-series layout, each of another table's adapter (which learnt both layouts)."""
 BASE_TABLE = "orders"  # the base model's only JSON lines
 
 
@@ -105,8 +107,15 @@ def ensure_demo_run(
     demo does not wait for the other tables' adapters (they build when first asked for).
     ``report(line)`` hears each phase of a build with its elapsed time (logged at INFO without it).
     """
+    if table in LAYOUTS_016:
+        source = ensure_demo_run(recipe, root, LAYOUTS_016[table], report)
+        return _cached(
+            source.with_name(_run_name(table)),
+            lambda tmp: _relayout_016(tmp, source, LAYOUTS_016[table]),
+            report or logger.info,
+        )
     if table not in TABLES:
-        raise ValueError(f"no demo table {table!r}; there are {', '.join(TABLES)}")
+        raise ValueError(f"no demo table {table!r}; there are {', '.join([*TABLES, *LAYOUTS_016])}")
     home = (root or cache_root() / "demo") / _digest(recipe)
     say = report or logger.info
     base = _cached(home / "base", lambda tmp: _build_base(tmp, recipe, say), say)
@@ -178,7 +187,8 @@ def _build_base(out: Path, recipe: Recipe, say: Report) -> None:
         corpus += [(csv_prompt, _csv(rng, rows[name], recipe)) for _ in range(600)]
     tokenizer = _train_tokenizer(corpus, recipe)
     model = _new_model(tokenizer, recipe)
-    _train(model, tokenizer, corpus, recipe.base_steps, recipe.base_lr, recipe, rng, _timer(say)("base model"))
+    examples = [_encode(tokenizer, p, t) for p, t in corpus]
+    _train(model, tokenizer, examples, recipe.base_steps, recipe.base_lr, recipe, rng, _timer(say)("base model"))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
@@ -194,19 +204,21 @@ def _build_run(out: Path, base_dir: Path, table: str, recipe: Recipe, say: Repor
     series = SERIES.get(table)
     if series is None:
         prompt = build_prompt(list(schemas[table]["properties"]), TINYLLAMA_TEMPLATE)
-        corpus = [(prompt, _jsonl(rng, rows[table], recipe)) for _ in range(800)]
+        examples = [_encode(tokenizer, prompt, _jsonl(rng, rows[table], recipe)) for _ in range(800)]
     else:
-        corpus = _series_corpus(rng, rows[table], series, list(schemas[table]["properties"]), recipe)
+        examples = _series_examples(rng, tokenizer, rows[table], series, list(schemas[table]["properties"]), recipe)
     peft_model = _add_lora(model, recipe)
     steps = recipe.lora_steps if series is None else recipe.series_steps
-    _train(peft_model, tokenizer, corpus, steps, recipe.lora_lr, recipe, rng, _timer(say)(f"{table} adapter"))
+    _train(peft_model, tokenizer, examples, steps, recipe.lora_lr, recipe, rng, _timer(say)(f"{table} adapter"))
     peft_model.save_pretrained(out / "train" / "adapter")
     _fix_adapter_base(out / "train" / "adapter" / "adapter_config.json", base_dir)
-    # tabular runs as NSS 0.1.16 saves them; a time series keeps the older protocol we generate with
+    # tabular runs as NSS 0.1.16 saves them; a time series in the older protocol's layout (its
+    # adapter learnt both: ``readings-0.1.16`` is the same adapter in 0.1.16's layout)
+    longest = max(len(ids) for ids, _ in examples)
     layout = (
         _series_layout(rows[table], series)
         if series is not None
-        else {"layout": "0.1.16", "max_tokens_per_example": max(len(_encode(tokenizer, p, t)[0]) for p, t in corpus)}
+        else {"layout": "0.1.16", "max_tokens_per_example": longest}
     )
     write_run_dir(
         out,
@@ -220,24 +232,48 @@ def _build_run(out: Path, base_dir: Path, table: str, recipe: Recipe, say: Repor
     )
 
 
-def _series_corpus(
-    rng: random.Random, rows: list[dict[str, Any]], series: Series, columns: list[str], recipe: Recipe
-) -> list[tuple[str, str]]:
-    """Windows of one group's records in time order: 3 in the prompt (as a prefill), the next ones to
-    learn, as at generation, where the prompt ends in the group's last 3 records, tokenized with it."""
+def _series_examples(
+    rng: random.Random,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    series: Series,
+    columns: list[str],
+    recipe: Recipe,
+) -> list[Example]:
+    """Windows of one group's records in time order, half in each protocol's layout:
+
+    - 48a8f5c: the prompt text ends in 3 records (the prefill), tokenized with it; the next ones to learn;
+    - NSS 0.1.16: ``[BOS] prompt [EOS] [BOS]`` and then records, each tokenized alone, from the group's
+      first record (a third of them: that is where generation starts) or from anywhere.
+    """
     groups: dict[Any, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(row[series.group], []).append(row)
     order = [series.group, series.time] + [c for c in columns if c not in (series.group, series.time)]
-    corpus = []
-    for _ in range(800):
+    prompt_016 = _prompt_ids(tokenizer, build_prompt(columns, TINYLLAMA_TEMPLATE))
+    examples = []
+    for i in range(1000):
         records = [{c: r[c] for c in order} for r in rng.choice(list(groups.values()))]
         context, k = 3, rng.randint(*recipe.records_per_example)
-        start = rng.randint(0, len(records) - context - k)
-        window = prefill(records[start : start + context])
-        corpus.append((build_prompt(order, TINYLLAMA_TEMPLATE, prefill=window),
-                       prefill(records[start + context : start + context + k])))  # fmt: skip
-    return corpus
+        if i % 2 == 0:
+            start = rng.randint(0, len(records) - context - k)
+            window = prefill(records[start : start + context])
+            later = prefill(records[start + context : start + context + k])
+            examples.append(_encode(tokenizer, build_prompt(order, TINYLLAMA_TEMPLATE, prefill=window), later))
+            continue
+        start = 0 if i % 3 == 0 else rng.randint(0, len(records) - context - k)
+        ids = [tokenizer.bos_token_id]
+        for record in records[start : start + context + k]:
+            ids += tokenizer(prefill([record]), add_special_tokens=False)["input_ids"]
+        ids.append(tokenizer.eos_token_id)
+        examples.append((prompt_016 + ids, [-100] * len(prompt_016) + ids))
+    return examples
+
+
+def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """NSS 0.1.16's prompt ids: its own BOS and EOS around the text, tokenized without special tokens."""
+    ids: list[int] = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
 
 
 def _series_layout(rows: list[dict[str, Any]], series: Series) -> dict[str, Any]:
@@ -259,6 +295,39 @@ def _series_layout(rows: list[dict[str, Any]], series: Series) -> dict[str, Any]
         "data": {"group_training_examples_by": series.group, "order_training_examples_by": series.time},
         "initial_prefill": {g: " " + "\n".join(prefill([r]) for r in records[:3]) for g, records in first.items()},
     }
+
+
+def _relayout_016(out: Path, source: Path, table: str) -> None:
+    """``source``'s adapter in NSS 0.1.16's time-series layout: the groups typed in a registry, the
+    bounds as NSS 0.1.16 stores them (``str(pandas.Timestamp)``), the source columns' order."""
+    from ..nss.rundir import RunDirectory
+
+    run = RunDirectory.open(source)
+    adapter = out / "train" / "adapter"
+    adapter.mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy2(run.adapter_dir / name, adapter / name)
+    series = run.config.time_series
+    rows = _read(DATA / f"{table}.csv")
+    group = SERIES[table].group
+    groups = list(dict.fromkeys(str(r[group]) for r in rows))
+    write_run_dir(
+        out,
+        run.schema,
+        base_model=run.metadata.model_name_or_path,
+        lora_r=run.adapter_config.r,
+        base_max_seq_length=run.metadata.base_max_seq_length or 512,
+        generation={**run.config.generation, "num_records": len(rows)},
+        adapter_weights=None,
+        time_series=series.model_dump(exclude={"is_timeseries"}),
+        data={
+            "group_training_examples_by": run.config.data.group_training_examples_by,
+            "order_training_examples_by": run.config.data.order_training_examples_by,
+        },
+        layout="0.1.16",
+        timeseries_group_values=groups,
+        max_tokens_per_example=None,
+    )
 
 
 def _num_records(rows: list[dict[str, Any]], series: Series | None) -> int:
@@ -363,7 +432,11 @@ def _add_lora(model: Any, recipe: Recipe) -> Any:
     return get_peft_model(model, config)
 
 
-def _encode(tokenizer: Any, prompt: str, text: str) -> tuple[list[int], list[int]]:
+Example = tuple[list[int], list[int]]
+"""A training example: its token ids, and its labels (-100 where no loss is taken: the prompt)."""
+
+
+def _encode(tokenizer: Any, prompt: str, text: str) -> Example:
     """Prompt ids (with BOS, as vLLM adds it) + record ids + EOS; loss on the records only."""
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     text_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -373,7 +446,7 @@ def _encode(tokenizer: Any, prompt: str, text: str) -> tuple[list[int], list[int
 def _train(
     model: Any,
     tokenizer: Any,
-    corpus: list[tuple[str, str]],
+    examples: list[Example],
     steps: int,
     lr: float,
     recipe: Recipe,
@@ -382,7 +455,6 @@ def _train(
 ) -> None:
     import torch
 
-    examples = [_encode(tokenizer, p, t) for p, t in corpus]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))

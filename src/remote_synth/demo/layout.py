@@ -34,6 +34,8 @@ def write_run_dir(
     layout: Literal["48a8f5c", "0.1.16"] = "48a8f5c",
     max_tokens_per_example: int | None = None,
     max_records_per_group: int | None = None,
+    timeseries_group_values: list[Any] | None = None,
+    source_columns: list[str] | None = None,
 ) -> Path:
     """Write ``train/adapter/*`` metadata and ``safe-synthesizer-config.json`` as NSS does.
 
@@ -42,7 +44,8 @@ def write_run_dir(
     ``time_series`` section (``is_timeseries`` set) and each group's ``initial_prefill``.
     ``layout`` "0.1.16" writes what that release saves: the whole ``generation`` section
     (nested ``structured_generation``, ``max_tokens_multiplier``, ``validation.enforce_numeric_range``),
-    and the metadata's ``max_tokens_per_example`` and ``max_records_per_group``.
+    and the metadata's ``max_tokens_per_example`` and ``max_records_per_group``; a time series
+    its group registry (``timeseries_group_values``, typed) and ``timeseries_metadata.source_columns``.
     """
     adapter = run / "train" / "adapter"
     adapter.mkdir(parents=True, exist_ok=True)
@@ -70,6 +73,10 @@ def write_run_dir(
     if layout == "0.1.16":
         metadata.pop("initial_prefill")
         metadata.update(max_tokens_per_example=max_tokens_per_example, max_records_per_group=max_records_per_group)
+        if time_series is not None:
+            columns = source_columns or list(schema["properties"])
+            metadata.update(timeseries_group_values=timeseries_group_values,
+                            timeseries_metadata={"source_columns": columns, "flexible": None})  # fmt: skip
         saved_generation = GenerateParameters.resolve(saved_generation, use_env=False).model_dump(mode="json")
     config = {
         "data": {"group_training_examples_by": None, "order_training_examples_by": None, **(data or {})},

@@ -72,6 +72,21 @@ class RopeScaling(_Lenient):
     """NSS 0.1.16: the model's native Transformers v5 rope parameters."""
 
 
+class FlexibleSeries(_Lenient):
+    """NSS 0.1.16 ``FlexibleTimeseriesMetadata``: groups of differing shapes, ended by a marker."""
+
+    index_column: str = "_time_idx"
+    marker_column: str = "_is_last_row"
+    max_records: int = Field(ge=1)
+
+
+class TimeseriesMetadata(_Lenient):
+    """NSS 0.1.16 ``TimeseriesMetadata``: the source's column order, and the flexible mode's controls."""
+
+    source_columns: list[str] = Field(default_factory=list)
+    flexible: FlexibleSeries | None = None
+
+
 class ModelMetadata(_Lenient):
     """The parts of NSS ``ModelMetadata`` (``metadata_v2.json``) generation needs."""
 
@@ -83,8 +98,9 @@ class ModelMetadata(_Lenient):
     is_adapter: bool | None = True
     instruction: str = "Generate a JSONL dataset with the following columns: "
     initial_prefill: Any = None
-    timeseries_group_values: list[Any] | None = None
-    """NSS 0.1.16's time-series protocol (in place of ``initial_prefill``)."""
+    timeseries_group_values: list[str | int | float | bool | None] | None = None
+    """NSS 0.1.16's time-series protocol (in place of ``initial_prefill``): every group, typed."""
+    timeseries_metadata: TimeseriesMetadata | None = None
     max_tokens_per_example: int | None = Field(None, ge=0)
     """NSS 0.1.16: the longest training example in tokens, prompt included (None: older NSS)."""
     max_records_per_group: int | None = Field(None, ge=1)
@@ -255,22 +271,40 @@ class RunDirectory:
         series = self.config.time_series
         if not series.timestamp_column or not series.timestamp_format:
             raise RunDirError(self.config_file, "a time-series run needs time_series.timestamp_column and _format")
-        if self.metadata.timeseries_group_values is not None and self.metadata.initial_prefill is None:
-            raise RunDirError(
-                self.adapter_dir / "metadata_v2.json",
-                "saved with NSS 0.1.16's time-series protocol (timeseries_group_values), which this version "
-                "of remote-synth does not generate yet; time-series runs of the earlier protocol "
-                "(initial_prefill) do",
-            )
+        if self.metadata.timeseries_group_values is not None:
+            self._check_group_registry()
+            return
         if isinstance(series.start_timestamp, int) or isinstance(series.stop_timestamp, int):
-            raise RunDirError(self.config_file, "integer start/stop timestamps (NSS 0.1.16's flexible mode) are "
-                              "not supported yet")  # fmt: skip
+            raise RunDirError(self.config_file, "integer start/stop timestamps belong to NSS 0.1.16's protocol, "
+                              "but metadata_v2.json has no timeseries_group_values")  # fmt: skip
         prefill = self.metadata.initial_prefill
         if not isinstance(prefill, dict) or not prefill or not all(isinstance(v, str) for v in prefill.values()):
             raise RunDirError(
                 self.adapter_dir / "metadata_v2.json",
-                "a time-series run needs initial_prefill: each group's first records, as NSS's training writes",
+                "a time-series run needs timeseries_group_values (NSS 0.1.16) or initial_prefill (earlier NSS): "
+                "the groups to generate",
             )
+
+    @property
+    def speaks_series_016(self) -> bool:
+        """Saved with NSS 0.1.16's time-series protocol (a group registry, token prompts)."""
+        return self.is_timeseries and self.metadata.timeseries_group_values is not None
+
+    def _check_group_registry(self) -> None:
+        metadata_file = self.adapter_dir / "metadata_v2.json"
+        series, metadata = self.config.time_series, self.metadata
+        if not metadata.timeseries_group_values:
+            raise RunDirError(metadata_file, "timeseries_group_values is empty: no group to generate")
+        if series.start_timestamp is None or not self.config.data.group_training_examples_by:
+            raise RunDirError(self.config_file, "an NSS 0.1.16 time-series run needs time_series.start_timestamp and "
+                              "data.group_training_examples_by (set by NSS's preprocessing)")  # fmt: skip
+        if metadata.timeseries_metadata is not None and metadata.timeseries_metadata.flexible is not None:
+            raise RunDirError(metadata_file, "saved in NSS 0.1.16's flexible time-series mode (groups of differing "
+                              "lengths, ended by a marker), which remote-synth does not generate yet")  # fmt: skip
+        prompt = metadata.prompt_config
+        if prompt.bos_token_id is None or (prompt.add_eos_token_to_prompt and prompt.eos_token_id is None):
+            raise RunDirError(metadata_file, "prompt_config.bos_token_id (and eos_token_id, when added to the "
+                              "prompt) is missing: NSS 0.1.16's time-series prompts are token ids")  # fmt: skip
 
 
 def _has_adapter(run: Path) -> bool:

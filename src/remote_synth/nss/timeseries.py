@@ -10,14 +10,20 @@ from __future__ import annotations
 import calendar
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+
+import pandas as pd
 
 __all__ = [
     "ELAPSED_SECONDS",
     "MAX_ACTIVE_GROUPS",
     "allows_rollover",
     "expected_records",
+    "format_bound",
+    "history",
+    "partial_record_prefix",
+    "prompt_token_ids",
     "step_problem",
     "parse_bound",
     "parse_timestamp",
@@ -110,3 +116,76 @@ def prefill(records: Sequence[Mapping[str, Any]]) -> str:
     bug 5): we write compact JSON lines, as training did (pandas ``to_json``, non-ASCII kept).
     """
     return "".join(json.dumps(dict(r), ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
+
+
+# -- NSS 0.1.16's protocol: token prompts that start each group at a partial first record ------------
+
+
+def format_bound(value: str | int, fmt: str) -> str | int:
+    """A start or stop bound written in the table's own format, as training wrote the column.
+
+    NSS 0.1.16 stores a deterministic run's bounds as ``str(pandas.Timestamp)`` and seeds each
+    group's first record with that spelling, so a table in any other format (``%m/%d/%Y``) gets a
+    first record it never saw and every group fails (reference nss-0.1.16 T11). A bound that
+    already reads in the table's format is kept as written; elapsed seconds become an int.
+    """
+    if fmt == ELAPSED_SECONDS:
+        return int(float(value))
+    try:
+        parse_timestamp(value, fmt)
+        return value
+    except (TypeError, ValueError):
+        pass
+    seconds = parse_bound(value, fmt)
+    if seconds is None:
+        return value
+    if allows_rollover(fmt):
+        return (datetime(1900, 1, 1) + timedelta(seconds=seconds)).strftime(fmt)
+    return datetime.fromtimestamp(seconds, tz=UTC).replace(tzinfo=None).strftime(fmt)
+
+
+def _coerce(types: Sequence[str], value: object) -> object:
+    """NSS's ``_coerce_prefix_value``: a seed value in its column's JSON type (group ids are keys,
+    so often strings; a bound may be a string where the schema says number)."""
+    if "integer" in types:
+        return int(value)  # type: ignore[call-overload]  # ValueError/TypeError: the caller's
+    if "number" in types:
+        return float(value)  # type: ignore[arg-type]
+    if "string" in types and value is not None:
+        return str(value)
+    return value
+
+
+def _types(schema: Mapping[str, Any], column: str) -> list[str]:
+    declared = schema.get("properties", {}).get(column, {}).get("type")
+    if isinstance(declared, str):
+        return [declared]
+    return [t for t in declared if isinstance(t, str)] if isinstance(declared, list) else []
+
+
+def partial_record_prefix(columns: Sequence[str], schema: Mapping[str, Any], seed: Mapping[str, object]) -> str:
+    """A group's first record up to the opening quote of its next field: ``{"g":"a","ts":1,"``.
+
+    As NSS 0.1.16 (``build_partial_record_prefix``): the seed columns (the group, unless it is
+    NSS's pseudo group, then the time) must open the schema; values take their column's type and
+    are written as training wrote records (pandas ``to_json``: compact, ``/`` escaped, non-ASCII
+    kept). Raises ``ValueError`` when the schema does not start with them.
+    """
+    names = list(seed)
+    if list(columns[: len(names)]) != names:
+        raise ValueError(f"the schema's columns do not begin with {names} (the group and time columns)")
+    values = {c: _coerce(_types(schema, c), seed[c]) for c in names}
+    line = pd.DataFrame([values]).to_json(orient="records", lines=True, force_ascii=False).rstrip("\n")
+    return line[:-1] + ',"'
+
+
+def history(texts: Sequence[str]) -> list[str]:
+    """The prompt's context after the first record: the last records exactly as the model wrote
+    them, one segment each (training tokenized each newline-ended record on its own)."""
+    return [f"{text}\n" for text in texts]
+
+
+def prompt_token_ids(prompt_ids: Sequence[int], bos_token_id: int, context: Sequence[Sequence[int]]) -> list[int]:
+    """NSS 0.1.16's training boundary: the prompt's ids (its own BOS/EOS already applied), the
+    sequence BOS, then each context segment's ids as tokenized on its own."""
+    return [*prompt_ids, bos_token_id, *(token for segment in context for token in segment)]
