@@ -1,6 +1,7 @@
-"""Share of a simulated vLLM server's capacity that generation uses: the engine vs the old barrier loop.
+"""Share of a simulated vLLM server's capacity that generation uses: the engine vs the old barrier loop,
+and whole jobs against an omniscient client.
 
-    python scripts/bench_capacity.py [--seconds 60] [--sigma 0.6] [--mean 0.5]
+    python scripts/bench_capacity.py [--seconds 60] [--sigma 0.6] [--mean 0.5] [--only steady|jobs]
 
 The server is simulated in process (tests/fakes/sim_vllm.py): N sequence slots,
 each completion a lognormal time (mean 0.5 s, sigma 0.6), FIFO queueing,
@@ -11,14 +12,22 @@ prompts, 4 in flight, and a barrier at every batch end. Capacity used = busy
 slot-seconds / (slots x wall time); overshoot = prompts sent but not used /
 prompts used. Both run on 256 and 16 slots, in one run, and the script prints
 the ratios. A last line shows what a 10-record job sends.
+
+Jobs (issue 18): on 256 and 1024 slots, jobs of 1k, 20k and 100k records (completions of about 10
+valid records), the engine's job time against an omniscient client on the same simulator (same
+seed): one that knows the yield and sends every prompt the job needs, plus 5 %, at t=0, one prompt
+per request (nothing waits on a slower sibling), validating as it goes and stopping at the target.
+At sigma 0.6 and, for heavier tails, 1.0. Goal: every cell <= 1.25x, overshoot <= 5 %.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import platform
+import random
 import sys
 import tempfile
 import time
@@ -27,10 +36,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fakes.sim_vllm import SCHEMA, SimulatedVllm  # noqa: E402
+from fakes.sim_vllm import SCHEMA, SimulatedVllm, records_text  # noqa: E402
 
 from remote_synth import RemoteBackend, RemoteSettings
 from remote_synth._transport import InferenceClient
+from remote_synth._transport.types import completions_body
 from remote_synth.demo.layout import write_run_dir  # noqa: E402
 from remote_synth.nss import Batch, GenerationBatches, TabularDataProcessor
 
@@ -44,6 +54,7 @@ class Outcome:
     records_per_second: float
     prompts_sent: int
     prompts_used: int
+    wall: float = 0.0
 
 
 def run_dir() -> Path:
@@ -66,6 +77,7 @@ def ours(run: Path, sim: SimulatedVllm, records: int) -> Outcome:
         records_per_second=results.num_valid_records / wall,
         prompts_sent=stats.prompts_sent,
         prompts_used=used,
+        wall=wall,
     )
 
 
@@ -98,6 +110,61 @@ def barrier(sim: SimulatedVllm, records: int) -> Outcome:
     )
 
 
+JOB_YIELD = 10
+"""Valid records per completion in the job cells (8 to 12 lines, none invalid)."""
+
+
+def job_text(rng: random.Random) -> str:
+    return records_text(rng, mean_records=JOB_YIELD, invalid_share=0.0)
+
+
+def omniscient(sim: SimulatedVllm, records: int) -> float:
+    """Seconds to ``records`` valid records when every needed prompt (+5 %) goes at t=0, one per request
+    (should the yield fall short, what is missing goes at once, when the last of them is back)."""
+
+    async def job() -> float:
+        client = InferenceClient("http://sim", transport=sim, max_concurrency=10**6, prompts_per_request=1)
+        processor = TabularDataProcessor(SCHEMA)
+        body = completions_body(sim.adapter, ["P"], {})
+        t0 = time.monotonic()
+        valid, tasks = 0, []
+        while valid < records:
+            more = math.ceil((records - valid) / JOB_YIELD * 1.05)
+            tasks = [asyncio.ensure_future(client.send_completions(body)) for _ in range(more)]
+            for finished in asyncio.as_completed(tasks):
+                for completion in await finished:
+                    valid += len(processor(0, completion.text).valid_records)
+                if valid >= records:
+                    break
+        wall = time.monotonic() - t0
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.aclose()
+        return wall
+
+    return asyncio.run(job())
+
+
+def jobs_table(run: Path, mean: float, sigmas: tuple[float, ...]) -> None:
+    print(
+        f"\njobs against an omniscient client (lognormal mean {mean} s, about {JOB_YIELD} valid records a completion)"
+    )
+    print(f"{'sigma':>5} {'slots':>5} {'records':>8} {'ours s':>7} {'omni s':>7} {'ratio':>6} {'overshoot':>9}")
+    worst = 0.0
+    for sigma in sigmas:
+        for slots in (256, 1024):
+            for records in (1_000, 20_000, 100_000):
+                seed = slots * 7 + records
+                new = ours(run, SimulatedVllm(slots, mean=mean, sigma=sigma, seed=seed, text=job_text), records)
+                best = omniscient(SimulatedVllm(slots, mean=mean, sigma=sigma, seed=seed, text=job_text), records)
+                ratio = new.wall / best
+                worst = max(worst, ratio) if sigma == 0.6 else worst
+                print(f"{sigma:>5} {slots:>5} {records:>8} {new.wall:>7.2f} {best:>7.2f} {ratio:>5.2f}x "
+                      f"{new.overshoot:>9.2%}")  # fmt: skip
+    print(f"worst at sigma 0.6: {worst:.2f}x (goal <= 1.25x)")
+
+
 def records_for(seconds: float, slots: int, mean: float, share: float) -> int:
     """A target that keeps ``share`` of the slots busy for about ``seconds``."""
     return int(seconds * share * slots / mean * RECORDS_PER_PROMPT)
@@ -108,9 +175,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="rough length of each engine run")
     parser.add_argument("--mean", type=float, default=0.5)
     parser.add_argument("--sigma", type=float, default=0.6)
+    parser.add_argument("--only", choices=["steady", "jobs"], help="one part of the benchmark")
     args = parser.parse_args()
     run = run_dir()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    if args.only != "steady":
+        jobs_table(run, args.mean, (0.6, 1.0))
+    if args.only == "jobs":
+        return
     print(f"simulated vLLM: lognormal completions, mean {args.mean} s, sigma {args.sigma}; engine defaults")
     print(f"{'slots':>5}  {'loop':<8} {'capacity':>9} {'overshoot':>9} {'records/s':>10} {'sent':>7} {'used':>7}")
     ratios = []

@@ -30,13 +30,15 @@ def jobs(
     *,
     on_batch: Callable[[Progress], None] | None = None,
     first_job: int = 10**6,
+    tail_jobs: int = 0,
     batch_cap: int | None = None,
 ) -> TabularJobs:
-    """A source whose jobs are as large as the scheduler asks (``first_job``: the cap before any completion)."""
+    """A source whose jobs are as large as the scheduler asks (``first_job``: the cap before any completion;
+    ``tail_jobs``: a job carries at most 1/tail_jobs of what is left)."""
     batches = GenerationBatches(target_num_records=target, invalid_fraction_threshold=0.8, patience=3,
                                 max_num_prompts_per_batch=batch_cap)  # fmt: skip
     return TabularJobs(batches, TabularDataProcessor(SCHEMA), "P", {"max_tokens": 10}, target, on_batch=on_batch,
-                       first_job_prompts=first_job)  # fmt: skip
+                       first_job_prompts=first_job, tail_jobs=tail_jobs)  # fmt: skip
 
 
 def scheduler(transport: httpx.AsyncBaseTransport, window: int, *, ppr: int = 10, **kw: Any) -> Scheduler:
@@ -51,10 +53,12 @@ def scheduler(transport: httpx.AsyncBaseTransport, window: int, *, ppr: int = 10
 
 def test_slow_start_grows_until_a_queue_then_cuts_by_the_excess_and_holds() -> None:
     policy = WindowPolicy(WindowSettings(initial=100, maximum=10_000, step=25, queue_fraction=0.05))
-    assert policy.observe(ServerLoad(running=100, waiting=0), in_flight=100) == 150
-    assert policy.observe(ServerLoad(running=150, waiting=0), in_flight=150) == 225
+    assert policy.starting
+    assert policy.observe(ServerLoad(running=100, waiting=0), in_flight=100) == 200  # doubling
+    assert policy.observe(ServerLoad(running=200, waiting=0), in_flight=200) == 400
     # alone on the server: a queue of 60 over an allowance of max(25, 5% of 165): cut by 60 - 25
     assert policy.observe(ServerLoad(running=165, waiting=60), in_flight=225) == 225 - 35
+    assert not policy.starting
     # the same queue seen again before the cut took effect is not counted twice
     assert policy.observe(ServerLoad(running=165, waiting=60), in_flight=200) == 190
     # once in flight has come down, a queue below the allowance: grow by a step (no more slow start)
@@ -162,14 +166,64 @@ def test_demand_uses_the_observed_yield_and_no_more_than_the_first_batch_before_
     assert source.demand(outstanding=0) == 100  # NSS's first batch, no yield known yet
     assert source.demand(outstanding=60) == 40
     assert jobs(target=10).demand(outstanding=0) == 10  # a small target: one prompt per record at most
-    assert [jobs(target=1000, first_job=5).next_job(25).size for _ in range(2)] == [5, 5]  # small until a yield
+    assert [jobs(target=1000, first_job=1).next_job(25).size for _ in range(2)] == [1, 1]  # small until a yield
     source.complete(source.next_job(2), [_completion(FIVE), _completion(FIVE)])  # 5 per completion
     assert source.expected_prompts_left() == 198  # 990 remaining / 5
     assert source.demand(outstanding=0) == 2 * 2 + 100  # but out at once: twice the evidence + the open batch
     assert source.demand(outstanding=150) == 0
     source.complete(source.next_job(60), [_completion(FIVE)] * 60)
-    assert source.demand(outstanding=0) == 138  # 690 remaining / 5, now within the cap (2 * 62 + 100)
-    assert source.demand(outstanding=100) == 38
+    # 62 completions: the yield is firm; 690 remaining / 5 = 138, plus the hedge (3.5 % of the job)
+    assert source.demand(outstanding=0) == int(138 * 1.035 + 0.035 * 62) == 144
+    assert source.demand(outstanding=100) == 44
+
+
+@pytest.mark.parametrize("per_completion", [1, 3, 5, 12])
+@pytest.mark.parametrize("target", [10, 1000, 50_000])
+def test_what_is_out_never_exceeds_the_need_and_the_hedge_budget(target: int, per_completion: int) -> None:
+    """At every step, the prompts sent (used + out) stay within the job's expected total + 3.5 %."""
+    source = jobs(target=target)
+    out: list[Any] = []
+    text = '{"n":1,"c":"x"}\n' * per_completion
+    while not source.done:
+        want = source.demand(outstanding=sum(j.size for j in out))
+        if source.used >= 10:  # the yield is firm: nothing more goes out beyond the need and the hedge
+            total = source.used + source.expected_prompts_left()
+            assert want == 0 or source.used + sum(j.size for j in out) + want <= total * 1.035 + 1
+        while want > 0:
+            job = source.next_job(min(25, want))
+            out.append(job)
+            want -= job.size
+        job = out.pop(0)
+        source.complete(job, [_completion(text)] * job.size)
+    needed = -(-target // per_completion)
+    left_out = sum(j.size for j in out)  # cancelled at the target: the overshoot
+    assert left_out <= max(0.05 * needed + 1, min(target, 100) - needed)  # or what went before any yield
+
+
+def test_jobs_are_small_at_the_start_and_at_the_end_and_full_in_between() -> None:
+    source = jobs(target=1_000_000, first_job=5, tail_jobs=1000)
+    assert source.next_job(25).size == 5  # before any yield
+    source.complete(source.next_job(25), [_completion(FIVE)])
+    assert source.next_job(25).size == 25  # 200,000 prompts left
+    big = jobs(target=30_000, tail_jobs=1000)
+    big.complete(big.next_job(25), [_completion(FIVE)] * 25)
+    assert big.expected_prompts_left() == 5975 and big.next_job(25).size == 5  # 1/1000 of what is left
+    small = jobs(target=1000, tail_jobs=1000)
+    small.complete(small.next_job(25), [_completion(FIVE)] * 25)
+    assert small.next_job(25).size == 5  # a small server: never fewer than 5 a request (its API's cost)
+    assert small.demand(outstanding=0, window=320) > 0 and small.next_job(25).size == 1  # a large one: one by one
+
+
+def test_a_simulated_job_ends_within_its_overshoot_budget_and_cancels_its_hedges() -> None:
+    """On a simulated server (tiny completion times; counts, not times, are asserted)."""
+    sim = SimulatedVllm(64, mean=0.002, sigma=1.0, seed=3)
+    source = jobs(target=3000, first_job=1, tail_jobs=1000)
+    stats = run(scheduler(sim, window=64, ppr=25).run(source))
+    used = source.batches.num_prompts
+    assert source.done and source.batches.num_valid_records >= 3000
+    assert stats.prompts_sent - used <= 0.05 * used + 1
+    assert stats.prompts_sent > used  # hedges went out
+    assert sim.running == 0 and sim.waiting == 0  # and those still out at the target were cancelled
 
 
 def _completion(text: str) -> Any:
@@ -291,7 +345,7 @@ def test_the_window_stays_full_across_batch_boundaries() -> None:
         task = asyncio.create_task(sched.run(source))
         for answered in range(10_000):
             await until(lambda n=answered: len(server.pending) > n or task.done())
-            if task.done():
+            if task.done() or source.done:  # the target is in: what is still out (the hedge) is cancelled
                 break
             server.answer(answered)  # the oldest request returns; the others stay in flight
             await until(lambda n=answered: sched.stats.prompts_completed == 8 * (n + 1) or task.done())
@@ -323,7 +377,8 @@ def test_time_is_injected_into_load_polling() -> None:
 
     sim = SimulatedVllm(slots=16, mean=0.0, sigma=0.0)
     run(scheduler(sim, window=16, ppr=4, sleep=sleep, load_interval=7.5).run(jobs(target=200)))
-    assert slept and set(slept) <= {7.5 * 2**k for k in range(4)}  # from the interval up to 8x it
+    # from the interval up to 8x it; a fifth of it while the window doubles towards the capacity
+    assert slept and set(slept) <= {1.5 * 2**k for k in range(6)} | {7.5 * 2**k for k in range(4)}
 
 
 def test_readings_space_out_while_the_window_holds_and_come_back_when_it_moves() -> None:
@@ -347,7 +402,8 @@ def test_readings_space_out_while_the_window_holds_and_come_back_when_it_moves()
             await sched._watch_load()
 
     run(scenario())
-    assert slept == [2.0, 4.0, 8.0, 8.0, 8.0, 1.0, 2.0, 4.0]
+    # held: spacing out; grown (still doubling towards the capacity): read 5x as often, then space out
+    assert slept == [2.0, 4.0, 8.0, 8.0, 8.0, 0.2, 0.4, 0.8]
 
 
 def test_successes_returned_in_the_same_pass_as_a_failure_are_kept() -> None:
@@ -457,9 +513,9 @@ def test_a_share_caps_the_window_at_that_part_of_the_capacity_seen() -> None:
     assert policy.observe(ServerLoad(running=100, waiting=0), in_flight=100) == 25  # a quarter of 100 running
     # others fill the server: 256 running is the capacity seen, so the cap is 64; growth stops there
     limits = [policy.observe(ServerLoad(running=256, waiting=0), in_flight=policy.limit) for _ in range(4)]
-    assert limits == [37, 55, 64, 64]
+    assert limits == [50, 64, 64, 64]
     whole = WindowPolicy(WindowSettings(initial=100, maximum=10_000, step=25))
-    assert whole.observe(ServerLoad(running=100, waiting=0), in_flight=100) == 150
+    assert whole.observe(ServerLoad(running=100, waiting=0), in_flight=100) == 200
     with pytest.raises(ValueError, match="share"):
         WindowSettings(share=0)
 

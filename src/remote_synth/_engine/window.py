@@ -49,7 +49,8 @@ class WindowPolicy:
     """AIMD over the server's own queue, so the server stays full and its queue stays shallow.
 
     - Metrics, no queue, and we use the whole window: grow (doubling until the
-      first queue is seen, then one ``step`` at a time).
+      first queue is seen, read five times as often meanwhile, so that the server's
+      capacity is found within about a completion time; then one ``step`` at a time).
     - Metrics, a queue deeper than the allowance: cut the window by the excess,
       then hold until what is in flight has come down to the new limit (one
       decision per round trip, or the same queue would be counted twice).
@@ -89,12 +90,17 @@ class WindowPolicy:
             self.limit = self._bounded(min(self.limit, in_flight) - math.ceil((load.waiting - allowance) * mine))
         elif load.waiting < allowance and in_flight + s.step > self.limit:
             free = int((allowance - load.waiting) * mine)
-            grown = self.limit * 3 // 2 if self._slow_start else self.limit + max(s.step, free)
+            grown = self.limit * 2 if self._slow_start else self.limit + max(s.step, free)
             self.limit = self._bounded(grown)
         self._capacity = max(self._capacity, load.running)
         if s.share < 1 and self._capacity:
             self.limit = min(self.limit, self._bounded(math.ceil(s.share * self._capacity)))
         return self.limit
+
+    @property
+    def starting(self) -> bool:
+        """Still doubling: the server's capacity is not known yet."""
+        return self._slow_start and self.metrics
 
     def overloaded(self) -> int:
         """The server (or a gateway) refused work for load: halve."""
