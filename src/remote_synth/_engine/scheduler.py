@@ -65,9 +65,9 @@ class JobSource(Protocol):
     def done(self) -> bool:
         """No more completions are wanted (target reached or a stop condition)."""
 
-    def demand(self, outstanding: int, window: int = 0) -> int:
-        """Prompts wanted beyond the ``outstanding`` ones already sent or being sent (``window``: the
-        prompts the server may hold now, as the scheduler sizes it: how large the server is)."""
+    def demand(self, outstanding: int, capacity: int = 0) -> int:
+        """Prompts wanted beyond the ``outstanding`` ones already sent or being sent (``capacity``:
+        the most sequences the server was seen running, 0 when unknown: how large it is)."""
 
     def next_job(self, prompts: int) -> Job:
         """A job of (at most) ``prompts`` prompts."""
@@ -168,7 +168,7 @@ class Scheduler:
     def _fill(self, source: JobSource) -> None:
         """Start jobs while the source wants prompts and the window has room for a request."""
         while not source.done:
-            size = min(self.prompts_per_request, source.demand(self.outstanding, self._gate.limit))
+            size = min(self.prompts_per_request, source.demand(self.outstanding, self.window.capacity))
             if size < 1 or (size > self._gate.room() and self._gate.in_flight > 0):
                 return
             job = source.next_job(size)

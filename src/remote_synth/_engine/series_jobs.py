@@ -245,7 +245,7 @@ class TimeseriesJobs:
     def done(self) -> bool:
         return all(g.state in ("completed", "failed") for g in self.groups)
 
-    def demand(self, outstanding: int, window: int = 0) -> int:
+    def demand(self, outstanding: int, capacity: int = 0) -> int:
         self._activate()
         n = samples_per_prompt(len(self._active))
         return n * sum(1 for g in self._active if not g.in_flight)

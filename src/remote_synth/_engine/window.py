@@ -98,6 +98,11 @@ class WindowPolicy:
         return self.limit
 
     @property
+    def capacity(self) -> int:
+        """The most sequences seen running at once (0: no metrics): how large the server is."""
+        return int(self._capacity)
+
+    @property
     def starting(self) -> bool:
         """Still doubling: the server's capacity is not known yet."""
         return self._slow_start and self.metrics
