@@ -298,7 +298,9 @@ class TimeseriesJobs:
             return
         texts = [(group.prefix or "") + c.text for c in completions]  # 0.1.16: the prefix starts the record
         responses = [self.processor(i, text) for i, text in enumerate(texts)]
-        written = [_record_texts(r, text) for r, text in zip(responses, texts, strict=True)]
+        # 0.1.16's history is each record's own text; mapped before the checks move any record
+        speaks_016 = self.spec.rules == "0.1.16"
+        written = [_record_texts(r, t) for r, t in zip(responses, texts, strict=True)] if speaks_016 else []
         for response in responses:
             self._check_group_and_first_step(group, response)
         kept = max(range(len(responses)), key=lambda i: (len(responses[i].valid_records), -i)) if responses else 0
@@ -317,7 +319,7 @@ class TimeseriesJobs:
             batch.add_response(response)
         previous = group.last
         accepted = responses[kept].valid_records if responses else []
-        self._advance(group, accepted, [written[kept][id(r)] for r in accepted] if responses else [])
+        self._advance(group, accepted, [written[kept][id(r)] for r in accepted] if written else [])
         group.stalled = (
             0 if group.last is not None and (previous is None or group.last > previous) else group.stalled + 1
         )
