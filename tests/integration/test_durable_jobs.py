@@ -41,6 +41,13 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None
         time.sleep(0.2)
 
 
+def lifelines(proc: subprocess.Popen[bytes]) -> list[int]:
+    """The process groups of the servers a client launched (each server runs under its lifeline)."""
+    found = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "standalone/lifeline.py"], capture_output=True,
+                           text=True).stdout.split()  # fmt: skip
+    return [int(pid) for pid in found]
+
+
 def journal_entries(path: Path) -> list[JournalEntry]:
     """A journal's entries as a resume reads them (a last line cut short is dropped)."""
     *complete, _torn = path.read_bytes().split(b"\n")
@@ -123,22 +130,23 @@ def test_a_killed_server_restarts_and_a_killed_client_resumes_exactly(
         )  # fmt: skip
     try:
         wait_for(lambda: journal.exists() and len(journal_entries(journal)) >= 3, 900, "first completions", proc)
-        lifeline = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "standalone/lifeline.py"], capture_output=True,
-                                  text=True).stdout.split()  # fmt: skip
+        lifeline = lifelines(proc)
         assert len(lifeline) == 1, lifeline
-        first_server = int(lifeline[0])
+        first_server = lifeline[0]
         os.killpg(first_server, signal.SIGKILL)  # the server dies mid-job
+        # Answers already read before the kill may still reach the journal: wait for the restarted
+        # server first, then for completions that only it can have given.
+        wait_for(lambda: [p for p in lifelines(proc) if p != first_server], 900, "the restarted server", proc)
+        (second_server,) = lifelines(proc)
         used = len(journal_entries(journal))
         wait_for(lambda: len(journal_entries(journal)) >= used + 3, 900, "completions after the restart", proc)
-        lifeline = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "standalone/lifeline.py"], capture_output=True,
-                                  text=True).stdout.split()  # fmt: skip
-        second_server = int(lifeline[0])
-        assert second_server != first_server
+        assert lifelines(proc) == [second_server]
         os.killpg(proc.pid, signal.SIGKILL)  # the client dies: no cleanup code runs
         proc.wait(10)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
     assert "restarting it (1 of 2)" in stderr_file.read_text()
     wait_for(lambda: not _group_exists(second_server), 60, "the orphaned server to be gone")
     assert vllm_pids() <= before
