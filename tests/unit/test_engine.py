@@ -15,6 +15,7 @@ from remote_synth import GenerationStatus
 from remote_synth._engine import Gate, Progress, Scheduler, TabularJobs, WindowPolicy, WindowSettings
 from remote_synth._exceptions import BadRequestError
 from remote_synth._transport import InferenceClient, RetryPolicy, ServerLoad
+from remote_synth._transport.types import completions_body
 from remote_synth.nss import GenerationBatches, TabularDataProcessor
 
 FIVE = '{"n":1,"c":"x"}\n' * 5
@@ -404,6 +405,72 @@ def test_readings_space_out_while_the_window_holds_and_come_back_when_it_moves()
     run(scenario())
     # held: spacing out; grown (still doubling towards the capacity): read 5x as often, then space out
     assert slept == [2.0, 4.0, 8.0, 8.0, 8.0, 0.2, 0.4, 0.8]
+
+
+def test_while_starting_a_reading_follows_soon_after_the_gate_fills() -> None:
+    """The window doubles per reading; a reading due seconds later (a steady backoff) would hold a
+    full gate that long, so a fill cuts the pause short: a fifth of the interval after it."""
+    slept: list[float] = []
+    readings: list[int] = []
+
+    class Client(InferenceClient):
+        async def load(self) -> ServerLoad | None:
+            readings.append(sched._gate.in_flight)
+            return ServerLoad(sched._gate.in_flight, 0)  # nothing queued: the server has room
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await asyncio.Event().wait()  # only a filled gate ends a pause (the time never passes)
+
+    async def scenario() -> None:
+        watcher = asyncio.create_task(sched._watch_load())
+        await until(lambda: len(slept) == 1)  # the first reading (in flight 0): a long pause
+        sched._gate.take(16)
+        sched._fill(jobs(target=10_000))  # the source wants more than the window has room for
+        await until(lambda: len(slept) == 2)
+        assert slept == [2.0, 0.2] and len(readings) == 1  # cut short: the next reading a fifth away
+        watcher.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await watcher
+
+    policy = WindowPolicy(WindowSettings(initial=16, step=4))
+    sched = Scheduler(Client("http://x"), "m", policy, load_interval=1.0, sleep=sleep, prompts_per_request=4)
+    run(scenario())
+
+
+def test_a_shared_server_is_not_grabbed_whole() -> None:
+    """Another tenant keeps 48 prompts in flight on a 64-slot server. Our job (a large target, a window
+    that would open to thousands alone) settles on a shallow queue: the other tenant still runs
+    a fair part of the sequences."""
+
+    async def scenario() -> tuple[int, int, list[int]]:
+        sim = SimulatedVllm(64, mean=0.004, sigma=0.3, seed=5)
+        other = InferenceClient("http://sim", transport=sim, prompts_per_request=1)
+        body = completions_body(sim.adapter, ["P"], {})
+        done = {"other": 0}
+
+        async def tenant() -> None:
+            async def one() -> None:
+                while True:
+                    await other.send_completions(body)
+                    done["other"] += 1
+
+            await asyncio.gather(*(one() for _ in range(48)))
+
+        background = asyncio.create_task(tenant())
+        await until(lambda: sim.running == 48)
+        source = jobs(target=40_000)
+        stats = await scheduler(sim, window=16, ppr=4, load_interval=0.005).run(source)
+        background.cancel()
+        await asyncio.gather(background, return_exceptions=True)
+        await other.aclose()
+        return done["other"], source.used, stats.window_samples
+
+    theirs, ours, windows = run(scenario())
+    # FIFO: each tenant runs in proportion to what it has at the server. A window of thousands (a
+    # fixed one, or slow start that never stopped) would leave the other tenant about 1 %.
+    assert theirs > 0.3 * (theirs + ours), (theirs, ours)
+    assert max(windows) < 2 * 64, windows  # about the server's size and its queue allowance
 
 
 def test_successes_returned_in_the_same_pass_as_a_failure_are_kept() -> None:

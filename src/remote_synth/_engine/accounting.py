@@ -39,8 +39,10 @@ __all__ = ["CompletionLog", "Logged", "Progress", "TabularJobs", "log_completion
 
 logger = logging.getLogger("remote_synth.engine")
 
-FIRST_JOB_PROMPTS = 5
-"""Prompts per job before any completion is back (a request returns when its slowest prompt does)."""
+FIRST_JOB_PROMPTS = 1
+"""Prompts per job before any completion is back: a request returns when its slowest prompt does,
+and the yield (so the size of the job) is known only from the first ``FIRM_YIELD`` completions.
+At most NSS's first batch (100 prompts) goes out this way: 100 small requests cost a server little."""
 FIRM_YIELD = 10
 """Completions after which the yield is trusted to size the whole rest of the job at once."""
 HEDGE = 0.035

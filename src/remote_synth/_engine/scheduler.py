@@ -132,6 +132,9 @@ class Scheduler:
         self._clock = clock
         self.stats = EngineStats()
         self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        """Set when the gate turned new work away: while the window is still finding the server's
+        size, a reading is due soon (the window may double), not after a steady backoff."""
         self._gate = Gate(window.limit, on_release=self._wake.set)
         self._running: dict[asyncio.Task[Sequence[Completion]], Job] = {}
 
@@ -169,7 +172,10 @@ class Scheduler:
         """Start jobs while the source wants prompts and the window has room for a request."""
         while not source.done:
             size = min(self.prompts_per_request, source.demand(self.outstanding, self.window.capacity))
-            if size < 1 or (size > self._gate.room() and self._gate.in_flight > 0):
+            if size < 1:
+                return
+            if size > self._gate.room() and self._gate.in_flight > 0:
+                self._full.set()
                 return
             job = source.next_job(size)
             self._gate.take(job.size)
@@ -274,7 +280,30 @@ class Scheduler:
                 if self.window.starting and not steady:  # doubling: the next reading may double again
                     interval = self.load_interval / START_SPEEDUP
                 self._wake.set()
+            await self._pause(interval)
+
+    async def _pause(self, interval: float) -> None:
+        """Until the next reading: ``interval``, or, while the window still doubles towards the
+        server's capacity, a fifth of the load interval after the gate fills (the server has had
+        time to take up what was sent, so its queue is not misread as a lasting one)."""
+        self._full.clear()
+        if not self.window.starting:
             await self._sleep(interval)
+            return
+        sleeping = asyncio.ensure_future(self._sleep(interval))
+        filled = asyncio.ensure_future(self._full.wait())
+        try:
+            await asyncio.wait({sleeping, filled}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            sleeping.cancel()
+            raise
+        finally:
+            filled.cancel()
+        if sleeping.done():
+            await sleeping  # the whole pause (a sleep that failed, or was cancelled, propagates)
+            return
+        sleeping.cancel()
+        await self._sleep(self.load_interval / START_SPEEDUP)
 
     async def _cancel_all(self) -> None:
         tasks = list(self._running)
