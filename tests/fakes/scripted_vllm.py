@@ -36,6 +36,8 @@ class ScriptedVllm:
         self.loading_for = loading_for
         """``/health`` answers 503 this many times first, as a server still loading its model."""
         self.completion_requests = 0
+        self.completions_answered = 0
+        """Prompts answered with a completion (the failing requests' not counted)."""
         self.health_requests = 0
         self.core = VllmCore(adapters=[adapter])
 
@@ -54,6 +56,7 @@ class ScriptedVllm:
         body: dict[str, Any] = json.loads(request.content)
         prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
         choices = [{"index": i, "text": self.text(), "finish_reason": "stop"} for i in range(len(prompts))]
+        self.completions_answered += len(prompts)
         return httpx.Response(200, json={"choices": choices})
 
     def serve(self, monkeypatch: Any) -> ScriptedVllm:

@@ -33,13 +33,15 @@ def jobs(
     first_job: int = 10**6,
     tail_jobs: int = 0,
     batch_cap: int | None = None,
+    prior_yield: float = 1.0,
 ) -> TabularJobs:
     """A source whose jobs are as large as the scheduler asks (``first_job``: the cap before any completion;
-    ``tail_jobs``: a job carries at most 1/tail_jobs of what is left)."""
+    ``tail_jobs``: a job carries at most 1/tail_jobs of what is left; ``prior_yield``: records a
+    completion is assumed to give before any is back, 1 here: one prompt per record, up to 100)."""
     batches = GenerationBatches(target_num_records=target, invalid_fraction_threshold=0.8, patience=3,
                                 max_num_prompts_per_batch=batch_cap)  # fmt: skip
     return TabularJobs(batches, TabularDataProcessor(SCHEMA), "P", {"max_tokens": 10}, target, on_batch=on_batch,
-                       first_job_prompts=first_job, tail_jobs=tail_jobs)  # fmt: skip
+                       first_job_prompts=first_job, tail_jobs=tail_jobs, prior_yield=prior_yield)  # fmt: skip
 
 
 def scheduler(transport: httpx.AsyncBaseTransport, window: int, *, ppr: int = 10, **kw: Any) -> Scheduler:
@@ -167,6 +169,8 @@ def test_demand_uses_the_observed_yield_and_no_more_than_the_first_batch_before_
     assert source.demand(outstanding=0) == 100  # NSS's first batch, no yield known yet
     assert source.demand(outstanding=60) == 40
     assert jobs(target=10).demand(outstanding=0) == 10  # a small target: one prompt per record at most
+    # by default, no more than 10 records a completion would need, and at least NSS's 10-prompt probe
+    assert [jobs(target=t, prior_yield=10).demand(outstanding=0) for t in (5, 60, 200, 5000)] == [5, 10, 20, 100]
     assert [jobs(target=1000, first_job=1).next_job(25).size for _ in range(2)] == [1, 1]  # small until a yield
     source.complete(source.next_job(2), [_completion(FIVE), _completion(FIVE)])  # 5 per completion
     assert source.expected_prompts_left() == 198  # 990 remaining / 5
@@ -470,7 +474,7 @@ def test_a_shared_server_is_not_grabbed_whole() -> None:
     # FIFO: each tenant runs in proportion to what it has at the server. A window of thousands (a
     # fixed one, or slow start that never stopped) would leave the other tenant about 1 %.
     assert theirs > 0.3 * (theirs + ours), (theirs, ours)
-    assert max(windows) < 2 * 64, windows  # about the server's size and its queue allowance
+    assert max(windows) <= 2 * 64, windows  # slow start may double past the server once, before a queue shows
 
 
 def test_successes_returned_in_the_same_pass_as_a_failure_are_kept() -> None:

@@ -32,7 +32,7 @@ from typing import Protocol
 from .._transport.types import Completion
 from ..nss.batch import Batch, valid_fraction
 from ..nss.records import ParsedResponse
-from ..nss.results import MAX_NUM_PROMPTS_PER_BATCH, GenerationBatches
+from ..nss.results import INITIAL_PROBE_PROMPTS, MAX_NUM_PROMPTS_PER_BATCH, GenerationBatches
 from .scheduler import Job
 
 __all__ = ["CompletionLog", "Logged", "Progress", "TabularJobs", "log_completions", "logged_completions"]
@@ -43,6 +43,9 @@ FIRST_JOB_PROMPTS = 1
 """Prompts per job before any completion is back: a request returns when its slowest prompt does,
 and the yield (so the size of the job) is known only from the first ``FIRM_YIELD`` completions.
 At most NSS's first batch (100 prompts) goes out this way: 100 small requests cost a server little."""
+PRIOR_YIELD = 10
+"""Before any completion is back, what is sent assumes no more than this many valid records a
+completion (a 200-record job sends 20 prompts, not NSS's first 100: most would be cancelled)."""
 FIRM_YIELD = 10
 """Completions after which the yield is trusted to size the whole rest of the job at once."""
 HEDGE = 0.035
@@ -141,6 +144,7 @@ class TabularJobs:
         detailed_errors: bool = False,
         on_batch: Callable[[Progress], None] | None = None,
         first_job_prompts: int = FIRST_JOB_PROMPTS,
+        prior_yield: float = PRIOR_YIELD,
         hedge: float = HEDGE,
         tail_jobs: int = TAIL_JOBS,
         log: CompletionLog | None = None,
@@ -154,6 +158,7 @@ class TabularJobs:
         self.detailed_errors = detailed_errors
         self.on_batch = on_batch
         self.first_job_prompts = first_job_prompts
+        self.prior_yield = prior_yield
         self.hedge = hedge
         self.tail_jobs = tail_jobs
         """A job carries at most 1/``tail_jobs`` of the prompts left (0: no such limit)."""
@@ -205,14 +210,16 @@ class TabularJobs:
     def expected_prompts_left(self) -> int:
         """Completions still needed to finish, at the yield seen so far (at least one).
 
-        With no yield yet, NSS's first 100 prompts at most, one per record asked for: NSS 0.1.16's
-        10-prompt probe is the first logical batch, but waiting for it would leave the server idle
-        for a round trip; what is still out when the probe stops a job is cancelled.
+        With no yield yet: at most NSS's first 100 prompts, and no more than a yield of
+        ``prior_yield`` records a completion would need, but never fewer than NSS 0.1.16's
+        10-prompt probe. The probe is the first logical batch, but waiting for it would leave the
+        server idle for a round trip; what is still out when the probe stops a job is cancelled.
         """
         remaining = self.target - self.valid
         if self.valid == 0:
             before_yield = max(self._open_size - self._open.num_prompts, MAX_NUM_PROMPTS_PER_BATCH - self.used)
-            return max(1, min(before_yield, remaining))
+            prior = max(INITIAL_PROBE_PROMPTS, math.ceil(remaining / self.prior_yield))
+            return max(1, min(before_yield, remaining, prior))
         per_prompt = self.valid / self.used
         return max(1, math.ceil(remaining / per_prompt))
 
