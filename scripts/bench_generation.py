@@ -69,7 +69,8 @@ def nss_loop(backend: RemoteBackend, records: int, generate: Callable[[int], lis
         for i, text in enumerate(generate(batches.get_next_num_prompts())):
             batch.process(i, text)
         batches.add_batch(batch)
-    return batches.num_valid_records / (time.monotonic() - started)
+    # NSS returns ``num_records`` rows: what its last batch made beyond them is not the job's.
+    return min(batches.num_valid_records, records) / (time.monotonic() - started)
 
 
 def one_prompt_per_request(run: RunDirectory, server: VllmServer, records: int) -> float:

@@ -126,6 +126,28 @@ def test_draft_2020_semantics() -> None:
     assert record == {"i": 2, "extra": "kept"}
 
 
+def test_a_closed_record_is_checked_for_nan_where_its_checks_let_one_through() -> None:
+    """Every property required: after the fast checks pass, only the unbounded properties can hold a
+    NaN, an infinity or an overflowing int; the others, and extra keys, are still found."""
+    v = RecordValidator(
+        {
+            "type": "object",
+            "properties": {
+                "b": {"type": "number", "minimum": 0, "maximum": 5},
+                "u": {"type": "number"},
+                "s": {"type": "string"},
+            },
+            "required": ["b", "u", "s"],
+        }
+    )
+    not_json = ("Object contains a value that is not valid JSON", "Invalid JSON value")
+    assert isinstance(v.parse('{"b":1,"u":1e300,"s":"x"}'), dict)
+    for text in ('{"b":1,"u":NaN,"s":"x"}', '{"b":1,"u":-Infinity,"s":"x"}', '{"b":1,"u":1e400,"s":"x"}',
+                 '{"b":NaN,"u":1,"s":"x"}', '{"b":1,"u":1,"s":"x","z":NaN}', '{"b":1,"s":"x","z":NaN}'):  # fmt: skip
+        assert v.parse(text) == not_json, text
+    assert v.parse('{"b":1,"u":' + "9" * 400 + ',"s":"x"}')[1] == "Float Conversion"
+
+
 def test_float_conversion_and_huge_integers_are_invalid_records() -> None:
     v = RecordValidator({"properties": {"a": {"type": "integer"}, "b": {}}})
     big = "9" * 400

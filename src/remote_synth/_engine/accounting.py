@@ -14,10 +14,12 @@ How much to send ahead is the demand: with a yield of ``y`` valid records per
 completion so far, ``ceil(remaining / y)`` prompts, less those already out, and
 never more out than twice the completions used plus the open batch (early
 estimates lean low: short completions come back first).
-Before any record has been accepted there is no yield: NSS's first 100 prompts
-are the most that is sent (the logical batches are NSS 0.1.16's: a 10-prompt probe
-first), and a small target gets one prompt per record it asks for; until the first completions are back, jobs are small,
-so that the yield is known (and the window can open) after the fastest few.
+Before any record has been accepted there is no yield: what 10 records a completion
+would need is sent, at least NSS 0.1.16's 10-prompt probe (the first logical batch)
+and at most NSS's first 100 prompts, and a small target gets no more than one prompt
+per record it asks for. Until the first completions are back, jobs are one prompt
+each, so that the yield is known (and the window can open)
+after the fastest few.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ logger = logging.getLogger("remote_synth.engine")
 
 FIRST_JOB_PROMPTS = 1
 """Prompts per job before any completion is back: a request returns when its slowest prompt does,
-and the yield (so the size of the job) is known only from the first ``FIRM_YIELD`` completions.
-At most NSS's first batch (100 prompts) goes out this way: 100 small requests cost a server little."""
+and the yield (so the size of the job) is known from the first ``FIRM_YIELD`` completions. What
+goes out before a yield is small (``PRIOR_YIELD``: at most 100 prompts, 100 small requests)."""
 PRIOR_YIELD = 10
 """Before any completion is back, what is sent assumes no more than this many valid records a
 completion (a 200-record job sends 20 prompts, not NSS's first 100: most would be cancelled)."""

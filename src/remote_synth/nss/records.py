@@ -148,10 +148,14 @@ class RecordValidator:
             return (f"{INVALID_JSON}: {getattr(exc, 'msg', str(exc))}", INVALID_JSON)
         if end != len(raw):
             return (f"{INVALID_JSON}: Extra data", INVALID_JSON)
-        if type(record) is dict and _holds_non_finite(record.values()):
-            return NOT_JSON_VALUE
         if self._fast is not None and type(record) is dict and self._fast(record):
+            # Every property passed; a closed record's bounded ones hold no NaN, infinity or huge int.
+            closed = len(record) == self._closed_size
+            if _holds_non_finite([record[k] for k in self._unbounded] if closed else record.values()):
+                return NOT_JSON_VALUE
             error = self._float_overflow(record)
+        elif type(record) is dict and _holds_non_finite(record.values()):
+            return NOT_JSON_VALUE
         else:
             error = self.check(record)
         return record if error is None else error
@@ -228,8 +232,8 @@ class _Check(NamedTuple):
     ``test(v)`` True must mean jsonschema finds no error; False only means "ask
     jsonschema", so unusual values (NaN, a list in an enum) stay exact.
     ``inline`` is the same test as an expression over ``{v}`` (the value) and
-    ``{c}`` (``const``), for the generated function; ``bounded`` says no int
-    that passes can overflow float64.
+    ``{c}`` (``const``), for the generated function; ``bounded`` says no value
+    that passes is a NaN, an infinity or an int that overflows float64.
     """
 
     test: Callable[[Any], bool]
