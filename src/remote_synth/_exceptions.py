@@ -12,6 +12,7 @@
         ├── APIConnectionError              no answer: refused, reset, timed out
         │   └── APITimeoutError
         ├── MalformedResponseError          an answer that cannot be read (truncated JSON…)
+        ├── ModelMismatchError              an answer from another model than the one asked for
         ├── APIStatusError                  the server answered with an error status
         │   ├── BadRequestError             400
         │   ├── AuthenticationError         401 / 403
@@ -41,6 +42,7 @@ __all__ = [
     "GenerationError",
     "JournalMismatchError",
     "MalformedResponseError",
+    "ModelMismatchError",
     "NotFoundError",
     "RemoteSynthError",
     "RunDirError",
@@ -168,6 +170,16 @@ class APITimeoutError(APIConnectionError):
 
 class MalformedResponseError(APIError):
     """The server answered 200 with a body that cannot be read (cut off, not JSON, wrong shape)."""
+
+
+class ModelMismatchError(APIError):
+    """The answer came from another model than the one asked for: a gateway serving another version
+    under the name, or a replica without the adapter answering from its base model."""
+
+    def __init__(self, message: str, *, endpoint: str, asked: str, answered: str) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.asked = asked
+        self.answered = answered
 
 
 class APIStatusError(APIError):

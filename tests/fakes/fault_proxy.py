@@ -7,7 +7,9 @@ close``), unless ``plan(n, method, path)`` names a fault for the ``n``-th reques
 - ``("reset",)``: drop the connection without an answer;
 - ``("truncate",)``: forward, then send only half of the answer's body and drop the connection;
 - ``("slow", seconds)``: forward, then hold the answer back for ``seconds``;
-- ``("html", code)``: answer with an HTML error page, as a gateway would.
+- ``("html", code)``: answer with an HTML error page, as a gateway would;
+- ``("swap", model)``: forward with the body's ``model`` replaced, as a gateway serving another
+  version (or the base model) under the name asked for.
 
 ``outage(seconds)`` closes the listening socket (connections are refused) and opens it
 again on the same port afterwards. Runs its own event loop on a thread.
@@ -116,6 +118,8 @@ class FaultProxy:
             return
         assert self._http is not None
         forwarded = {k: v for k, v in headers.items() if k in ("authorization", "content-type")}
+        if kind == "swap":  # a gateway that serves another model under the name asked for
+            body = json.dumps({**json.loads(body), "model": fault[1]}).encode()
         response = await self._http.request(method, path, content=body, headers=forwarded)
         content = response.content
         if kind == "slow":

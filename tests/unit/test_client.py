@@ -17,6 +17,7 @@ from remote_synth._exceptions import (
     AuthenticationError,
     BadRequestError,
     MalformedResponseError,
+    ModelMismatchError,
     NotFoundError,
 )
 from remote_synth._transport import InferenceClient, RetryPolicy
@@ -268,3 +269,39 @@ def test_usage_is_shared_among_the_choices_by_length() -> None:
     answer = {"choices": [{"index": 0, "text": "aaa"}, {"index": 1, "text": "a"}], "usage": {"completion_tokens": 9}}
     c = client(lambda request: httpx.Response(200, json=answer))
     assert [x.tokens for x in run(c.complete_many("adapter", ["p", "q"], {}))] == [6, 3]
+
+
+def answering(models: list[str | None]) -> tuple[Callable[[httpx.Request], httpx.Response], list[str]]:
+    """Completions answered by ``models`` in turn (None: an answer that names no model)."""
+    asked: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        asked.append(body["model"])
+        answer: dict[str, object] = {"choices": [{"index": 0, "text": "x", "finish_reason": "stop"}]}
+        model = models[min(len(asked), len(models)) - 1]
+        if model is not None:
+            answer["model"] = model
+        return httpx.Response(200, json=answer)
+
+    return handle, asked
+
+
+def test_an_answer_from_another_model_is_refused_after_one_retry_naming_both() -> None:
+    handle, asked = answering(["base-model"])  # a gateway that answers from the base model, every time
+    c = client(handle, retry=RetryPolicy(deadline=60, initial_delay=0, max_delay=0))
+    with pytest.raises(ModelMismatchError) as info:
+        run(c.complete({"model": "nss-adapter", "prompt": ["p"]}))
+    assert asked == ["nss-adapter", "nss-adapter"]  # retried once: another replica may be right
+    error = info.value
+    assert (error.asked, error.answered, error.attempts) == ("nss-adapter", "base-model", 2)
+    assert "'nss-adapter'" in str(error) and "'base-model'" in str(error)
+
+
+def test_one_wrong_replica_is_retried_and_an_answer_naming_no_model_is_taken() -> None:
+    handle, asked = answering(["other-version", "nss-adapter"])
+    c = client(handle, retry=RetryPolicy(deadline=60, initial_delay=0, max_delay=0))
+    assert [x.text for x in run(c.complete({"model": "nss-adapter", "prompt": ["p"]}))] == ["x"]
+    assert len(asked) == 2
+    handle, asked = answering([None])  # a gateway that drops the field: nothing to check
+    assert [x.text for x in run(client(handle).complete({"model": "nss-adapter", "prompt": ["p"]}))] == ["x"]

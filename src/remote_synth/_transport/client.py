@@ -37,6 +37,7 @@ from .._exceptions import (
     BadRequestError,
     ConfigError,
     MalformedResponseError,
+    ModelMismatchError,
     NotFoundError,
     ServerOverloadedError,
 )
@@ -259,7 +260,7 @@ class InferenceClient:
     async def send_completions(self, body: dict[str, Any]) -> list[Completion]:
         """One ``/v1/completions`` attempt, no retry; choices in prompt order (sorted by ``index``)."""
         data = await self._json("POST", "/v1/completions", json=body)
-        return _choices(data, expected=_count_prompts(body))
+        return _choices(data, expected=_count_prompts(body), model=body.get("model"))
 
     async def complete(self, body: dict[str, Any]) -> list[Completion]:
         """``send_completions`` with the retry policy, at most ``max_concurrency`` at once."""
@@ -381,6 +382,8 @@ class _CompletionsAnswer(BaseModel):
 
     choices: list[_Choice]
     usage: _Usage | None = None
+    model: str | None = None
+    """The model that answered (vLLM names the one asked for; a swap shows here only)."""
 
 
 class _TokenizeAnswer(BaseModel):
@@ -400,9 +403,14 @@ def _validated(model: type[_Answer], data: object, what: str) -> _Answer:
         raise MalformedResponseError(f"{what}: `{where}`: {error['msg']}", endpoint=what) from None
 
 
-def _choices(data: dict[str, Any], expected: int) -> list[Completion]:
+def _choices(data: dict[str, Any], expected: int, model: object = None) -> list[Completion]:
+    """The answer's completions in prompt order; an answer naming another ``model`` than the one
+    asked for is refused (an answer that names none cannot be checked)."""
     what = "POST /v1/completions"
     answer = _validated(_CompletionsAnswer, data, what)
+    if isinstance(model, str) and answer.model is not None and answer.model != model:
+        raise ModelMismatchError(f"{what}: asked for model {model!r}, but {answer.model!r} answered",
+                                 endpoint=what, asked=model, answered=answer.model)  # fmt: skip
     if len(answer.choices) != expected:
         raise MalformedResponseError(
             f"{what}: the server returned {len(answer.choices)} choices for {expected} prompts", endpoint=what

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import tenacity
 
-from .._exceptions import APIConnectionError, APIError, APIStatusError, MalformedResponseError
+from .._exceptions import APIConnectionError, APIError, APIStatusError, MalformedResponseError, ModelMismatchError
 
 __all__ = ["RETRYABLE_STATUS", "RetryPolicy"]
 
@@ -58,6 +58,8 @@ class RetryPolicy:
     """A server's Retry-After is honoured up to this many seconds."""
     server_error_retries: int = 2
     """Retries of an HTTP 500."""
+    mismatch_retries: int = 1
+    """Retries of an answer from another model: once, in case one replica of several is wrong."""
 
     def __post_init__(self) -> None:
         if self.deadline < 0 or self.initial_delay < 0 or self.max_delay < self.initial_delay:
@@ -93,6 +95,7 @@ class _Budget:
         self.started = clock()
         self.first_failure: float | None = None
         self.server_errors = 0
+        self.mismatches = 0
         self._backoff = tenacity.wait_exponential_jitter(initial=policy.initial_delay, max=policy.max_delay)
 
     def should_retry(self, state: tenacity.RetryCallState) -> bool:
@@ -109,6 +112,9 @@ class _Budget:
         if isinstance(exc, APIStatusError) and exc.status_code == SERVER_ERROR:
             self.server_errors += 1
             return self.server_errors <= self.policy.server_error_retries
+        if isinstance(exc, ModelMismatchError):
+            self.mismatches += 1
+            return self.mismatches <= self.policy.mismatch_retries
         return self.policy.retryable(exc)
 
     def exhausted(self, state: tenacity.RetryCallState) -> bool:
