@@ -182,6 +182,15 @@ def test_demand_uses_the_observed_yield_and_no_more_than_the_first_batch_before_
     assert source.demand(outstanding=100) == 44
 
 
+def test_a_short_first_completion_does_not_send_a_small_job_many_times_over() -> None:
+    """A 200-record job: 20 prompts before any yield; a first completion of one record says 199 more
+    are needed, but until 10 completions are in, no more than twice those used plus the 20 is out."""
+    source = jobs(target=200, prior_yield=10)
+    assert source.demand(outstanding=0) == 20
+    source.complete(source.next_job(1), [_completion('{"n":1,"c":"x"}\n')])
+    assert source.demand(outstanding=19) == 2 * 1 + 20 - 19
+
+
 @pytest.mark.parametrize("per_completion", [1, 3, 5, 12])
 @pytest.mark.parametrize("target", [10, 1000, 50_000])
 def test_what_is_out_never_exceeds_the_need_and_the_hedge_budget(target: int, per_completion: int) -> None:

@@ -195,7 +195,8 @@ class TabularJobs:
 
         The first completions back are the short ones (fewer records), so an early yield is an
         underestimate; until ``FIRM_YIELD`` completions are in, what is out at once is capped at
-        twice the completions used plus the open batch. Then the whole rest goes out at once (the
+        twice the completions used plus what went before any yield (a short first completion
+        must not send a small job's prompts many times over). Then the whole rest goes out at once (the
         window holds back what the server cannot run yet), with ``HEDGE`` of the job beyond it.
         """
         if self.done:
@@ -206,8 +207,14 @@ class TabularJobs:
         else:
             wanted = int(self._prompts_left_at_most() * (1 + self.hedge) + self.hedge * self.used)
         if self.used < FIRM_YIELD:
-            wanted = min(wanted, 2 * self.used + max(self._open_size, MAX_NUM_PROMPTS_PER_BATCH))
+            wanted = min(wanted, 2 * self.used + self._before_yield())
         return max(0, wanted - outstanding)
+
+    def _before_yield(self) -> int:
+        """What goes out before a yield is known: what ``prior_yield`` records a completion would
+        need for the whole target, at least NSS 0.1.16's probe, at most NSS's first 100 prompts."""
+        prior = max(INITIAL_PROBE_PROMPTS, math.ceil(self.target / self.prior_yield))
+        return min(MAX_NUM_PROMPTS_PER_BATCH, prior)
 
     def expected_prompts_left(self) -> int:
         """Completions still needed to finish, at the yield seen so far (at least one).
