@@ -71,10 +71,17 @@ class FaultProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _close(self) -> None:
+        """Stop listening, then end the connections still open (a client killed mid-request leaves
+        its handler waiting): left to the collector once the loop is closed, they would warn."""
         if self._server is not None:
             self._server.close()
+        handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
         if self._http is not None:
             await self._http.aclose()
+        await asyncio.sleep(0)  # the closed transports' connection_lost callbacks
 
     async def _outage(self, seconds: float) -> None:
         assert self._server is not None
@@ -87,16 +94,12 @@ class FaultProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             method, path, headers, body = await _read_request(reader)
-        except (asyncio.IncompleteReadError, ValueError, ConnectionError):
-            writer.close()
-            return
-        self.requests += 1
-        fault = self.plan(self.requests, method, path)
-        try:
+            self.requests += 1
+            fault = self.plan(self.requests, method, path)
             await self._answer(writer, fault, method, path, headers, body)
-        except (ConnectionError, httpx.HTTPError):
+        except (asyncio.IncompleteReadError, ValueError, ConnectionError, httpx.HTTPError):
             pass
-        finally:
+        finally:  # also when cancelled by _close
             writer.close()
 
     async def _answer(self, writer: asyncio.StreamWriter, fault: Fault | None, method: str, path: str,
