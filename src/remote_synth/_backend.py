@@ -38,6 +38,7 @@ from ._settings import RemoteSettings
 from ._transport.adapters import register_adapter, unregister_adapter
 from ._transport.client import InferenceClient
 from ._transport.preflight import check_server, wait_for_server
+from ._transport.tracing import Tracing
 from ._transport.types import ServerInfo
 from ._wiring import client_for, scheduler_for, tenant_fields
 from .nss.contract import GeneratorBackend
@@ -100,12 +101,16 @@ class RemoteBackend(GeneratorBackend):
         self.server_info: ServerInfo | None = None
         self.engine_stats: EngineStats | None = None
         """What the last ``generate()`` sent: requests, prompts sent, retries, window readings."""
+        self.scheduler: Scheduler | None = None
+        """The engine of the running (or last) ``generate()``: its window and what is in flight."""
         self.journal: Journal | None = None
         """Where ``generate()`` keeps the completions it uses (``open_journal``), if anywhere."""
         self._replay: list[JournalEntry] = []
         self._loaded_adapter = False
         """Whether this backend registered its adapter on the server (and so unloads it)."""
         self._client: InferenceClient | None = None
+        self.tracing = Tracing()
+        """Spans for the job, its batches and requests (``_transport/tracing.py``); none by default."""
         self._loop: LoopThread | None = None
         self._params: dict[str, Any] | None = None
         self._torn_down = False
@@ -119,8 +124,12 @@ class RemoteBackend(GeneratorBackend):
         self._torn_down = False
         try:
             self._loop = LoopThread()
+            # the name before the server's list is read (Ray Serve LLM lists it as <base>:<adapter>)
+            self.adapter_name = self.settings.adapter_name or adapter_name_for(self.run)
+            self.tracing = Tracing.from_environment()
             base_url, api_key = self._server_address()
             self._client = client_for(self.settings, base_url, api_key, self.adapter_name, self.transport)
+            self._client.tracing = self.tracing
             lazy = self.settings.adapter_check == "lazy"
             if self.settings.wait_for_server > 0:
                 self._loop.run(self._wait_for_server(self._client, health_only=lazy or self.settings.load_adapter))
@@ -134,8 +143,11 @@ class RemoteBackend(GeneratorBackend):
                     self.kind.structured_choices,
                     lazy=lazy,
                     max_tokens=self.model_metadata.max_tokens_for(0, self.config.max_tokens_multiplier),
+                    naming=self.settings.adapter_naming if self.server is None else "plain",
+                    base=self.settings.base_model,
                 )
             )
+            self.adapter_name = self.server_info.model or self.adapter_name
             self.gen_method = self.generate
         except BaseException:
             self.teardown()
@@ -177,25 +189,45 @@ class RemoteBackend(GeneratorBackend):
             data_actions_fn=data_actions_fn,
         )
         client, adapter = self._client, self.adapter_name
-        jobs = self.kind.jobs(batches, self._request_body(self.server_info), on_batch=self.on_batch, log=self.journal,
+        on_batch = self._traced(self.on_batch)
+        jobs = self.kind.jobs(batches, self._request_body(self.server_info), on_batch=on_batch, log=self.journal,
                               tokenize=lambda text: client.tokenize(adapter, text))  # fmt: skip
         scheduler = self._scheduler(self._client)
+        self.scheduler, self.engine_stats = scheduler, scheduler.stats  # live, for observers (--metrics-port)
         started = time.monotonic()
         self.gen_results = None
-        try:
-            replay, self._replay = self._replay, []
-            jobs.replay(replay)
-            self._loop.run(self._run_engine(scheduler, jobs))
-        finally:  # also on failure or Ctrl-C: what came back is counted and kept
-            self.engine_stats = scheduler.stats
+        job = {"gen_ai.request.model": adapter, "remote_synth.num_records": self.config.num_records}
+        with self.tracing.job("remote_synth.generate", job):
             try:
-                jobs.flush()  # runs the progress callback: a second Ctrl-C may land in it
-            finally:
-                self.elapsed_time = time.monotonic() - started
-                results = self.kind.finish(batches, done=jobs.done, elapsed=self.elapsed_time)
-                self.gen_results = as_nss_results(results) if self.speaks_nss else results
+                replay, self._replay = self._replay, []
+                jobs.replay(replay)
+                self._loop.run(self._run_engine(scheduler, jobs))
+            finally:  # also on failure or Ctrl-C: what came back is counted and kept
+                self.engine_stats = scheduler.stats
+                try:
+                    jobs.flush()  # runs the progress callback: a second Ctrl-C may land in it
+                finally:
+                    self.elapsed_time = time.monotonic() - started
+                    results = self.kind.finish(batches, done=jobs.done, elapsed=self.elapsed_time)
+                    self.gen_results = as_nss_results(results) if self.speaks_nss else results
         batches.raise_for_status()
         return results
+
+    def _traced(self, on_batch: Callable[[Progress], None] | None) -> Callable[[Progress], None] | None:
+        """``on_batch``, after a span for the logical batch that just closed (when tracing is on)."""
+        if not self.tracing.enabled:
+            return on_batch
+        opened = [time.time()]
+
+        def traced(progress: Progress) -> None:
+            counts = {"remote_synth.batch": progress.batch, "remote_synth.valid_records": progress.valid,
+                      "remote_synth.invalid_records": progress.invalid, "remote_synth.prompts": progress.prompts}  # fmt: skip
+            self.tracing.batch("remote_synth.batch", opened[0], counts)
+            opened[0] = time.time()
+            if on_batch is not None:
+                on_batch(progress)
+
+        return traced
 
     def teardown(self) -> None:
         """Cancel in-flight requests, close the pool, stop our server; idempotent, steps isolated."""
@@ -216,6 +248,7 @@ class RemoteBackend(GeneratorBackend):
             steps.append(("stop the vLLM server we launched", server.stop))
         if journal is not None:
             steps.append(("close the journal", journal.close))
+        steps.append(("export the traces", self.tracing.shutdown))
         self.run_cleanup_steps(steps)
         self._loaded_adapter = False
         self._client = self._loop = None

@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 
-Remedy = Literal["adapter_name", "max_model_len", "base_url", "api_key", "runtime_adapters"]
+Remedy = Literal["adapter_name", "max_model_len", "base_url", "api_key", "runtime_adapters", "request_timeout"]
 
 
 class RemoteSynthError(Exception):

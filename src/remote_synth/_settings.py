@@ -23,6 +23,7 @@ from pydantic import Field, FilePath, JsonValue, SecretStr, ValidationError, fie
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from ._exceptions import ConfigError
+from ._naming import AdapterNaming
 from ._urls import redact_url
 from .nss.params import ENV_PREFIX, format_validation_error
 
@@ -82,6 +83,9 @@ class ClientSettings(_Settings):
     """The adapter's directory on the server's machine (--load-adapter)."""
     adapter_check: AdapterCheck = "strict"
     """lazy: accept an adapter the server does not list yet (a resolver plugin loads it)."""
+    adapter_naming: AdapterNaming = "auto"
+    """How requests name the adapter: plain (vLLM, llm-d, KServe), base:adapter (Ray Serve LLM), or
+    auto (base:adapter when /v1/models lists the adapter only so)."""
     priority: int | None = None
     """Request priority, for a server with --scheduling-policy priority (lower runs first)."""
     cache_salt: str | None = None
@@ -169,7 +173,8 @@ class LaunchSettings(_Settings):
     """How a local server is launched (and kept up) when no base URL is given."""
 
     base_model: str | None = None
-    """Base model path or id for a launched server (default: the run's metadata)."""
+    """Base model path or id for a launched server (default: the run's metadata); with
+    --adapter-naming base:adapter, the base a request names."""
     host: str = "127.0.0.1"
     """Address a launched server listens on."""
     port: int | None = Field(None, ge=1, le=65535)
@@ -192,6 +197,12 @@ class LaunchSettings(_Settings):
     """vLLM's --dtype for a launched server."""
     server_log: Path | None = None
     """A launched server's log file (default: in log_dir)."""
+    otlp_traces_endpoint: str | None = None
+    """Where a launched vLLM sends its traces (its --otlp-traces-endpoint; a URL ending in
+    /v1/traces is OTLP/HTTP, anything else gRPC): it continues each request's traceparent."""
+    adapter_store: Path | None = None
+    """A directory of adapters published with `adapters publish`: a launched server loads each on
+    the first request that names it (vLLM's filesystem resolver)."""
     log_dir: Path | None = None
     """Where a launched server's log and serve's key file go (default: RUN_DIR/generate/logs, or
     $XDG_STATE_HOME/remote-synth when the run directory is read-only)."""
@@ -210,6 +221,12 @@ class EngineSettings(_Settings):
     """Seconds between readings of the server's /metrics."""
     use_detailed_logs: bool = False
     """Detailed validation messages (they quote record values)."""
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Serve the job's Prometheus metrics on this port while it runs (default: none)."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics listen on (0.0.0.0 for a Prometheus on another machine)."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as text, or one JSON object each (for a log shipper)."""
 
 
 class RemoteSettings(ClientSettings, LaunchSettings, EngineSettings):

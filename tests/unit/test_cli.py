@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
@@ -707,3 +708,51 @@ def test_every_variable_refuses_garbage_in_one_line_before_anything_starts(
     assert code == EXIT_BAD_INPUT and "Traceback" not in err and "cannot reach" not in err, err
     assert name.lower().split("__")[-1] in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_metrics_are_served_during_the_job_and_logs_are_json_lines(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    run: Path,
+    tmp_path: Path,
+) -> None:
+    import httpx
+
+    caplog.set_level("INFO")
+    port = free_port()
+    scrapes: list[str] = []
+
+    def record_and_scrape() -> str:
+        if COUNTER["n"] % 40 == 20:  # mid-job, from the engine's own thread
+            scrapes.append(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+        return unique_record()
+
+    out = tmp_path / "x.csv"
+    with scripted(monkeypatch, "a", record_and_scrape) as server:
+        args = generate_args(run, server.url, out, "--num-records", "200", "--metrics-port", str(port),
+                             "--log-format", "json")  # fmt: skip
+        formatters = [(h, h.formatter) for h in logging.getLogger().handlers]
+        try:
+            code, err = run_main(monkeypatch, capsys, "-v", *args)
+            text = caplog.text
+        finally:  # pytest's handlers outlive the test
+            for handler, formatter in formatters:
+                handler.setFormatter(formatter)
+    assert code == 0, err
+    assert scrapes, "no scrape ran during the job"
+    labels = 'gen_ai_operation_name="text_completion",gen_ai_request_model="a"'
+    last = scrapes[-1]
+    assert f"remote_synth_requests_total{{{labels}}}" in last
+    assert f'remote_synth_records_total{{{labels},outcome="valid"}}' in last
+    assert f"remote_synth_records_target{{{labels}}} 200.0" in last
+    assert f"remote_synth_window_prompts{{{labels}}}" in last and "remote_synth_in_flight_prompts" in last
+    sent = float(last.split(f'remote_synth_prompts_total{{{labels},state="sent"}} ')[1].split()[0])
+    assert 0 < sent <= server.completions_answered + 200
+    with pytest.raises(httpx.ConnectError):  # the endpoint ends with the job
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+    lines = [json.loads(line) for line in text.splitlines()]  # the handlers in place wrote JSON
+    assert {"remote_synth.engine", "remote_synth.results"} <= {line["logger"] for line in lines}
+    assert all(
+        line["level"] in ("debug", "info", "warning", "error") and line["time"].endswith("+00:00") for line in lines
+    )

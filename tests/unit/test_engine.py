@@ -345,6 +345,7 @@ def test_a_request_in_backoff_holds_no_room_and_overload_halves_the_window() -> 
     stats, sched = run(scenario())
     assert holding_during_backoff and holding_during_backoff[0] == 10  # only the sibling's 10 prompts
     assert stats.retries == 1 and stats.overloads == 1
+    assert stats.failures == {"503": 1}  # by what the transport's error says (the job's metrics)
     assert limit_during_backoff == [20]  # 40 halved by the 503
 
 

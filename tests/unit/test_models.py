@@ -2,8 +2,9 @@
 
 import pytest
 
-from remote_synth._exceptions import MalformedResponseError
-from remote_synth._transport.models import ServedModel, context_length, parse_models, serves
+from remote_synth._exceptions import ConfigError, MalformedResponseError
+from remote_synth._naming import AdapterNaming
+from remote_synth._transport.models import ServedModel, context_length, parse_models, request_name, serves
 
 
 def test_entries_become_typed_models() -> None:
@@ -33,3 +34,30 @@ def test_context_comes_from_the_adapter_then_its_parent_then_the_smallest_listed
 
 def test_a_boolean_is_not_a_context_length() -> None:
     assert parse_models({"data": [{"id": "a", "max_model_len": True}]})[0].max_model_len is None
+
+
+RAY = [ServedModel("base"), ServedModel("base:tenant-a", parent="base")]
+"""Ray Serve LLM lists a multiplexed adapter as ``<base>:<adapter>``."""
+
+
+@pytest.mark.parametrize(
+    ("models", "naming", "base", "expected"),
+    [
+        (RAY, "auto", None, "base:tenant-a"),
+        ([ServedModel("base"), ServedModel("tenant-a", parent="base")], "auto", None, "tenant-a"),
+        ([ServedModel("base")], "auto", None, "tenant-a"),  # not listed (a store): its own name
+        ([ServedModel("b1:tenant-a"), ServedModel("b2:tenant-a")], "auto", None, "tenant-a"),  # ambiguous
+        (RAY, "plain", None, "tenant-a"),
+        ([ServedModel("base")], "base:adapter", None, "base:tenant-a"),
+        ([ServedModel("b1"), ServedModel("b2")], "base:adapter", "b2", "b2:tenant-a"),
+    ],
+)
+def test_a_request_names_the_adapter_as_the_server_lists_it_or_as_told(
+    models: list[ServedModel], naming: AdapterNaming, base: str | None, expected: str
+) -> None:
+    assert request_name(models, "tenant-a", naming, base) == expected
+
+
+def test_base_adapter_naming_with_several_bases_and_none_named_is_one_clear_error() -> None:
+    with pytest.raises(ConfigError, match=r"lists 2 base models \(b1, b2\); name the base model"):
+        request_name([ServedModel("b1"), ServedModel("b2")], "tenant-a", "base:adapter")

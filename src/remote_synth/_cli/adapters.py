@@ -25,10 +25,31 @@ T = TypeVar("T")
 
 @click.group()
 def adapters() -> None:
-    """Adapters on a running server: list them, load a run's adapter, unload one.
+    """Adapters on a running server (list, load, unload) and in an adapter store (publish).
 
-    Loading needs a server started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=1.
+    Loading needs a server started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=1; a server started with
+    `serve --adapter-store DIR` loads what is published in DIR on its first request.
     """
+
+
+@adapters.command("publish")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--store", required=True, type=click.Path(path_type=Path), help="The adapter store (a directory).")
+@click.option("--adapter-name", help="Name to publish it under (default: derived from its files, as generate does).")
+@click.option("--base-model", help="The base model the server runs (its --model; default: the run's).")
+def adapters_publish(run_dir: Path, store: Path, adapter_name: str | None, base_model: str | None) -> None:
+    """Copy RUN_DIR's adapter into the adapter store STORE, where servers load it on first use.
+
+    Atomic (a server never sees half of it) and idempotent; another adapter under a name already
+    published is refused.
+    """
+    from .._server.store import publish_adapter
+
+    run = RunDirectory.open(run_dir).check()
+    published = publish_adapter(run, store, name=adapter_name, base_model=base_model)
+    click.echo(
+        f"published {published.name} in {store}" if published.created else f"{published.name} is already in {store}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

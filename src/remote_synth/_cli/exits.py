@@ -36,6 +36,7 @@ REMEDIES: dict[Remedy, str] = {
     "base_url": "; check --base-url and that the server runs",
     "api_key": "; pass the right key with --api-key-env NAME or REMOTE_SYNTH_API_KEY",
     "runtime_adapters": ": start it with `remote-synth serve --runtime-adapters`",
+    "request_timeout": "; give it longer with REMOTE_SYNTH_REQUEST_TIMEOUT=SECONDS",
 }
 """The library's remedies (``RemoteSynthError.remedy``) as command-line advice."""
 

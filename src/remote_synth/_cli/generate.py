@@ -21,6 +21,8 @@ from ..nss.params import GenerateParameters
 from ..nss.results import GenerateJobResults
 from ..nss.rundir import RunDirectory
 from .exits import GenerationFailed
+from .logs import use_log_format
+from .metrics import chain, serving_metrics
 from .options import (
     api_key_from,
     generation_options,
@@ -35,15 +37,16 @@ from .sections import SectionedCommand
 from .signals import signals_raise_interrupt
 
 GENERATE_SETTINGS = (
-    "retry_deadline", "log_dir", "load_adapter", "server_adapter_path", "adapter_check", "share", "priority",
-    "cache_salt", "session_affinity", "wait_for_server", "ca_bundle",
+    "retry_deadline", "log_dir", "load_adapter", "server_adapter_path", "adapter_check", "adapter_naming",
+    "share", "priority", "cache_salt", "session_affinity", "wait_for_server", "ca_bundle", "metrics_port",
+    "metrics_host", "log_format",
 )  # fmt: skip
 """``RemoteSettings`` fields that are ``generate`` flags (after the ones grouped near the top)."""
 
 
 HELP_SECTIONS = {
     "Connection": ["base_urls", "api_key_envs", "adapter_name", "base_model", "wait_for_server", "ca_bundle",
-                   "load_adapter", "server_adapter_path", "adapter_check", "log_dir"],
+                   "load_adapter", "server_adapter_path", "adapter_check", "adapter_naming", "log_dir"],
     "Sampling (NSS's generation parameters)": [
         "num_records", "temperature", "top_p", "repetition_penalty", "patience", "invalid_fraction_threshold",
         "max_tokens_multiplier", "max_new_tokens", "structured_generation__enabled",
@@ -51,6 +54,7 @@ HELP_SECTIONS = {
         "structured_generation__use_single_sequence", "structured_generation__max_records_per_sequence",
         "validation__enforce_numeric_range"],
     "Engine": ["max_concurrency", "prompts_per_request", "window", "share", "use_detailed_logs"],
+    "Observing": ["metrics_port", "metrics_host", "log_format"],
     "Durability": ["output", "resume", "overwrite", "retry_deadline"],
     "Tenancy (shared servers and gateways)": ["priority", "cache_salt", "session_affinity", "headers", "extra_body"],
 }  # fmt: skip
@@ -121,9 +125,12 @@ def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tup
     target = OutputFile(output if output is not None else run.output_file).check()
     journal_path = Journal.path_for(target.path)
     _check_existing(target.path, journal_path, resume=resume, overwrite=overwrite)
+    use_log_format(settings.log_format)
     backend = RemoteBackend(run, overrides, settings=settings)
-    with signals_raise_interrupt(), ProgressBar(backend.config.num_records) as bar:
-        backend.on_batch, backend.on_status = bar.update, _with_server_log(backend, bar.status)
+    serving = serving_metrics(backend, settings.metrics_host, settings.metrics_port)
+    with signals_raise_interrupt(), ProgressBar(backend.config.num_records) as bar, serving as metrics:
+        backend.on_batch = chain(bar.update, metrics.on_batch if metrics is not None else None)
+        backend.on_status = _with_server_log(backend, bar.status)
         try:
             backend.initialize()
             if max_new_tokens is not None:

@@ -20,7 +20,10 @@ from .options import api_key_from, every, settings_options, take_settings
 from .progress import with_log_line
 from .signals import signals_raise_interrupt
 
-SERVE_SETTINGS = ("adapter_name", "max_model_len", "max_loras", "max_cpu_loras", "offline", "server_log", "log_dir")
+SERVE_SETTINGS = (
+    "adapter_name", "max_model_len", "max_loras", "max_cpu_loras", "offline", "server_log", "log_dir", "adapter_store",
+    "otlp_traces_endpoint",
+)  # fmt: skip
 """``RemoteSettings`` fields that are ``serve`` flags, besides --base-model and --host."""
 
 

@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .._exceptions import APIConnectionError, APIError, NotFoundError, ServerOverloadedError
+from .._exceptions import APIConnectionError, APIError, APITimeoutError, NotFoundError, ServerOverloadedError
 from .._transport.retry import RetryPolicy
-from .._transport.types import Completion, CompletionSender, Prompt, completions_body
+from .._transport.types import Completion, CompletionSender, Prompt, ServerLoad, completions_body
 from .recovery import Recovery
 from .window import Gate, WindowPolicy
 
@@ -91,6 +92,11 @@ class EngineStats:
     overloads: int = 0
     window_samples: list[int] = field(default_factory=list)
     """The window's limit at each load reading (for benchmarks and logs)."""
+    failures: Counter[str] = field(default_factory=Counter)
+    """Failed attempts by what the transport's error says: its HTTP status, else ``connection``
+    or ``timeout`` (each was retried, or ended the run)."""
+    load: ServerLoad | None = None
+    """The server's last load reading."""
 
 
 class Scheduler:
@@ -246,6 +252,7 @@ class Scheduler:
                 try:
                     return await self.client.send_completions(body)
                 except APIError as exc:
+                    self.stats.failures[_failure_kind(exc)] += 1
                     unanswered = isinstance(exc, APIConnectionError)  # no answer: wait for the server first
                     if isinstance(exc, ServerOverloadedError):
                         self.stats.overloads += 1
@@ -269,6 +276,7 @@ class Scheduler:
             except APIError as exc:
                 logger.debug("no load reading this time: %s", exc)
             else:
+                self.stats.load = load
                 before = self._gate.limit
                 self._gate.resize(self.window.observe(load, self._gate.in_flight))
                 if not self.window.metrics:
@@ -313,3 +321,17 @@ class Scheduler:
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._running.clear()
+
+
+def _failure_kind(exc: APIError) -> str:
+    """A failed attempt's label: the status the server answered, or how no answer came."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and status:
+        return str(status)
+    return (
+        "timeout"
+        if isinstance(exc, APITimeoutError)
+        else "connection"
+        if isinstance(exc, APIConnectionError)
+        else "other"
+    )

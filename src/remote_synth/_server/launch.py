@@ -64,7 +64,9 @@ def launch_settings(
         adapter_path=run.adapter_dir,
         max_loras=s.max_loras,
         max_cpu_loras=s.max_cpu_loras,
-        max_lora_rank=run.adapter_config.r,
+        max_lora_rank=max([run.adapter_config.r, *_store_ranks(s.adapter_store)]),
+        adapter_store=s.adapter_store,
+        otlp_traces_endpoint=s.otlp_traces_endpoint,
         max_model_len=s.max_model_len or _fitting_context(model, meta),
         hf_overrides=rope_overrides(meta),
         max_num_seqs=s.max_num_seqs,
@@ -77,6 +79,17 @@ def launch_settings(
         log_file=s.server_log or files_dir(run, s) / "vllm-server.log",
         startup_timeout=s.startup_timeout,
     )
+
+
+def _store_ranks(store: Path | None) -> list[int]:
+    """The ranks of the adapters in ``store`` (a server must hold the largest), checked to be a directory."""
+    if store is None:
+        return []
+    if not store.is_dir():
+        raise ConfigError(f"adapter store {store}: not a directory (create it, then `adapters publish` into it)")
+    from .store import store_ranks
+
+    return store_ranks(store)
 
 
 def serve_settings(runs: Sequence[RunDirectory], settings: RemoteSettings | None = None) -> ServerSettings:

@@ -111,6 +111,11 @@ class ServerSettings:
     log_file: Path | None = None
     startup_timeout: float = 900.0
     stop_timeout: float = 30.0
+    otlp_traces_endpoint: str | None = None
+    """vLLM's ``--otlp-traces-endpoint``: it exports a span per request, continuing our ``traceparent``."""
+    adapter_store: Path | None = None
+    """A directory vLLM's filesystem resolver serves adapters from, each loaded on its first request
+    (``store.py``); runtime adapter updating goes on with it."""
     extra_args: tuple[str, ...] = ()
     extra_env: tuple[tuple[str, str], ...] = ()
 
@@ -122,6 +127,18 @@ def require_vllm() -> None:
             "vLLM is not installed here: install remote-synth[cpu] (or [gpu]) to launch a local server, "
             "or pass --base-url to use a running one"
         )
+
+
+RESOLVER_PLUGIN = "lora_filesystem_resolver"
+
+
+def _resolver_env(store: Path, plugins: str | None) -> dict[str, str]:
+    """vLLM's filesystem resolver on ``store``: it loads every plugin when VLLM_PLUGINS is unset,
+    else only those named, so a list the caller set gets the resolver added."""
+    env = {"VLLM_LORA_RESOLVER_CACHE_DIR": str(store.resolve()), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
+    if plugins is not None and RESOLVER_PLUGIN not in plugins.split(","):
+        env["VLLM_PLUGINS"] = ",".join(p for p in (plugins, RESOLVER_PLUGIN) if p)
+    return env
 
 
 class VllmServer:
@@ -187,6 +204,8 @@ class VllmServer:
             cmd += ["--max-num-seqs", str(s.max_num_seqs)]
         if s.max_cpu_loras:
             cmd += ["--max-cpu-loras", str(s.max_cpu_loras)]
+        if s.otlp_traces_endpoint:
+            cmd += ["--otlp-traces-endpoint", s.otlp_traces_endpoint]
         if self.api_key:
             cmd += ["--middleware", f"{AUTH_GATE_MODULE}.AuthGate"]
         return cmd + list(s.extra_args)
@@ -209,6 +228,11 @@ class VllmServer:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         if self.settings.offline:
             env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        if self.settings.adapter_store is not None:
+            env.update(_resolver_env(self.settings.adapter_store, env.get("VLLM_PLUGINS")))
+        endpoint = self.settings.otlp_traces_endpoint
+        if endpoint and endpoint.rstrip("/").endswith("/v1/traces"):  # vLLM's exporter assumes gRPC otherwise
+            env.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
         env.update(dict(self.settings.extra_env))
         return env
 

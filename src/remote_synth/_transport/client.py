@@ -45,6 +45,7 @@ from .._urls import redact_url
 from .models import ServedModel, parse_models
 from .replicas import ANSWERED, Replica, ReplicaSet
 from .retry import RetryPolicy
+from .tracing import Tracing
 from .types import Completion, ServerLoad, completions_body
 
 __all__ = ["InferenceClient", "TimeoutPolicy"]
@@ -106,6 +107,8 @@ class InferenceClient:
     """A PEM file of the CAs to trust for https (a private CA); None: ``SSL_CERT_FILE``, else certifi's."""
     transport: httpx.AsyncBaseTransport | None = None
     """For tests: a fake transport instead of the network."""
+    tracing: Tracing = field(default_factory=Tracing)
+    """Spans for requests, and the ``traceparent`` that carries them (``tracing.py``; off by default)."""
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1 or self.prompts_per_request < 1:
@@ -259,8 +262,12 @@ class InferenceClient:
 
     async def send_completions(self, body: dict[str, Any]) -> list[Completion]:
         """One ``/v1/completions`` attempt, no retry; choices in prompt order (sorted by ``index``)."""
-        data = await self._json("POST", "/v1/completions", json=body)
-        return _choices(data, expected=_count_prompts(body), model=body.get("model"))
+        prompts = _count_prompts(body)
+        attributes: dict[str, str | int] = {"gen_ai.operation.name": "text_completion", "gen_ai.request.model": str(body.get("model")),
+                      "remote_synth.prompts": prompts}  # fmt: skip
+        with self.tracing.request("POST /v1/completions", attributes) as trace_headers:
+            data = await self._json("POST", "/v1/completions", json=body, headers=trace_headers)
+        return _choices(data, expected=prompts, model=body.get("model"))
 
     async def complete(self, body: dict[str, Any]) -> list[Completion]:
         """``send_completions`` with the retry policy, at most ``max_concurrency`` at once."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .._exceptions import MalformedResponseError
+from .._exceptions import ConfigError, MalformedResponseError
+from .._naming import AdapterNaming
 
 ENDPOINT = "GET /v1/models"
 
-__all__ = ["ServedModel", "context_length", "parse_models", "serves"]
+__all__ = ["ServedModel", "context_length", "parse_models", "request_name", "serves"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,31 @@ def serves(models: Iterable[ServedModel], *names: str) -> bool:
     """Whether every one of ``names`` is listed."""
     served = {m.id for m in models}
     return all(name in served for name in names)
+
+
+def request_name(models: Iterable[ServedModel], adapter: str, naming: AdapterNaming, base: str | None = None) -> str:
+    """The ``model`` a request names ``adapter`` by.
+
+    ``base:adapter`` prefixes the base model (``base``, else the one base the server lists);
+    ``auto`` takes the adapter's own name when it is listed (or nothing names it otherwise), and
+    ``<base>:<adapter>`` when that is what the list holds.
+    """
+    listed = list(models)
+    if naming == "plain":
+        return adapter
+    if naming == "base:adapter":
+        bases = [m.id for m in listed if not m.is_adapter and ":" not in m.id]
+        chosen = base or (bases[0] if len(bases) == 1 else None)
+        if chosen is None:
+            raise ConfigError(
+                f"adapter naming base:adapter: the server lists {len(bases)} base models ({', '.join(bases)}); "
+                "name the base model"
+            )
+        return f"{chosen}:{adapter}"
+    if serves(listed, adapter):
+        return adapter
+    prefixed = [m.id for m in listed if m.id.endswith(f":{adapter}")]
+    return prefixed[0] if len(prefixed) == 1 else adapter
 
 
 def context_length(models: Iterable[ServedModel], adapter: str) -> int | None:

@@ -18,13 +18,15 @@ from typing import Any
 from .._exceptions import (
     APIConnectionError,
     APIStatusError,
+    APITimeoutError,
     AuthenticationError,
     BadRequestError,
     NotFoundError,
     ServerCheckError,
 )
+from .._naming import AdapterNaming
 from .client import InferenceClient
-from .models import ServedModel, context_length, serves
+from .models import ServedModel, context_length, request_name, serves
 from .readiness import is_ready, until
 from .types import Completion, ServerInfo
 
@@ -65,6 +67,8 @@ async def check_server(
     *,
     lazy: bool = False,
     max_tokens: int | None = None,
+    naming: AdapterNaming = "plain",
+    base: str | None = None,
 ) -> ServerInfo:
     """Health, the adapter in ``/v1/models``, the prompt's length, and structured outputs.
 
@@ -72,7 +76,8 @@ async def check_server(
     (and obeys) is the info's ``structured_outputs``.
     ``lazy``: the adapter may be missing from the list (a resolver plugin loads it on first use);
     the base model's context and tokenizer stand in for it. ``max_tokens``: the job's own, which
-    no request of the check exceeds either.
+    no request of the check exceeds either. ``naming``: how requests name the adapter
+    (``models.request_name``; ``base`` is the base model for ``base:adapter``); the info's ``model``.
     """
     health = await client.health()
     if health >= 500:  # 404: a gateway without /health; 0: no answer, which /v1/models reports below
@@ -82,7 +87,10 @@ async def check_server(
             endpoint="GET /health",
         )
     models = await _served_models(client)
+    adapter = request_name(models, adapter, naming, base)
     tokenizer = adapter
+    if not serves(models, adapter) and not lazy and await _loads_on_request(client, adapter, prompt):
+        models = await _served_models(client)
     if not serves(models, adapter) and lazy:
         tokenizer = next((m.id for m in models if not m.is_adapter), adapter)
         models = [*models, ServedModel(id=adapter, parent=tokenizer)]
@@ -93,7 +101,9 @@ async def check_server(
             f"adapter {adapter!r} is not served by {client.display_url} (it serves: {served})", status_code=404
         ).with_remedy("adapter_name")
     info = ServerInfo(
-        context=context_length(models, adapter), prompt_tokens=await client.count_prompt_tokens(tokenizer, prompt)
+        context=context_length(models, adapter),
+        prompt_tokens=await client.count_prompt_tokens(tokenizer, prompt),
+        model=adapter,
     )
     if info.context is not None and info.context - info.prompt_tokens < 1:
         raise ServerCheckError(
@@ -104,6 +114,31 @@ async def check_server(
         chosen = await _accepted_constraint(client, adapter, prompt, constraints, probe_tokens)
         info = dataclasses.replace(info, structured_outputs=chosen)
     return info
+
+
+async def _loads_on_request(client: InferenceClient, adapter: str, prompt: str) -> bool:
+    """Whether a server that does not list ``adapter`` loads it when a request names it.
+
+    A server with an adapter store (vLLM's filesystem resolver) lists an adapter only after its
+    first request, which loads it: one token asked for settles it. A 404 is an adapter served
+    nowhere; a 400 one the server found but could not load.
+    """
+    logger.info("adapter %r is not listed: asking %s for one token of it", adapter, client.display_url)
+    try:
+        await client.complete_many(adapter, [prompt], {"max_tokens": 1})
+    except NotFoundError:
+        return False
+    except BadRequestError as exc:
+        raise ServerCheckError(
+            f"the server at {client.display_url} could not load adapter {adapter!r}: {exc}"
+        ) from None
+    except APITimeoutError:
+        raise ServerCheckError(
+            f"the server at {client.display_url} did not answer the first request for adapter {adapter!r} within "
+            f"{client.timeouts.read:.0f} s (it loads an adapter from its store on the first request)",
+        ).with_remedy("request_timeout") from None
+    logger.info("%s loaded adapter %r on request", client.display_url, adapter)
+    return True
 
 
 async def _served_models(client: InferenceClient) -> list[ServedModel]:

@@ -45,6 +45,8 @@ class ServerInfo:
     prompt_tokens: int
     structured_outputs: Mapping[str, Any] | None = None
     """The constraint the server accepted (of those offered, the first), None when none was offered."""
+    model: str | None = None
+    """The ``model`` requests name the adapter by (``models.request_name``); None: the adapter's name."""
 
     @property
     def room(self) -> int | None:
