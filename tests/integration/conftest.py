@@ -77,12 +77,8 @@ def server(demo_run: RunDirectory, api_key: str, tmp_path_factory: pytest.TempPa
     settings = RemoteSettings(api_key=api_key, server_log=log, adapter_store=store)
     runtime_loading = (("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "1"),)  # for the adapters tests
     server = VllmServer(dataclasses.replace(launch_settings(demo_run, settings), extra_env=runtime_loading))
-    try:
-        server.start()
-        server.wait_ready()
+    with server:  # started, ready, and stopped by process group, also when a test fails
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

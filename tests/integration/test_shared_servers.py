@@ -94,15 +94,20 @@ def test_two_replicas_one_killed_mid_job_the_job_completes_with_the_exact_count(
 
 @pytest.fixture(scope="module")
 def two_tables(
-    demo_run: RunDirectory, products_run: RunDirectory, api_key: str, tmp_path_factory: pytest.TempPathFactory
+    server: VllmServer,
+    demo_run: RunDirectory,
+    products_run: RunDirectory,
+    api_key: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    """`remote-synth serve` of both demo runs, as a user starts it: one vLLM, two adapters; its base URL."""
+    """`remote-synth serve` of both demo runs, as a user starts it: one vLLM, two adapters, on the
+    session server's adapter store (two replicas sharing one store); its base URL."""
     port, logs = free_port(), tmp_path_factory.mktemp("two-tables")
     announced = logs / "stdout.txt"
     with announced.open("w") as stdout, (logs / "stderr.txt").open("w") as stderr:
         proc = subprocess.Popen(
             [*CLI, "serve", str(demo_run.path), str(products_run.path), "--port", str(port), "--api-key-env", "K",
-             "--log-dir", str(logs)],
+             "--log-dir", str(logs), "--adapter-store", str(server.settings.adapter_store)],
             stdout=stdout, stderr=stderr, env={**os.environ, "K": api_key}, start_new_session=True,
         )  # fmt: skip
     try:
@@ -196,6 +201,47 @@ def _vllm_group_on(port: str) -> int:
         if b"vllm.entrypoints.openai.api_server" in argv and port.encode() in argv:
             return os.getpgid(int(entry.name))
     raise AssertionError(f"no vLLM on port {port}")
+
+
+def test_two_replicas_one_store_behind_vllm_router_serve_tenants_published_after_they_started(
+    router: str, server: VllmServer, demo_run: RunDirectory, products_run: RunDirectory, api_key: str, tmp_path: Path
+) -> None:
+    """Two tenants' adapters published into the store the replicas share, two concurrent jobs through
+    the router (each replica loads an adapter on its first request for it), one watched by Prometheus."""
+    store = server.settings.adapter_store
+    tenants = {"tenant-c": demo_run, "tenant-p": products_run}
+    for name, run in tenants.items():
+        published = cli(["adapters", "publish", str(run.path), "--store", str(store), "--adapter-name", name], api_key)
+        assert published.returncode == 0, published.stderr
+    metrics_port = free_port()
+    jobs = {}
+    for name, run in tenants.items():
+        watch = ["--metrics-port", str(metrics_port)] if name == "tenant-c" else []
+        jobs[name] = subprocess.Popen(
+            [*CLI, "generate", str(run.path), "--base-url", router, "--api-key-env", "K", "--adapter-name", name,
+             "--num-records", "600", "--output", str(tmp_path / f"{name}.csv"), *watch],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "K": api_key},
+        )  # fmt: skip
+    scrapes = []
+    while jobs["tenant-c"].poll() is None:
+        with contextlib.suppress(httpx.HTTPError):
+            scrapes.append(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).text)
+        time.sleep(0.2)
+    for proc in jobs.values():
+        _, stderr = proc.communicate(timeout=900)
+        assert proc.returncode == 0, stderr[-3000:]
+    for name, run in tenants.items():
+        df = pd.read_csv(tmp_path / f"{name}.csv")
+        assert len(df) == 600 and rows_valid(df, run) == []
+    labels = 'gen_ai_operation_name="text_completion",gen_ai_request_model="tenant-c"'
+    sent = [
+        line
+        for text in scrapes
+        for line in text.splitlines()
+        if line.startswith(f"remote_synth_requests_total{{{labels}}}")
+    ]
+    assert sent and float(sent[-1].rsplit(" ", 1)[1]) > 0, scrapes[-1:]  # scraped while it ran
+    assert not _answers(f"http://127.0.0.1:{metrics_port}/metrics")  # and gone with the job
 
 
 def test_through_vllm_router_affinity_keeps_one_replica_and_a_killed_replica_loses_nothing(

@@ -68,12 +68,8 @@ def traced_server(
     launch = launch_settings(demo_run, settings)
     server = VllmServer(dataclasses.replace(launch, extra_env=(("OTEL_BSP_SCHEDULE_DELAY", "200"),)))
     assert "--otlp-traces-endpoint" in server.command
-    try:
-        server.start()
-        server.wait_ready()
+    with server:  # started, ready, and stopped by process group, also when a test fails
         yield server
-    finally:
-        server.stop()
 
 
 def test_the_server_s_spans_continue_our_job_s_trace(

@@ -499,6 +499,24 @@ def test_an_unlisted_adapter_a_store_serves_is_loaded_by_one_token_before_the_jo
         assert b.generate().num_valid_records >= 5
 
 
+def test_an_adapter_the_probe_loaded_is_served_though_the_list_comes_from_another_replica(run: Path) -> None:
+    """Behind a router, /v1/models may be answered by a replica that did not take the one-token request."""
+    fake = FakeVllm()
+    fake.adapters = []
+    fake.core.store = ["nss-adapter"]
+    other_replica = VllmCore(adapters=[], context=300)
+
+    def router(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return as_httpx(other_replica.route("GET", "/v1/models"))
+        return fake(request)
+
+    settings = RemoteSettings(base_url="http://fake:8000", adapter_name="nss-adapter")
+    with RemoteBackend(run, {"num_records": 5}, settings=settings, transport=httpx.MockTransport(router)) as b:
+        assert fake.bodies[0]["max_tokens"] == 1
+        assert b.generate().num_valid_records >= 5
+
+
 def test_an_adapter_served_nowhere_is_not_found_after_one_request(run: Path) -> None:
     fake = FakeVllm()
     fake.adapters = ["other-adapter"]

@@ -91,6 +91,7 @@ async def check_server(
     tokenizer = adapter
     if not serves(models, adapter) and not lazy and await _loads_on_request(client, adapter, prompt):
         models = await _served_models(client)
+        lazy = True  # served: behind a router the list may come from a replica that has not loaded it yet
     if not serves(models, adapter) and lazy:
         tokenizer = next((m.id for m in models if not m.is_adapter), adapter)
         models = [*models, ServedModel(id=adapter, parent=tokenizer)]
