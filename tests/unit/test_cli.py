@@ -113,6 +113,8 @@ def run(tmp_path: Path) -> Path:
             "safe-synthesizer-config.json is a file, not a directory",
         ),  # fmt: skip
         (["generate", "{run}", "--output", "{tmp}/" + "n" * 240 + ".csv"], "file name is too long"),
+        (["generate", "{run}", "--output", "{tmp}/" + "n" * 300 + ".csv"], "file name is too long"),
+        (["generate", "{run}", "--output", "{tmp}/" + "d" * 300 + "/x.csv"], "cannot use that path"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(

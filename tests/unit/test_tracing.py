@@ -110,3 +110,14 @@ def test_the_standard_otel_variables_switch_our_exporter_on_and_off(
     assert (provider is not None) is enabled
     if provider is not None:
         provider.shutdown()  # nothing was recorded: nothing to send
+
+
+def test_asked_for_traces_without_opentelemetry_says_so_once_and_traces_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # as in the client-only install
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+    assert not Tracing.from_environment().enabled
+    assert [r.getMessage() for r in caplog.records] == [tracing.NOT_INSTALLED]

@@ -48,15 +48,18 @@ class OutputFile:
 
     def check(self) -> OutputFile:
         """Fail now, not after an hour of generation, if the file cannot be written."""
-        if self.path.is_dir():
-            raise ConfigError(f"--output {self.path}: is a directory; name a file")
-        blocking = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
-        if blocking is not None:
-            raise ConfigError(f"--output {self.path}: {blocking} is a file, not a directory; choose another path")
-        longest = len(os.fsencode(self.path.name)) + NAME_OVERHEAD
+        longest = len(os.fsencode(self.path.name)) + NAME_OVERHEAD  # first: stat() itself fails on a name too long
         if longest > NAME_MAX:
             raise ConfigError(f"--output: the file name is too long ({longest - NAME_OVERHEAD} bytes; at most "
                               f"{NAME_MAX - NAME_OVERHEAD}, with room for the journal's and the temporary file's)")  # fmt: skip
+        try:
+            if self.path.is_dir():
+                raise ConfigError(f"--output {self.path}: is a directory; name a file")
+            blocking = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+        except OSError as exc:  # a folder name too long, no permission to look
+            raise ConfigError(f"--output {self.path}: cannot use that path ({exc.strerror}); choose another") from None
+        if blocking is not None:
+            raise ConfigError(f"--output {self.path}: {blocking} is a file, not a directory; choose another path")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.path.parent, prefix=".remote-synth-check-"):

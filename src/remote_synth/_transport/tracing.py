@@ -31,6 +31,9 @@ logger = logging.getLogger("remote_synth.tracing")
 
 Attributes = Mapping[str, str | int | float | bool]
 SERVICE = "remote-synth"
+NOT_INSTALLED = (
+    "OTEL_* asks for traces, but OpenTelemetry is not installed: no traces (pip install 'remote-synth[otel]')"
+)
 
 
 class Tracing:
@@ -52,6 +55,8 @@ class Tracing:
         try:
             from opentelemetry import trace
         except ImportError:
+            if _asks_for_traces():
+                logger.warning(NOT_INSTALLED)
             return cls()
         if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
             return cls(trace.get_tracer("remote_synth"))
@@ -110,20 +115,26 @@ def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
-def _provider_from_environment() -> TracerProvider | None:
-    """An OTLP/HTTP exporting provider when ``OTEL_*`` asks for one and the SDK is installed."""
+def _asks_for_traces() -> bool:
+    """``OTEL_*`` names an OTLP endpoint and does not turn tracing off."""
     env = os.environ
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true" or env.get("OTEL_TRACES_EXPORTER", "") == "none":
+        return False
+    return bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+
+
+def _provider_from_environment() -> TracerProvider | None:
+    """An OTLP/HTTP exporting provider when ``OTEL_*`` asks for one and the SDK is installed."""
+    if not _asks_for_traces():
         return None
-    if not (env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
-        return None
+    env = os.environ
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
-        logger.warning("OTEL_* asks for traces, but the otel extra is not installed: pip install 'remote-synth[otel]'")
+        logger.warning(NOT_INSTALLED)
         return None
     provider = TracerProvider(resource=Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", SERVICE)}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
