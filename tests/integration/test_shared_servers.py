@@ -116,6 +116,7 @@ def two_tables(
             assert proc.poll() is None, (logs / "stderr.txt").read_text()[-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.5)
+        assert f"store:     {server.settings.adapter_store}" in announced.read_text()
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.send_signal(signal.SIGINT)  # serve stops its vLLM by process group

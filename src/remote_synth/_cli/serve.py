@@ -113,6 +113,8 @@ def _serve_until_interrupted(server: Any, adapters: list[tuple[str, Path]], key_
         click.echo(f"base URL:  {client_base_url(server.settings.host, server.port)}")
         for name, run_dir in adapters:
             click.echo(f"adapter:   {name}  ({run_dir})")
+        if server.settings.adapter_store is not None:
+            click.echo(f"store:     {server.settings.adapter_store}  (adapters published there load on first request)")
         click.echo(f"API key:   {key_note}")
         click.echo(f"log:       {server.log_file}")
         click.echo("Ctrl-C stops the server.")
