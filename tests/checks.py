@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pandas as pd
 
 from remote_synth import RunDirectory
@@ -18,3 +22,12 @@ def rows_valid(df: pd.DataFrame, run: RunDirectory) -> list[str]:
         if error is not None:
             problems.append(error[0])
     return problems
+
+
+CLI = [sys.executable, "-m", "remote_synth._cli"]
+"""The command line, as a user runs it."""
+
+
+def cli(args: list[str], key: str) -> subprocess.CompletedProcess[str]:
+    """``remote-synth ARGS`` with the server's key in ``$K`` (pass ``--api-key-env K``)."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env={**os.environ, "K": key}, timeout=900)

@@ -93,7 +93,10 @@ class RemoteBackend(GeneratorBackend):
         self.on_batch = on_batch
         self.on_status = on_status
         """Told what ``initialize()`` waits for ("starting vLLM… 35 s"), about every second."""
-        self.adapter_name = self.settings.adapter_name or adapter_name_for(self.run)
+        self._own_name = self.settings.adapter_name or adapter_name_for(self.run)
+        """The adapter's name as given or derived; ``adapter_name`` is what requests call it (Ray
+        Serve LLM's ``<base>:<adapter>``), settled by ``initialize()``."""
+        self.adapter_name = self._own_name
         self.kind: RunKind = run_kind(self.run, self.model_metadata, self.config,
                                       detailed_errors=self.use_detailed_logs)  # fmt: skip
         """Tabular (grouped included) or time series: everything that differs between them."""
@@ -124,8 +127,7 @@ class RemoteBackend(GeneratorBackend):
         self._torn_down = False
         try:
             self._loop = LoopThread()
-            # the name before the server's list is read (Ray Serve LLM lists it as <base>:<adapter>)
-            self.adapter_name = self.settings.adapter_name or adapter_name_for(self.run)
+            self.adapter_name = self._own_name  # before the server's list is read
             self.tracing = Tracing.from_environment()
             base_url, api_key = self._server_address()
             self._client = client_for(self.settings, base_url, api_key, self.adapter_name, self.transport)

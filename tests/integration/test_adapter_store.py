@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
-from checks import rows_valid
+from checks import cli, rows_valid
 
 from remote_synth import RunDirectory
 from remote_synth._server import VllmServer, adapter_name_for
-
-CLI = [sys.executable, "-m", "remote_synth._cli"]
-
-
-def cli(args: list[str], key: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, env={**os.environ, "K": key}, timeout=900)
 
 
 def test_an_adapter_published_after_the_server_started_is_generated_from_without_registering_it(

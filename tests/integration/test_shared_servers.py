@@ -14,17 +14,11 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-from checks import rows_valid
+from checks import CLI, cli, rows_valid
 
 from remote_synth import RunDirectory
 from remote_synth._server import VllmServer, adapter_name_for
 from remote_synth._server.vllm import free_port
-
-CLI = [sys.executable, "-m", "remote_synth._cli"]
-
-
-def cli(args: list[str], key: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, env={**os.environ, "K": key}, timeout=900)
 
 
 def listed(server: VllmServer, key: str) -> str:

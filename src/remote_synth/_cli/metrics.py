@@ -10,7 +10,6 @@ Prometheus asks. Names follow the OpenTelemetry GenAI conventions where they hav
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
@@ -38,18 +37,16 @@ class JobMetrics(Collector):
     def __init__(self, backend: RemoteBackend) -> None:
         self.backend = backend
         self.progress: Progress | None = None
-        self._lock = threading.Lock()
+        """The last logical batch's totals (one reference, replaced whole: no lock needed)."""
 
     def on_batch(self, progress: Progress) -> None:
-        """Chained into the backend's ``on_batch``: the last logical batch's totals."""
-        with self._lock:
-            self.progress = progress
+        """Chained into the backend's ``on_batch``."""
+        self.progress = progress
 
     def collect(self) -> Iterable[Metric]:
         labels = {"gen_ai_request_model": self.backend.adapter_name, "gen_ai_operation_name": OPERATION}
         names, values = list(labels), list(labels.values())
-        with self._lock:
-            progress = self.progress
+        progress = self.progress
         records = CounterMetricFamily("remote_synth_records", "Records accepted (valid) and rejected (invalid).",
                                       labels=[*names, "outcome"])  # fmt: skip
         records.add_metric([*values, "valid"], progress.valid if progress else 0)

@@ -328,10 +328,6 @@ def _failure_kind(exc: APIError) -> str:
     status = getattr(exc, "status_code", None)
     if isinstance(status, int) and status:
         return str(status)
-    return (
-        "timeout"
-        if isinstance(exc, APITimeoutError)
-        else "connection"
-        if isinstance(exc, APIConnectionError)
-        else "other"
-    )
+    if isinstance(exc, APITimeoutError):
+        return "timeout"
+    return "connection" if isinstance(exc, APIConnectionError) else "other"

@@ -263,9 +263,7 @@ class InferenceClient:
     async def send_completions(self, body: dict[str, Any]) -> list[Completion]:
         """One ``/v1/completions`` attempt, no retry; choices in prompt order (sorted by ``index``)."""
         prompts = _count_prompts(body)
-        attributes: dict[str, str | int] = {"gen_ai.operation.name": "text_completion", "gen_ai.request.model": str(body.get("model")),
-                      "remote_synth.prompts": prompts}  # fmt: skip
-        with self.tracing.request("POST /v1/completions", attributes) as trace_headers:
+        with self.tracing.completions(str(body.get("model")), prompts) as trace_headers:
             data = await self._json("POST", "/v1/completions", json=body, headers=trace_headers)
         return _choices(data, expected=prompts, model=body.get("model"))
 

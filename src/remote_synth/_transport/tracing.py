@@ -83,15 +83,18 @@ class Tracing:
                 self.parent = None
 
     @contextlib.contextmanager
-    def request(self, name: str, attributes: Attributes) -> Iterator[dict[str, str]]:
-        """A client span around one HTTP request; yields the headers that carry it (``traceparent``)."""
+    def completions(self, model: str, prompts: int) -> Iterator[dict[str, str]]:
+        """A client span around one completions request; yields the headers that carry it
+        (``traceparent``). Without a tracer, nothing is built: this is on every request's path."""
         if self.tracer is None:
             yield {}
             return
         from opentelemetry import propagate, trace
 
+        attributes: Attributes = {"gen_ai.operation.name": "text_completion", "gen_ai.request.model": model,
+                      "remote_synth.prompts": prompts}  # fmt: skip
         with self.tracer.start_as_current_span(
-            name, context=self.parent, kind=trace.SpanKind.CLIENT, attributes=attributes
+            "POST /v1/completions", context=self.parent, kind=trace.SpanKind.CLIENT, attributes=attributes
         ) as span:
             carrier: dict[str, str] = {}
             propagate.inject(carrier, context=trace.set_span_in_context(span))
