@@ -109,6 +109,9 @@ class RemoteBackend(GeneratorBackend):
         self.journal: Journal | None = None
         """Where ``generate()`` keeps the completions it uses (``open_journal``), if anywhere."""
         self._replay: list[JournalEntry] = []
+        self.artifacts: dict[str, str] = {}
+        """Files the last ``generate()`` leaves beside its output, by name: NSS 0.1.16's flexible time
+        series' audit (raw completions, per-group metrics, rows with their index and marker)."""
         self._loaded_adapter = False
         """Whether this backend registered its adapter on the server (and so unloads it)."""
         self._client: InferenceClient | None = None
@@ -211,6 +214,7 @@ class RemoteBackend(GeneratorBackend):
                 finally:
                     self.elapsed_time = time.monotonic() - started
                     results = self.kind.finish(batches, done=jobs.done, elapsed=self.elapsed_time)
+                    self.artifacts = jobs.artifacts()
                     self.gen_results = as_nss_results(results) if self.speaks_nss else results
         batches.raise_for_status()
         return results

@@ -12,10 +12,12 @@ generate_remotely(nss, RemoteSettings(base_url="http://gpu-host:8000")).evaluate
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 from ._backend import RemoteBackend
 from ._exceptions import ConfigError
+from ._io import write_artifacts
 from ._settings import RemoteSettings
 
 __all__ = ["generate_remotely"]
@@ -41,7 +43,8 @@ def generate_remotely(synthesizer: S, settings: RemoteSettings | None = None) ->
     Its saved configuration, model metadata and workdir build the backend; the results it leaves
     (``synthesizer.generator.gen_results``) are NSS's own, so ``evaluate()`` and ``save_results()``
     go on as after NSS's ``generate()``. Without ``settings.base_url`` a local vLLM is launched and
-    stopped, as ``remote-synth generate`` does. Time-series runs go the same way.
+    stopped, as ``remote-synth generate`` does. Time-series runs go the same way; a flexible one's
+    audit files go to the workdir's ``generate`` folder, as NSS 0.1.16 writes them.
     """
     config, metadata, workdir = synthesizer._nss_config, synthesizer._llm_metadata, synthesizer._workdir
     if config is None or metadata is None or workdir is None:
@@ -58,5 +61,8 @@ def generate_remotely(synthesizer: S, settings: RemoteSettings | None = None) ->
         backend.generate()
     finally:
         backend.teardown()
+    generated = getattr(getattr(workdir, "generate", None), "path", None)
+    if backend.artifacts and isinstance(generated, Path):  # where NSS's own flexible run writes them
+        write_artifacts(generated, backend.artifacts)
     synthesizer._generated = True
     return synthesizer

@@ -65,6 +65,12 @@ def readings_016_run() -> RunDirectory:
 
 
 @pytest.fixture(scope="session")
+def visits_run() -> RunDirectory:
+    """A time series in NSS 0.1.16's flexible mode: 24 visitors of 2 to 6 rows, each ended by a marker."""
+    return _demo("visits")
+
+
+@pytest.fixture(scope="session")
 def api_key() -> str:
     return secrets.token_urlsafe(16)
 

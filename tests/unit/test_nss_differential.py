@@ -333,3 +333,85 @@ def test_token_prompts_match_nss(prompt: str, context: list[str], add_bos: bool,
 
     ours = TokenPrompts(prompt, ([1] if add_bos else [], [2] if add_eos else []), 1, tokenize, 4096)
     assert asyncio.run(ours.prompt_ids(context)) == theirs
+
+
+# -- time series (NSS 0.1.16's flexible mode): the kept prefix, its end, and the sample chosen -------
+
+nss_ts_backend = pytest.importorskip("nemo_safe_synthesizer.generation.timeseries_backend")
+nss_record_utils = pytest.importorskip("nemo_safe_synthesizer.data_processing.record_utils")
+FLEX_FMT = "%Y-%m-%d %H:%M"
+AFTER_END = "Generated row appears after the sequence end marker"
+"""NSS's text for every row after the prefix ended; ours drops good rows after an end (deviation)
+and calls rows after a failure "follows an invalid sequence row"."""
+
+
+def _nss_flexible(rules: Any, group: str) -> Any:
+    """NSS's backend with only what its flexible checks read (no model, no vLLM engine)."""
+    backend = object.__new__(nss_ts_backend.TimeseriesBackend)
+    backend._flexible_metadata = nss_metadata.FlexibleTimeseriesMetadata(
+        index_column=rules.index_column, marker_column=rules.marker_column, max_records=rules.max_records,
+        source_timestamp_column=rules.source_column, source_timestamp_format=rules.source_format,
+        source_interval_seconds=rules.source_interval)  # fmt: skip
+    backend._flexible_timeseries = True
+    backend._sequence_index_column, backend._sequence_marker_column = rules.index_column, rules.marker_column
+    backend._group_column = "g"
+    return backend
+
+
+FLEX_ROWS = st.lists(st.fixed_dictionaries({
+    "g": st.sampled_from(["a", "a", "a", "b"]),
+    "i": st.one_of(st.integers(0, 6), st.just("3"), st.just(True), st.floats(0, 6).map(float)),
+    "ts": st.one_of(st.integers(0, 8).map(lambda h: f"2026-01-01 {h:02d}:00"), st.just("later"), st.none()),
+    "end": st.one_of(st.booleans(), st.just("true"), st.none()),
+}), max_size=6)  # fmt: skip
+
+
+@SLOW
+@given(rows=FLEX_ROWS, last=st.one_of(st.none(), st.integers(0, 3)), last_hour=st.one_of(st.none(), st.integers(0, 4)),
+       max_records=st.integers(1, 7), interval=st.sampled_from([None, 3600, 7200]), source=st.booleans())  # fmt: skip
+def test_flexible_prefixes_and_ends_match_nss(
+    rows: list[dict[str, Any]],
+    last: int | None,
+    last_hour: int | None,
+    max_records: int,
+    interval: int | None,
+    source: bool,
+) -> None:
+    from remote_synth.nss.flexible import FlexibleRules
+
+    rules = FlexibleRules("i", "end", max_records, "ts" if source else None, FLEX_FMT if source else None, interval)
+    last_source = (
+        None if last_hour is None or not source else rules.source_seconds({"ts": f"2026-01-01 {last_hour:02d}:00"})
+    )
+    nss = _nss_flexible(rules, "a")
+    state = nss_ts_backend.GroupState(group_id="a", group_ordinal=1,
+                                      prompt_state=nss_ts_backend.RecordPromptState(prefix=""),
+                                      last_timestamp_seconds=last, last_source_timestamp_seconds=last_source)  # fmt: skip
+    records = [nss_record_utils.ParsedRecord(text=json.dumps(r), parsed=dict(r)) for r in rows]
+    retained, stop = nss._trim_flexible_timeseries_records(state, records)
+    nss._validate_postprocessed_group_identity(state, retained)
+    nss._validate_postprocessed_sequence_indices(state, retained)
+    accepted = [r.parsed for r in retained if r.is_valid]
+    theirs_end = nss._resolve_postprocessed_termination(stop)
+
+    ours = rules.keep(rows, 0 if last is None else last + 1, last_source, lambda row: row.get("g") == "a")
+    assert ours.rows == accepted
+    assert ours.end == theirs_end
+    failed = [(i, r.error) for i, r in enumerate(records) if r.error is not None and r.error[0] != AFTER_END]
+    position = {id(row): i for i, row in enumerate(rows)}
+    assert [(position[id(row)], error) for row, error in ours.invalid[:1]] == failed[:1]  # what broke it, and why
+    after = len(rows) - len(ours.rows) - len(ours.invalid)
+    assert after == ours.dropped and (after == 0 or ours.end is not None)
+    assert sum(r.error is not None for r in records) == len(ours.invalid) + ours.dropped  # NSS counts both invalid
+
+
+@SLOW
+@given(samples=st.lists(st.tuples(st.integers(0, 3), st.sampled_from([None, "terminal", "cap"])), max_size=6))
+def test_flexible_sample_choice_matches_nss(samples: list[tuple[int, str | None]]) -> None:
+    from remote_synth.nss.flexible import Kept, select
+
+    nss = _nss_flexible(type("R", (), {"index_column": "i", "marker_column": "end", "max_records": 9,
+                                       "source_column": None, "source_format": None, "source_interval": None}), "a")  # fmt: skip
+    outcomes = [nss_ts_backend._ResponseOutcome([object()] * n, end if n else None) for n, end in samples]
+    ours = [Kept([{}] * n, end if n else None, [], 0, None) for n, end in samples]  # type: ignore[arg-type]
+    assert select(ours) == nss._select_response(outcomes)

@@ -126,7 +126,10 @@ def test_nss_0_1_16_time_series_runs_load_and_what_they_lack_is_one_line(tmp_pat
     meta = json.loads(meta_file.read_text())
     meta["timeseries_metadata"]["flexible"] = {"max_records": 48}
     meta_file.write_text(json.dumps(meta))
-    with pytest.raises(RunDirError, match="metadata_v2.json: saved in NSS 0.1.16's flexible time-series mode"):
+    with pytest.raises(
+        RunDirError,
+        match="metadata_v2.json: timeseries_metadata.flexible names _time_idx, _is_last_row, which dataset_schema.json",
+    ):
         RunDirectory.open(run).check()
     ungrouped = write_run_dir(tmp_path / "u", SCHEMA, base_model="m", time_series=flexible, layout="0.1.16",
                               timeseries_group_values=["a"])  # fmt: skip

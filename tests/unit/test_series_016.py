@@ -248,7 +248,7 @@ def test_a_partial_record_is_written_as_training_wrote_records() -> None:
 @pytest.mark.parametrize(("metadata", "message"), [
     ({"timeseries_group_values": []}, "timeseries_group_values is empty"),
     ({"timeseries_metadata": {"source_columns": ["device", "t", "v"], "flexible": {"max_records": 9}}},
-     "flexible time-series mode"),
+     "which dataset_schema.json does not have"),
     ({"prompt_config": "bos"}, "bos_token_id"),
 ])  # fmt: skip
 def test_run_directories_this_version_cannot_generate_are_one_line(

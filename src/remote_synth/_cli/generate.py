@@ -15,7 +15,7 @@ import click
 
 from .._exceptions import ConfigError, GenerationError, JournalMismatchError, RemoteSynthError
 from .._io.journal import Journal
-from .._io.output import OutputFile
+from .._io.output import OutputFile, write_artifacts
 from .._settings import RemoteSettings
 from ..nss.params import GenerateParameters
 from ..nss.results import GenerateJobResults
@@ -142,6 +142,7 @@ def generate(run_dir: Path | None, base_urls: tuple[str, ...], api_key_envs: tup
         finally:
             backend.teardown()
     path = _write_output(target, results)
+    _write_artifacts(target, backend.artifacts)
     if backend.journal is not None:
         backend.journal.remove()
     click.echo(_summary(results, path))
@@ -219,6 +220,17 @@ def _write_output(target: OutputFile, results: GenerateJobResults) -> Path:
     except OSError as exc:
         kept = f"; the records are kept in {Journal.path_for(target.path)}: --resume writes them"
         raise GenerationFailed(f"cannot write {target.path} ({exc.strerror or exc}){kept}") from None
+
+
+def _write_artifacts(target: OutputFile, files: dict[str, str]) -> None:
+    """Files the job leaves beside its output (a flexible time series' audit), in ``<stem>.artifacts/``."""
+    if not files:
+        return
+    try:
+        written = write_artifacts(target.artifacts_dir, files)
+    except OSError as exc:
+        raise GenerationFailed(f"wrote {target.path}, but not {target.artifacts_dir} ({exc.strerror or exc})") from None
+    click.echo(f"audit files: {', '.join(p.name for p in written)} in {target.artifacts_dir}", err=True)
 
 
 def _demo_run() -> RunDirectory:

@@ -286,6 +286,10 @@ class TabularJobs:
         if self._open.num_prompts:
             self._close(judge=False)
 
+    def artifacts(self) -> dict[str, str]:
+        """None: a tabular job leaves its output only."""
+        return {}
+
     def _close(self, judge: bool = True) -> None:
         batch, self._open = self._open, Batch(self.processor)
         self.batches.add_batch(batch, judge=judge)

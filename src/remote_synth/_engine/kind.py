@@ -28,6 +28,9 @@ class Jobs(JobSource, Protocol):
     def flush(self) -> None:
         """Count what is still open (a failure, an interrupt, or the end) into the batches."""
 
+    def artifacts(self) -> dict[str, str]:
+        """Files the job leaves beside its output, by name (NSS 0.1.16's flexible time series' audit)."""
+
 
 class RunKind(Protocol):
     """One kind of run: tabular (grouped included) or time series."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
 
 from .._exceptions import RunDirError
+from ..nss.flexible import FlexibleRules
 from ..nss.params import GenerateParameters
 from ..nss.processors import TimeSeriesDataProcessor
 from ..nss.prompt import build_prompt
@@ -24,6 +25,7 @@ from ..nss.rundir import ModelMetadata, RunDirectory
 from ..nss.schema import generation_schema
 from ..nss.timeseries import ELAPSED_SECONDS, format_bound, parse_bound, partial_record_prefix
 from .accounting import CompletionLog, Progress
+from .flexible_audit import FlexibleAudit
 from .kind import complete_when_done
 from .series_jobs import GroupStart, SeriesPrompts, SeriesSpec, TextPrefills, TimeseriesJobs, TokenPrompts
 
@@ -114,6 +116,11 @@ class SeriesKind:
         special = ([prompt.bos_token_id] if prompt.add_bos_token_to_prompt else [],
                    [prompt.eos_token_id] if prompt.add_eos_token_to_prompt and prompt.eos_token_id is not None else [])  # fmt: skip
         source = metadata.timeseries_metadata.source_columns if metadata.timeseries_metadata else []
+        flexible = run.flexible
+        if flexible is not None:
+            spec = replace(spec, flexible=FlexibleRules(
+                flexible.index_column, flexible.marker_column, flexible.max_records, flexible.source_timestamp_column,
+                flexible.source_timestamp_format, flexible.source_interval_seconds))  # fmt: skip
         return cls(processor, spec, run.columns, prompt.template, metadata.instruction, starts, run.columns, config,
                    detailed_errors, token_prompts=(special, prompt.bos_token_id, metadata.max_seq_length),
                    output_columns=tuple(source))  # fmt: skip
@@ -135,10 +142,15 @@ class SeriesKind:
         log: CompletionLog | None,
         tokenize: Callable[[str], Awaitable[list[int]]] | None = None,
     ) -> TimeseriesJobs:
-        c = self.config
+        c, rules = self.config, self.spec.flexible
+        audit = (
+            FlexibleAudit(lambda: self.sort(batches.to_dataframe(self.table_columns)), rules.max_records)
+            if rules is not None
+            else None
+        )
         return TimeseriesJobs(batches, self.processor, self.spec, self._prompts(body, tokenize), body, self.starts,
                               target=c.num_records, threshold=c.invalid_fraction_threshold, patience=c.patience,
-                              detailed_errors=self.detailed_errors, on_batch=on_batch, log=log)  # fmt: skip
+                              detailed_errors=self.detailed_errors, on_batch=on_batch, log=log, audit=audit)  # fmt: skip
 
     def _prompts(
         self, body: Mapping[str, object], tokenize: Callable[[str], Awaitable[list[int]]] | None
@@ -156,6 +168,8 @@ class SeriesKind:
         complete_when_done(batches, done=done)
         results = GenerateJobResults.from_batches(batches, None, self.table_columns, elapsed)
         results.df = self.sort(results.df)
+        if self.spec.flexible is not None:  # the index and marker were the model's, not the table's
+            results.df = results.df.drop(columns=list(self.spec.flexible.internal_columns), errors="ignore")
         if self.output_columns:  # NSS 0.1.16 gives the source table's order back
             first = [c for c in self.output_columns if c in results.df.columns]
             results.df = results.df[first + [c for c in results.df.columns if c not in first]]

@@ -37,6 +37,7 @@ from typing import Any, Literal, Protocol
 from .._exceptions import GenerationError
 from .._transport.types import Completion
 from ..nss.batch import Batch, valid_fraction
+from ..nss.flexible import FlexibleRules, Kept, select
 from ..nss.processors import TIMESERIES, TimeSeriesDataProcessor
 from ..nss.records import ParsedResponse, extract_records, sanitize_text
 from ..nss.results import GenerationBatches, GenerationStatus
@@ -50,6 +51,7 @@ from ..nss.timeseries import (
     step_problem,
 )
 from .accounting import CompletionLog, Logged, Progress, log_completions, logged_completions
+from .flexible_audit import FlexibleAudit, GroupTally
 from .sampling import shrink_for_prefill
 from .scheduler import Job
 
@@ -76,6 +78,8 @@ class SeriesSpec:
     """The group column as the records carry it (None: NSS's pseudo group, not in the records)."""
     rules: Rules = "48a8f5c"
     """Which NSS's end-of-group and end-of-job rules apply (the run directory's protocol)."""
+    flexible: FlexibleRules | None = None
+    """NSS 0.1.16's flexible mode: groups end at their marker (``nss/flexible.py``)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,12 @@ class _Group:
     valid: int = 0
     state: Literal["pending", "active", "completed", "failed"] = "pending"
     in_flight: bool = False
+    last_source: float | None = None
+    """Flexible mode: the source timestamp of the group's last accepted row."""
+    prompt_tokens: int = 0
+    """Tokens of the group's last prompt (token-id prompts only)."""
+    tally: GroupTally | None = None
+    """Flexible mode: the group's counts for the audit files."""
 
 
 class SeriesPrompts(Protocol):
@@ -166,6 +176,7 @@ class TokenPrompts:
             sent = dict(params)
             limit = sent.get("max_tokens")
             sent["max_tokens"] = min(limit, room) if isinstance(limit, int) else room
+            group.prompt_tokens = len(ids)
             return Job(prompts=[ids] * count, params=sent)
 
         return Job(prompts=[readable] * count, params=params, prepare=prepare)
@@ -205,6 +216,7 @@ class TimeseriesJobs:
         detailed_errors: bool = False,
         on_batch: Callable[[Progress], None] | None = None,
         log: CompletionLog | None = None,
+        audit: FlexibleAudit | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.batches = batches
@@ -218,6 +230,8 @@ class TimeseriesJobs:
         self.detailed_errors = detailed_errors
         self.on_batch = on_batch
         self.log = log
+        self.audit = audit
+        """Flexible mode: what NSS 0.1.16 writes beside the output (``artifacts()``)."""
         self._clock = clock
         self._started = clock()
         self.groups = [self._new_group(start) for start in starts]
@@ -227,11 +241,14 @@ class TimeseriesJobs:
             expected = 1  # NSS 0.1.16: a range of one instant is one record
         self._quota = expected or math.ceil(target / max(1, len(self.groups)))
         """Records that complete a group where the stop timestamp cannot say (times of day, none)."""
+        self._quota_ends_groups = not self._stop_usable and spec.flexible is None
+        """A flexible group ends at its marker or the cap only."""
         self._jobs: dict[int, _Group] = {}
 
     def _new_group(self, start: GroupStart) -> _Group:
         if start.prefix is not None:
-            return _Group(start.key, start.group_id, "", None, prefix=start.prefix)
+            tally = self.audit.group(start.key, start.group_id) if self.audit is not None else None
+            return _Group(start.key, start.group_id, "", None, prefix=start.prefix, tally=tally)
         records = _records_in(start.prefill)
         stamps = [self.processor.seconds(r) for r in records]
         last = stamps[-1] if stamps and stamps[-1] is not None else None
@@ -296,18 +313,14 @@ class TimeseriesJobs:
         group.in_flight = False
         if group.state != "active":
             return
+        if group.tally is not None and self.audit is not None:
+            self.audit.request(group.tally, completions, group.prompt_tokens)
         texts = [(group.prefix or "") + c.text for c in completions]  # 0.1.16: the prefix starts the record
         responses = [self.processor(i, text) for i, text in enumerate(texts)]
         # 0.1.16's history is each record's own text; mapped before the checks move any record
         speaks_016 = self.spec.rules == "0.1.16"
         written = [_record_texts(r, t) for r, t in zip(responses, texts, strict=True)] if speaks_016 else []
-        for response in responses:
-            self._check_group_and_first_step(group, response)
-        kept = max(range(len(responses)), key=lambda i: (len(responses[i].valid_records), -i)) if responses else 0
-        best = responses[kept] if responses else ParsedResponse()
-        # judged as written: records past the stop are good records, only not wanted
-        metric = 1.0 - valid_fraction(len(best.valid_records), len(best.invalid_records))
-        reached = self._keep_until_stop(best)
+        kept, metric, end = self._choose(group, responses)
         batch = Batch()
         for completion in completions:
             batch.finish_reasons[completion.finish_reason or "unknown"] += 1
@@ -323,19 +336,59 @@ class TimeseriesJobs:
         group.stalled = (
             0 if group.last is not None and (previous is None or group.last > previous) else group.stalled + 1
         )
-        self._judge(group, batch, metric, reached)
+        self._judge(group, batch, metric, end)
+
+    def _choose(self, group: _Group, responses: list[ParsedResponse]) -> tuple[int, float, str | None]:
+        """Which sample continues the group, its invalid fraction (the stop rules' metric), and
+        whether it ends the group (``stop``; flexible mode: ``terminal`` or ``cap``)."""
+        if self.spec.flexible is not None:
+            return self._choose_flexible(group, responses, self.spec.flexible)
+        for response in responses:
+            self._check_group_and_first_step(group, response)
+        kept = max(range(len(responses)), key=lambda i: (len(responses[i].valid_records), -i)) if responses else 0
+        best = responses[kept] if responses else ParsedResponse()
+        # judged as written: records past the stop are good records, only not wanted
+        metric = 1.0 - valid_fraction(len(best.valid_records), len(best.invalid_records))
+        return kept, metric, "stop" if self._keep_until_stop(best) else None
+
+    def _choose_flexible(
+        self, group: _Group, responses: list[ParsedResponse], rules: FlexibleRules
+    ) -> tuple[int, float, str | None]:
+        """NSS 0.1.16's flexible rules: each sample's valid prefix, then the first that ends the group."""
+        for response in responses:
+            self._check_first_step(group, response)
+        next_index = 0 if group.last is None else int(group.last) + 1
+        samples = [rules.keep(r.valid_records, next_index, group.last_source, lambda row: self._in_flexible_group(row, group))
+                   for r in responses]  # fmt: skip
+        for response, sample in zip(responses, samples, strict=True):
+            _keep_only(response, sample)
+        chosen = select(samples)
+        if chosen is None:
+            return 0, 1.0 - valid_fraction(0, len(responses[0].invalid_records)) if responses else 1.0, None
+        group.last_source = samples[chosen].last_source
+        metric = 1.0 - valid_fraction(len(samples[chosen].rows), len(responses[chosen].invalid_records))
+        return chosen, metric, samples[chosen].end
+
+    def _in_flexible_group(self, row: dict[str, Any], group: _Group) -> bool:
+        """NSS's pseudo group (no group column) holds every row; else the typed value must match."""
+        column = self.spec.group_column
+        return column is None or row.get(column) == group.group_id
 
     def _check_group_and_first_step(self, group: _Group, response: ParsedResponse) -> None:
         """NSS's chronological check of a completion's first record against the group's last one,
         and the group column (which NSS 48a8f5c did not check; 0.1.16 compares typed values):
         failing records move to invalid."""
-        records = response.valid_records
         column = self.spec.group_column
         if column is not None:
-            others = [r for r in records if not self._in_group(r.get(column), group)]
+            others = [r for r in response.valid_records if not self._in_group(r.get(column), group)]
             if others:
                 _move(response, others, OTHER_GROUP)
-                records = response.valid_records
+        self._check_first_step(group, response)
+
+    def _check_first_step(self, group: _Group, response: ParsedResponse) -> None:
+        """NSS's ``_check_chronological_for_group``: a completion whose first record does not come
+        one interval after the group's last has all its records moved to invalid."""
+        records = response.valid_records
         if not records or self.spec.interval is None or group.last is None:
             return
         first = self.processor.seconds(records[0])
@@ -371,12 +424,18 @@ class TimeseriesJobs:
         last = self.processor.seconds(records[-1])
         group.last = last if last is not None else group.last
 
-    def _judge(self, group: _Group, batch: Batch, metric: float, reached_stop: bool) -> None:
+    def _judge(self, group: _Group, batch: Batch, metric: float, end: str | None) -> None:
         """NSS's per-group rule on the kept completion's invalid fraction (``metric``), except that a
-        group whose records reach the stop is complete: nothing after it is wanted (NSS went on
-        past it, into times the adapter never saw, until the group failed)."""
+        group whose records reach the stop (``end``) is complete: nothing after it is wanted (NSS went
+        on past it, into times the adapter never saw, until the group failed). A flexible group's
+        end (its marker, the cap) completes it whatever the fraction, as in NSS 0.1.16."""
         batch.log_summary(detailed_errors=self.detailed_errors)
-        at_stop = reached_stop or (self._stop_usable and group.last is not None and group.last >= (self.spec.stop or 0))
+        if group.tally is not None:
+            group.tally.rows += batch.num_valid_records
+            group.tally.end = end
+        at_stop = end is not None or (
+            self._stop_usable and group.last is not None and group.last >= (self.spec.stop or 0)
+        )
         group.batches.append(batch)
         if metric >= self.threshold and not at_stop:
             group.bad_batches += 1
@@ -386,7 +445,7 @@ class TimeseriesJobs:
         else:
             group.bad_batches = 0
             group.valid += batch.num_valid_records
-            if at_stop or (not self._stop_usable and group.valid >= self._quota):
+            if at_stop or (self._quota_ends_groups and group.valid >= self._quota):
                 self._finish(group, "completed")
                 return
         if self.spec.rules == "0.1.16" and group.stalled >= self.patience:
@@ -397,6 +456,8 @@ class TimeseriesJobs:
     def _finish(self, group: _Group, state: Literal["completed", "failed"], why: str = "") -> None:
         group.state = state
         if state == "failed":
+            if group.tally is not None:
+                group.tally.end = "failure"
             kept = sum(b.num_valid_records for b in group.batches)
             if self.spec.rules == "0.1.16":  # counted as invalid, as NSS 0.1.16 counts them
                 logger.warning("group %s failed after %s; its %d records are invalid", group.key, why, kept)
@@ -429,6 +490,10 @@ class TimeseriesJobs:
             elif not failed:
                 self.batches.status = GenerationStatus.COMPLETE
 
+    def artifacts(self) -> dict[str, str]:
+        """Flexible mode: the audit files NSS 0.1.16 writes beside the output, by name (else none)."""
+        return self.audit.files(self.batches.status) if self.audit is not None else {}
+
     def _report(self) -> None:
         valid = self.batches.num_valid_records + sum(sum(b.num_valid_records for b in g.batches) for g in self.groups)
         invalid = self.batches.num_invalid_records + sum(
@@ -447,6 +512,14 @@ def _record_texts(response: ParsedResponse, text: str) -> dict[int, str]:
     run of good records, in order, so they are its first record lines)."""
     lines = extract_records(sanitize_text(text))
     return {id(r): line for r, line in zip(response.valid_records, lines, strict=False)}
+
+
+def _keep_only(response: ParsedResponse, sample: Kept) -> None:
+    """The response holds the sample's kept rows as valid; its failed rows join the invalid ones."""
+    response.valid_records = list(sample.rows)
+    for row, error in sample.invalid:
+        response.invalid_records.append(json.dumps(row, ensure_ascii=False))
+        response.errors.append(error)
 
 
 def _invalidated(batch: Batch, error: tuple[str, str]) -> Batch:

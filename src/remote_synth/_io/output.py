@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from .._exceptions import ConfigError
 
-__all__ = ["FORMATS", "OutputFile"]
+__all__ = ["FORMATS", "OutputFile", "write_artifacts", "write_atomically"]
 
 FORMATS = (".csv", ".jsonl", ".parquet")
 
@@ -77,22 +78,46 @@ class OutputFile:
 
     def write(self, df: pd.DataFrame, path: Path | None = None) -> Path:
         target = path or self.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600
-        finally:
-            os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            suffix = target.suffix.lower()
-            if suffix == ".csv":
-                df.to_csv(tmp, index=False)
-            elif suffix == ".jsonl":
-                df.to_json(tmp, orient="records", lines=True, force_ascii=False)
-            else:
-                df.to_parquet(tmp, index=False)
-            tmp.replace(target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return target
+        suffix = target.suffix.lower()
+        if suffix == ".csv":
+            return write_atomically(target, lambda tmp: df.to_csv(tmp, index=False))
+        if suffix == ".jsonl":
+            return write_atomically(
+                target, lambda tmp: df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+            )
+        return write_atomically(target, lambda tmp: df.to_parquet(tmp, index=False))
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Where files a job leaves beside its output go (NSS 0.1.16's flexible time-series audit)."""
+        return self.path.with_name(f"{self.path.stem}.artifacts")
+
+
+def write_atomically(target: Path, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` into a temporary file beside ``target``, then renamed over it: a failed
+    write never leaves half a file. The file gets the mode the umask gives."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600
+    finally:
+        os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def write_artifacts(folder: Path, files: Mapping[str, str]) -> list[Path]:
+    """Each named text as a file in ``folder`` (made if missing), each written atomically."""
+    return [write_atomically(folder / name, _text_writer(text)) for name, text in files.items()]
+
+
+def _text_writer(text: str) -> Callable[[Path], object]:
+    def write(path: Path) -> int:
+        return path.write_text(text, encoding="utf-8")
+
+    return write

@@ -51,10 +51,22 @@ logger = logging.getLogger("remote_synth.demo")
 DATA = Path(__file__).parent / "data"
 CSV_INSTRUCTION = "Generate a CSV dataset with the following columns: "
 Report = Callable[[str], None]
-TABLES = ("customers", "products", "readings")  # each gets an adapter and a run directory; the first is the demo
+TABLES = (
+    "customers",
+    "products",
+    "readings",
+    "visits",
+)  # each gets an adapter and a run directory; the first is the demo
 LAYOUTS_016 = {"readings-0.1.16": "readings"}
 """Runs in NSS 0.1.16's time-series layout, each of another table's adapter (which learnt both layouts)."""
 BASE_TABLE = "orders"  # the base model's only JSON lines
+BASE_TABLES = ("customers", "products", "readings")
+"""Tables whose schema and CSV the base sees (their tokens trained)."""
+OWN_BASE = {"visits": "base-flexible"}
+"""Tables on a base of their own: that base also sees their CSV (``_is_last_row``, ``true``: tokens
+no other table has). Adding them to the shared base changed it under every other table's adapter
+(the customers adapter on it wrote no valid record); on the shared base as it is, the visits
+adapter ended 2 groups of 24."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,10 @@ class Series:
 
 
 SERIES = {"readings": Series(group="device", time="time", format="%Y-%m-%d %H:%M", interval=3600)}
+FLEXIBLE = {"visits": Series(group="visitor", time="time", format="%Y-%m-%d %H:%M", interval=3600)}
+"""Time series whose groups differ in length: trained and saved as NSS 0.1.16's flexible mode does
+(an index from 0 in ``_time_idx``, each group's last row marked in ``_is_last_row``)."""
+INDEX, MARKER = "_time_idx", "_is_last_row"
 
 
 @dataclass(frozen=True)
@@ -118,7 +134,8 @@ def ensure_demo_run(
         raise ValueError(f"no demo table {table!r}; there are {', '.join([*TABLES, *LAYOUTS_016])}")
     home = (root or cache_root() / "demo") / _digest(recipe)
     say = report or logger.info
-    base = _cached(home / "base", lambda tmp: _build_base(tmp, recipe, say), say)
+    name, seen = OWN_BASE.get(table, "base"), _base_tables(table)
+    base = _cached(home / name, lambda tmp: _build_base(tmp, recipe, say, seen), say)
     return _cached(home / _run_name(table), lambda tmp: _build_run(tmp, base, table, recipe, say), say)
 
 
@@ -127,7 +144,10 @@ def build_demo_run(out: Path, recipe: Recipe = Recipe(), report: Report | None =
     say = report or logger.info
     _build_base(out / "base", recipe, say)
     for table in TABLES:
-        _build_run(out / _run_name(table), out / "base", table, recipe, say)
+        base = OWN_BASE.get(table, "base")
+        if not (out / base).exists():
+            _build_base(out / base, recipe, say, _base_tables(table))
+        _build_run(out / _run_name(table), out / base, table, recipe, say)
     return out / _run_name(TABLES[0])
 
 
@@ -161,7 +181,24 @@ def _timer(say: Report) -> Callable[[str], Callable[[int, int], None]]:
 
 def _tables() -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
     rows = {name: _read(DATA / f"{name}.csv") for name in (*TABLES, BASE_TABLE)}
+    for name, spec in FLEXIBLE.items():  # as NSS 0.1.16's preprocessing leaves them
+        rows[name] = _flexible_rows(rows[name], spec)
     return rows, {name: infer_schema(table) for name, table in rows.items()}
+
+
+def _flexible_rows(rows: list[dict[str, Any]], spec: Series) -> list[dict[str, Any]]:
+    """NSS 0.1.16's flexible form (``prepare_flexible_timeseries_data``): the group, the index,
+    the other columns, the marker; rows in time order within each group."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row[spec.group], []).append(row)
+    out = []
+    for members in groups.values():
+        members = sorted(members, key=lambda r: r[spec.time])
+        for i, row in enumerate(members):
+            rest = {k: v for k, v in row.items() if k != spec.group}
+            out.append({spec.group: row[spec.group], INDEX: i, **rest, MARKER: i == len(members) - 1})
+    return out
 
 
 def _seeded(recipe: Recipe, what: str) -> random.Random:
@@ -174,15 +211,20 @@ def _seeded(recipe: Recipe, what: str) -> random.Random:
     return random.Random(seed)
 
 
-def _build_base(out: Path, recipe: Recipe, say: Report) -> None:
-    """The tokenizer and the base model, saved in ``out``."""
+def _base_tables(table: str) -> tuple[str, ...]:
+    """The tables whose tokens ``table``'s base sees: the shared ones, and itself if it has its own."""
+    return (*BASE_TABLES, table) if table in OWN_BASE else BASE_TABLES
+
+
+def _build_base(out: Path, recipe: Recipe, say: Report, tables: tuple[str, ...] = BASE_TABLES) -> None:
+    """The tokenizer and the base model (which sees ``tables``' schemas and CSV), saved in ``out``."""
     rng = _seeded(recipe, "base")
     rows, schemas = _tables()
     prompt = build_prompt(list(schemas[BASE_TABLE]["properties"]), TINYLLAMA_TEMPLATE)
     # The demo tables' own schema fragments under another instruction: the base sees their keys' tokens
     # (so their embeddings, tied to the output layer, are trained) but only ever answers them in CSV.
     corpus = [(prompt, _jsonl(rng, rows[BASE_TABLE], recipe)) for _ in range(600)]
-    for name in TABLES:
+    for name in tables:
         csv_prompt = build_prompt(list(schemas[name]["properties"]), TINYLLAMA_TEMPLATE, instruction=CSV_INSTRUCTION)
         corpus += [(csv_prompt, _csv(rng, rows[name], recipe)) for _ in range(600)]
     tokenizer = _train_tokenizer(corpus, recipe)
@@ -201,32 +243,37 @@ def _build_run(out: Path, base_dir: Path, table: str, recipe: Recipe, say: Repor
     rows, schemas = _tables()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    series = SERIES.get(table)
-    if series is None:
-        prompt = build_prompt(list(schemas[table]["properties"]), TINYLLAMA_TEMPLATE)
+    series, flexible = SERIES.get(table), FLEXIBLE.get(table)
+    columns = list(schemas[table]["properties"])
+    if flexible is not None:
+        examples = _flexible_examples(rng, tokenizer, rows[table], flexible, columns)
+    elif series is None:
+        prompt = build_prompt(columns, TINYLLAMA_TEMPLATE)
         examples = [_encode(tokenizer, prompt, _jsonl(rng, rows[table], recipe)) for _ in range(800)]
     else:
-        examples = _series_examples(rng, tokenizer, rows[table], series, list(schemas[table]["properties"]), recipe)
+        examples = _series_examples(rng, tokenizer, rows[table], series, columns, recipe)
     peft_model = _add_lora(model, recipe)
-    steps = recipe.lora_steps if series is None else recipe.series_steps
+    steps = recipe.lora_steps if series is None and flexible is None else recipe.series_steps
     _train(peft_model, tokenizer, examples, steps, recipe.lora_lr, recipe, rng, _timer(say)(f"{table} adapter"))
     peft_model.save_pretrained(out / "train" / "adapter")
     _fix_adapter_base(out / "train" / "adapter" / "adapter_config.json", base_dir)
     # tabular runs as NSS 0.1.16 saves them; a time series in the older protocol's layout (its
     # adapter learnt both: ``readings-0.1.16`` is the same adapter in 0.1.16's layout)
     longest = max(len(ids) for ids, _ in examples)
-    layout = (
-        _series_layout(rows[table], series)
-        if series is not None
-        else {"layout": "0.1.16", "max_tokens_per_example": longest}
-    )
+    num_records = _num_records(rows[table], series)
+    if flexible is not None:  # every source row (num_records measures a time series' progress only)
+        layout, num_records = _flexible_layout(rows[table], flexible), len(rows[table])
+    elif series is not None:
+        layout = _series_layout(rows[table], series)
+    else:
+        layout = {"layout": "0.1.16", "max_tokens_per_example": longest}
     write_run_dir(
         out,
         schemas[table],
         base_model=str(base_dir),
         lora_r=recipe.lora_r,
         base_max_seq_length=recipe.context,
-        generation={"temperature": recipe.temperature, "num_records": _num_records(rows[table], series)},
+        generation={"temperature": recipe.temperature, "num_records": num_records},
         adapter_weights=None,
         **layout,
     )
@@ -268,6 +315,49 @@ def _series_examples(
         ids.append(tokenizer.eos_token_id)
         examples.append((prompt_016 + ids, [-100] * len(prompt_016) + ids))
     return examples
+
+
+def _flexible_examples(
+    rng: random.Random, tokenizer: Any, rows: list[dict[str, Any]], spec: Series, columns: list[str]
+) -> list[Example]:
+    """NSS 0.1.16's token layout, ``[BOS] prompt [EOS] [BOS]`` and then each record tokenized alone,
+    from a group's first record (half of them: where generation starts) or from anywhere in it,
+    always to the group's last (marked) record and EOS."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row[spec.group], []).append(row)
+    prompt = _prompt_ids(tokenizer, build_prompt(columns, TINYLLAMA_TEMPLATE))
+    examples = []
+    for i in range(1000):
+        records = rng.choice(list(groups.values()))
+        start = 0 if i % 2 == 0 else rng.randrange(len(records))
+        ids = [tokenizer.bos_token_id]
+        for record in records[start:]:
+            ids += tokenizer(prefill([record]), add_special_tokens=False)["input_ids"]
+        ids.append(tokenizer.eos_token_id)
+        examples.append((prompt + ids, [-100] * len(prompt) + ids))
+    return examples
+
+
+def _flexible_layout(rows: list[dict[str, Any]], spec: Series) -> dict[str, Any]:
+    """What NSS 0.1.16 saves for a flexible time series: the index as the run's time (elapsed, one
+    apart, to the longest group's last), the group registry, the source columns and the controls."""
+    lengths: dict[Any, int] = {}
+    for row in rows:
+        lengths[row[spec.group]] = lengths.get(row[spec.group], 0) + 1
+    longest = max(lengths.values())
+    controls = {"index_column": INDEX, "marker_column": MARKER, "max_records": longest,
+                "source_timestamp_column": spec.time, "source_timestamp_format": spec.format,
+                "source_interval_seconds": spec.interval}  # fmt: skip
+    return {
+        "layout": "0.1.16",
+        "time_series": {"timestamp_column": INDEX, "timestamp_format": "elapsed_seconds",
+                        "timestamp_interval_seconds": 1, "start_timestamp": 0, "stop_timestamp": longest - 1},
+        "data": {"group_training_examples_by": spec.group, "order_training_examples_by": INDEX},
+        "timeseries_group_values": list(lengths),
+        "source_columns": [c for c in rows[0] if c not in (INDEX, MARKER)],
+        "flexible": controls,
+    }  # fmt: skip
 
 
 def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
@@ -347,6 +437,9 @@ def infer_schema(rows: list[dict[str, Any]]) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for name in rows[0]:
         values = [r[name] for r in rows]
+        if all(isinstance(v, bool) for v in values):
+            properties[name] = {"type": "boolean"}
+            continue
         counts: dict[Any, int] = {}
         for v in values:
             counts[v] = counts.get(v, 0) + 1
@@ -377,7 +470,12 @@ def _jsonl(rng: random.Random, rows: list[dict[str, Any]], recipe: Recipe) -> st
 
 def _csv(rng: random.Random, rows: list[dict[str, Any]], recipe: Recipe) -> str:
     k = rng.randint(*recipe.records_per_example)
-    return "".join(",".join(str(v) for v in r.values()) + "\n" for r in rng.sample(rows, k))
+    return "".join(",".join(_cell(v) for v in r.values()) + "\n" for r in rng.sample(rows, k))
+
+
+def _cell(value: object) -> str:
+    """Booleans as JSON spells them (the flexible marker's tokens are trained in the base)."""
+    return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
 def _train_tokenizer(corpus: list[tuple[str, str]], recipe: Recipe) -> Any:

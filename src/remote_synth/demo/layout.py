@@ -36,6 +36,7 @@ def write_run_dir(
     max_records_per_group: int | None = None,
     timeseries_group_values: list[Any] | None = None,
     source_columns: list[str] | None = None,
+    flexible: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``train/adapter/*`` metadata and ``safe-synthesizer-config.json`` as NSS does.
 
@@ -45,7 +46,8 @@ def write_run_dir(
     ``layout`` "0.1.16" writes what that release saves: the whole ``generation`` section
     (nested ``structured_generation``, ``max_tokens_multiplier``, ``validation.enforce_numeric_range``),
     and the metadata's ``max_tokens_per_example`` and ``max_records_per_group``; a time series
-    its group registry (``timeseries_group_values``, typed) and ``timeseries_metadata.source_columns``.
+    its group registry (``timeseries_group_values``, typed) and ``timeseries_metadata.source_columns``
+    (and ``flexible``, the controls of NSS 0.1.16's flexible mode).
     """
     adapter = run / "train" / "adapter"
     adapter.mkdir(parents=True, exist_ok=True)
@@ -76,7 +78,7 @@ def write_run_dir(
         if time_series is not None:
             columns = source_columns or list(schema["properties"])
             metadata.update(timeseries_group_values=timeseries_group_values,
-                            timeseries_metadata={"source_columns": columns, "flexible": None})  # fmt: skip
+                            timeseries_metadata={"source_columns": columns, "flexible": flexible})  # fmt: skip
         saved_generation = GenerateParameters.resolve(saved_generation, use_env=False).model_dump(mode="json")
     config = {
         "data": {"group_training_examples_by": None, "order_training_examples_by": None, **(data or {})},

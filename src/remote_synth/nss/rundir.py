@@ -75,9 +75,12 @@ class RopeScaling(_Lenient):
 class FlexibleSeries(_Lenient):
     """NSS 0.1.16 ``FlexibleTimeseriesMetadata``: groups of differing shapes, ended by a marker."""
 
-    index_column: str = "_time_idx"
-    marker_column: str = "_is_last_row"
+    index_column: str = Field("_time_idx", min_length=1)
+    marker_column: str = Field("_is_last_row", min_length=1)
     max_records: int = Field(ge=1)
+    source_timestamp_column: str | None = None
+    source_timestamp_format: str | None = None
+    source_interval_seconds: float | None = Field(None, gt=0)
 
 
 class TimeseriesMetadata(_Lenient):
@@ -299,12 +302,36 @@ class RunDirectory:
             raise RunDirError(self.config_file, "an NSS 0.1.16 time-series run needs time_series.start_timestamp and "
                               "data.group_training_examples_by (set by NSS's preprocessing)")  # fmt: skip
         if metadata.timeseries_metadata is not None and metadata.timeseries_metadata.flexible is not None:
-            raise RunDirError(metadata_file, "saved in NSS 0.1.16's flexible time-series mode (groups of differing "
-                              "lengths, ended by a marker), which remote-synth does not generate yet")  # fmt: skip
+            self._check_flexible(metadata.timeseries_metadata.flexible)
         prompt = metadata.prompt_config
         if prompt.bos_token_id is None or (prompt.add_eos_token_to_prompt and prompt.eos_token_id is None):
             raise RunDirError(metadata_file, "prompt_config.bos_token_id (and eos_token_id, when added to the "
                               "prompt) is missing: NSS 0.1.16's time-series prompts are token ids")  # fmt: skip
+
+    def _check_flexible(self, flexible: FlexibleSeries) -> None:
+        """NSS 0.1.16's flexible mode: its control columns are in the schema, the index is the time."""
+        metadata_file = self.adapter_dir / "metadata_v2.json"
+        controls = [flexible.index_column, flexible.marker_column]
+        if flexible.index_column == flexible.marker_column:
+            raise RunDirError(metadata_file, "timeseries_metadata.flexible names one column as both index and marker")
+        source = flexible.source_timestamp_column
+        missing = [c for c in [*controls, *([source] if source else [])] if c not in self.schema["properties"]]
+        if missing:
+            raise RunDirError(metadata_file, f"timeseries_metadata.flexible names {', '.join(missing)}, which "
+                              "dataset_schema.json does not have")  # fmt: skip
+        if source is not None and not flexible.source_timestamp_format:
+            raise RunDirError(metadata_file, "timeseries_metadata.flexible has a source_timestamp_column but no "
+                              "source_timestamp_format")  # fmt: skip
+        if self.config.time_series.timestamp_column != flexible.index_column:
+            raise RunDirError(self.config_file, f"time_series.timestamp_column is "
+                              f"{self.config.time_series.timestamp_column!r}, but a flexible run's time is its "
+                              f"index column {flexible.index_column!r}")  # fmt: skip
+
+    @property
+    def flexible(self) -> FlexibleSeries | None:
+        """NSS 0.1.16's flexible time-series controls, when the run was trained in that mode."""
+        series = self.metadata.timeseries_metadata
+        return series.flexible if self.speaks_series_016 and series is not None else None
 
 
 def _has_adapter(run: Path) -> bool:
