@@ -1,14 +1,16 @@
-"""Checks shared by the integration tests."""
+"""Checks shared by the tests."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 
-from remote_synth import RunDirectory
+from remote_synth import RemoteBackend, RunDirectory
 from remote_synth.nss import RecordValidator
 
 
@@ -22,6 +24,23 @@ def rows_valid(df: pd.DataFrame, run: RunDirectory) -> list[str]:
         if error is not None:
             problems.append(error[0])
     return problems
+
+
+def journal_then_resume(
+    make: Callable[[], RemoteBackend], journal: Path, asked: Callable[[], int]
+) -> tuple[pd.DataFrame, pd.DataFrame, RemoteBackend]:
+    """A job run with a journal, then run again resuming from it: the first frame, the resumed one,
+    and the resumed backend. The resume replays something and asks the server for nothing more
+    (``asked()``: requests the server has had)."""
+    with make() as first:
+        first.open_journal(journal)
+        before = first.generate().df
+    requests = asked()
+    with make() as resumed:
+        assert resumed.open_journal(journal, resume=True) > 0
+        after = resumed.generate().df
+    assert asked() == requests  # every group finished in the replay: nothing asked again
+    return before, after, resumed
 
 
 CLI = [sys.executable, "-m", "remote_synth._cli"]

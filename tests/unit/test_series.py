@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from checks import journal_then_resume
 from fakes.vllm_core import VllmCore, as_httpx
 
 from remote_synth import GenerationStatus, RemoteBackend, RemoteSettings
@@ -157,14 +158,7 @@ def test_no_valid_record_at_all_is_a_generation_error(run: Path) -> None:
 
 def test_the_journal_replays_a_time_series_job_exactly(run: Path, tmp_path: Path) -> None:
     fake = SeriesVllm(next_records(2))
-    with backend(run, fake) as b:
-        b.open_journal(tmp_path / "j")
-        first = b.generate().df
-    asked = len(fake.bodies)
-    with backend(run, fake) as b:
-        assert b.open_journal(tmp_path / "j", resume=True) > 0
-        again = b.generate().df
-    assert len(fake.bodies) == asked  # every group finished in the replay: nothing asked again
+    first, again, _ = journal_then_resume(lambda: backend(run, fake), tmp_path / "j", lambda: len(fake.bodies))
     assert again.equals(first)
 
 

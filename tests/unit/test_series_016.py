@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from checks import journal_then_resume
 from fakes.vllm_core import VllmCore, as_httpx, byte_ids, byte_text
 
 from remote_synth import GenerationStatus, RemoteBackend, RemoteSettings, RunDirError
@@ -212,14 +213,7 @@ def test_a_group_whose_time_does_not_move_fails_after_patience(tmp_path: Path) -
 def test_the_journal_replays_a_token_prompt_job_exactly(tmp_path: Path) -> None:
     run = write_run(tmp_path / "r", groups=["a", 3])
     fake = TokenSeriesVllm(well_behaved(2))
-    with backend(run, fake) as b:
-        b.open_journal(tmp_path / "j")
-        first = b.generate().df
-    asked = len(fake.bodies)
-    with backend(run, fake) as b:
-        assert b.open_journal(tmp_path / "j", resume=True) > 0
-        again = b.generate().df
-    assert len(fake.bodies) == asked
+    first, again, _ = journal_then_resume(lambda: backend(run, fake), tmp_path / "j", lambda: len(fake.bodies))
     assert again.equals(first)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from checks import journal_then_resume
 from fakes.vllm_core import VllmCore, as_httpx, byte_text
 
 from remote_synth import GenerationStatus, RemoteBackend, RemoteSettings, RunDirError
@@ -229,15 +230,9 @@ def test_a_table_without_groups_is_one_stream(tmp_path: Path) -> None:
 def test_the_journal_replays_a_flexible_job_exactly(tmp_path: Path) -> None:
     run = write_run(tmp_path / "r")
     fake = FlexibleVllm(to_the_end(2))
-    with backend(run, fake) as b:
-        b.open_journal(tmp_path / "j")
-        first = b.generate().df
-    asked = len(fake.bodies)
-    with backend(run, fake) as b:
-        assert b.open_journal(tmp_path / "j", resume=True) > 0
-        again = b.generate().df
-        metrics = json.loads(b.artifacts["flexible_timeseries_metrics.json"])
-    assert len(fake.bodies) == asked and again.equals(first)
+    first, again, resumed = journal_then_resume(lambda: backend(run, fake), tmp_path / "j", lambda: len(fake.bodies))
+    assert again.equals(first)
+    metrics = json.loads(resumed.artifacts["flexible_timeseries_metrics.json"])
     assert metrics["aggregate"]["reason_counts"]["terminal"] == 2
 
 
