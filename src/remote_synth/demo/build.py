@@ -189,11 +189,8 @@ def _tables() -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]
 def _flexible_rows(rows: list[dict[str, Any]], spec: Series) -> list[dict[str, Any]]:
     """NSS 0.1.16's flexible form (``prepare_flexible_timeseries_data``): the group, the index,
     the other columns, the marker; rows in time order within each group."""
-    groups: dict[Any, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(row[spec.group], []).append(row)
     out = []
-    for members in groups.values():
+    for members in _groups(rows, spec.group).values():
         members = sorted(members, key=lambda r: r[spec.time])
         for i, row in enumerate(members):
             rest = {k: v for k, v in row.items() if k != spec.group}
@@ -293,9 +290,7 @@ def _series_examples(
     - NSS 0.1.16: ``[BOS] prompt [EOS] [BOS]`` and then records, each tokenized alone, from the group's
       first record (a third of them: that is where generation starts) or from anywhere.
     """
-    groups: dict[Any, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(row[series.group], []).append(row)
+    groups = _groups(rows, series.group)
     order = [series.group, series.time] + [c for c in columns if c not in (series.group, series.time)]
     prompt_016 = _prompt_ids(tokenizer, build_prompt(columns, TINYLLAMA_TEMPLATE))
     examples = []
@@ -309,11 +304,7 @@ def _series_examples(
             examples.append(_encode(tokenizer, build_prompt(order, TINYLLAMA_TEMPLATE, prefill=window), later))
             continue
         start = 0 if i % 3 == 0 else rng.randint(0, len(records) - context - k)
-        ids = [tokenizer.bos_token_id]
-        for record in records[start : start + context + k]:
-            ids += tokenizer(prefill([record]), add_special_tokens=False)["input_ids"]
-        ids.append(tokenizer.eos_token_id)
-        examples.append((prompt_016 + ids, [-100] * len(prompt_016) + ids))
+        examples.append(_sequence_example(tokenizer, prompt_016, records[start : start + context + k]))
     return examples
 
 
@@ -323,28 +314,38 @@ def _flexible_examples(
     """NSS 0.1.16's token layout, ``[BOS] prompt [EOS] [BOS]`` and then each record tokenized alone,
     from a group's first record (half of them: where generation starts) or from anywhere in it,
     always to the group's last (marked) record and EOS."""
-    groups: dict[Any, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(row[spec.group], []).append(row)
+    groups = list(_groups(rows, spec.group).values())
     prompt = _prompt_ids(tokenizer, build_prompt(columns, TINYLLAMA_TEMPLATE))
     examples = []
     for i in range(1000):
-        records = rng.choice(list(groups.values()))
+        records = rng.choice(groups)
         start = 0 if i % 2 == 0 else rng.randrange(len(records))
-        ids = [tokenizer.bos_token_id]
-        for record in records[start:]:
-            ids += tokenizer(prefill([record]), add_special_tokens=False)["input_ids"]
-        ids.append(tokenizer.eos_token_id)
-        examples.append((prompt + ids, [-100] * len(prompt) + ids))
+        examples.append(_sequence_example(tokenizer, prompt, records[start:]))
     return examples
+
+
+def _sequence_example(tokenizer: Any, prompt: list[int], records: list[dict[str, Any]]) -> Example:
+    """NSS 0.1.16's training sequence: the prompt's ids, ``[BOS]``, each record tokenized alone,
+    ``[EOS]``; loss on everything after the prompt."""
+    ids = [tokenizer.bos_token_id]
+    for record in records:
+        ids += tokenizer(prefill([record]), add_special_tokens=False)["input_ids"]
+    ids.append(tokenizer.eos_token_id)
+    return prompt + ids, [-100] * len(prompt) + ids
+
+
+def _groups(rows: list[dict[str, Any]], column: str) -> dict[Any, list[dict[str, Any]]]:
+    """Rows by their ``column`` value, groups and rows in table order."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row[column], []).append(row)
+    return groups
 
 
 def _flexible_layout(rows: list[dict[str, Any]], spec: Series) -> dict[str, Any]:
     """What NSS 0.1.16 saves for a flexible time series: the index as the run's time (elapsed, one
     apart, to the longest group's last), the group registry, the source columns and the controls."""
-    lengths: dict[Any, int] = {}
-    for row in rows:
-        lengths[row[spec.group]] = lengths.get(row[spec.group], 0) + 1
+    lengths = {group: len(members) for group, members in _groups(rows, spec.group).items()}
     longest = max(lengths.values())
     controls = {"index_column": INDEX, "marker_column": MARKER, "max_records": longest,
                 "source_timestamp_column": spec.time, "source_timestamp_format": spec.format,
