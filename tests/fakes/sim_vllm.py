@@ -58,6 +58,7 @@ class SimulatedVllm(httpx.AsyncBaseTransport):
         metrics: bool = True,
         text: Callable[[random.Random], str] = records_text,
         continuation: Callable[[random.Random, str], str] | None = None,
+        sized_text: Callable[[random.Random, float], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.slots = slots
@@ -70,6 +71,9 @@ class SimulatedVllm(httpx.AsyncBaseTransport):
         self._text = text
         self._continuation = continuation
         """Completions that depend on their prompt (time series: the next records of its prefill)."""
+        self._sized_text = sized_text
+        """Completions as long as they took, as on a real server, where a sequence that runs longer writes more
+        records: called with its time over the mean (so the first completions back are the short ones)."""
         self._clock = clock
         self._mu = math.log(mean) - sigma**2 / 2 if sigma > 0 else math.log(mean) if mean > 0 else 0.0
         self.running = 0
@@ -100,9 +104,14 @@ class SimulatedVllm(httpx.AsyncBaseTransport):
         await self._slot()
         started = self._clock()
         try:
-            await asyncio.sleep(self._duration())
+            duration = self._duration()
+            await asyncio.sleep(duration)
             self.sequences_done += 1
-            return self._continuation(self._rng, prompt) if self._continuation else self._text(self._rng)
+            if self._continuation is not None:
+                return self._continuation(self._rng, prompt)
+            if self._sized_text is not None:
+                return self._sized_text(self._rng, duration / self.mean if self.mean > 0 else 1.0)
+            return self._text(self._rng)
         except asyncio.CancelledError:
             self.sequences_aborted += 1
             raise

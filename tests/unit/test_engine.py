@@ -191,6 +191,18 @@ def test_a_short_first_completion_does_not_send_a_small_job_many_times_over() ->
     assert source.demand(outstanding=19) == 2 * 1 + 20 - 19
 
 
+def test_until_a_servers_worth_is_back_no_more_than_twice_its_capacity_is_out() -> None:
+    """The first completions back are the short ones: a yield read off them must not send the whole
+    job into the queue of a server seen running 100 sequences (a window can misread it as free)."""
+    source = jobs(target=10_000, prior_yield=10)
+    source.complete(source.next_job(20), [_completion(FIVE)] * 20)  # a firm yield: 1,980 prompts to go
+    assert source.demand(outstanding=0) > 2000  # the size of the server unknown: the whole rest
+    assert source.demand(outstanding=0, capacity=100) == 200
+    assert source.demand(outstanding=150, capacity=100) == 50
+    source.complete(source.next_job(80), [_completion(FIVE)] * 80)  # 100 back: a server's worth
+    assert source.demand(outstanding=0, capacity=100) == source.demand(outstanding=0) > 1800
+
+
 @pytest.mark.parametrize("per_completion", [1, 3, 5, 12])
 @pytest.mark.parametrize("target", [10, 1000, 50_000])
 def test_what_is_out_never_exceeds_the_need_and_the_hedge_budget(target: int, per_completion: int) -> None:
@@ -238,6 +250,22 @@ def test_a_simulated_job_ends_within_its_overshoot_budget_and_cancels_its_hedges
     assert stats.prompts_sent - used <= 0.05 * used + 1
     assert stats.prompts_sent > used  # hedges went out
     assert sim.running == 0 and sim.waiting == 0  # and those still out at the target were cancelled
+
+
+def test_a_job_whose_long_completions_bring_more_ends_within_its_overshoot_budget() -> None:
+    """As on a real server, a completion's records follow its length, so the first back are the short
+    ones; a job sized from them alone sent 10-15 % too much (counts asserted, not times)."""
+
+    def sized(rng: Any, length: float) -> str:
+        return '{"n":1,"c":"x"}\n' * max(1, round(4 * (0.4 + 0.6 * length)))
+
+    sim = SimulatedVllm(128, mean=0.05, sigma=0.6, seed=5, sized_text=sized)
+    source = jobs(target=2000, first_job=1, tail_jobs=1000, prior_yield=10)
+    stats = run(scheduler(sim, window=256, ppr=25, load_interval=0.02).run(source))
+    used = source.batches.num_prompts
+    assert source.done and source.batches.num_valid_records >= 2000
+    assert stats.prompts_sent - used <= 0.05 * used + 1
+    assert sim.running == 0 and sim.waiting == 0
 
 
 def _completion(text: str) -> Any:
@@ -430,7 +458,7 @@ def test_while_starting_a_reading_follows_soon_after_the_gate_fills() -> None:
     class Client(InferenceClient):
         async def load(self) -> ServerLoad | None:
             readings.append(sched._gate.in_flight)
-            return ServerLoad(sched._gate.in_flight, 0)  # nothing queued: the server has room
+            return ServerLoad(sched._gate.in_flight + 3, 0)  # nothing queued: the server has room
 
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
@@ -438,7 +466,7 @@ def test_while_starting_a_reading_follows_soon_after_the_gate_fills() -> None:
 
     async def scenario() -> None:
         watcher = asyncio.create_task(sched._watch_load())
-        await until(lambda: len(slept) == 1)  # the first reading (in flight 0): a long pause
+        await until(lambda: len(slept) == 1)  # the first reading (3 running, none ours): a long pause
         sched._gate.take(16)
         sched._fill(jobs(target=10_000))  # the source wants more than the window has room for
         await until(lambda: len(slept) == 2)
@@ -449,6 +477,37 @@ def test_while_starting_a_reading_follows_soon_after_the_gate_fills() -> None:
 
     policy = WindowPolicy(WindowSettings(initial=16, step=4))
     sched = Scheduler(Client("http://x"), "m", policy, load_interval=1.0, sleep=sleep, prompts_per_request=4)
+    run(scenario())
+
+
+def test_until_anything_is_seen_running_readings_come_soon() -> None:
+    """A job's start needs the server's size (no more than twice what it runs is out on a young
+    yield): a first reading of an idle server is followed a fifth of the interval later, not after a
+    backoff; once sequences are seen running, a steady window backs off."""
+    slept: list[float] = []
+    running = [0]
+
+    class Client(InferenceClient):
+        async def load(self) -> ServerLoad | None:
+            return ServerLoad(running[0], 0)
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 2:
+            running[0] = 5
+        if len(slept) == 4:
+            await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        watcher = asyncio.create_task(sched._watch_load())
+        await until(lambda: len(slept) == 4)
+        assert slept == [0.2, 0.2, 0.4, 0.8]  # then the backoff doubles from there
+        watcher.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await watcher
+
+    sched = Scheduler(Client("http://x"), "m", WindowPolicy(WindowSettings(initial=16, step=4)), load_interval=1.0,
+                      sleep=sleep, prompts_per_request=4)  # fmt: skip
     run(scenario())
 
 

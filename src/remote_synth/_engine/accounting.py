@@ -13,7 +13,10 @@ condition; what arrives after that is discarded, and counts nowhere.
 How much to send ahead is the demand: with a yield of ``y`` valid records per
 completion so far, ``ceil(remaining / y)`` prompts, less those already out, and
 never more out than twice the completions used plus the open batch (early
-estimates lean low: short completions come back first).
+estimates lean low: short completions come back first), nor, until a server's
+worth of completions is back, more than twice what the server was seen running.
+The yield is also judged with the requests still out (``YieldEstimate``): on a
+real server the long completions bring the most records and come back last.
 Before any record has been accepted there is no yield: what 10 records a completion
 would need is sent, at least NSS 0.1.16's 10-prompt probe (the first logical batch)
 and at most NSS's first 100 prompts, and a small target gets no more than one prompt
@@ -36,6 +39,7 @@ from ..nss.batch import Batch, valid_fraction
 from ..nss.records import ParsedResponse
 from ..nss.results import INITIAL_PROBE_PROMPTS, MAX_NUM_PROMPTS_PER_BATCH, GenerationBatches
 from .scheduler import Job
+from .yield_estimate import YieldEstimate
 
 __all__ = ["CompletionLog", "Logged", "Progress", "TabularJobs", "log_completions", "logged_completions"]
 
@@ -54,6 +58,10 @@ HEDGE = 0.035
 """Beyond the need, this share of the job's prompts stays in flight, so the job ends on its
 fastest completions, not its slowest (those still out at the target are cancelled: vLLM aborts
 them). With the yield's error this keeps what is sent and not used within 5 %."""
+YOUNG_QUEUE = 2
+"""Until as many completions are back as the server runs at once, no more than this many times what it
+was seen running is out: a yield read off the first (short) completions must not send a whole job
+into the server's queue (a window that misread an API server busy sending as a free one had 4x)."""
 TAIL_JOBS = 1000
 """Near the end a job carries at most 1/1000 of what is left, so that few completions wait in a
 request for a slow sibling ..."""
@@ -173,6 +181,8 @@ class TabularJobs:
         """The most sequences the server was seen running (the scheduler's reading): how large it is."""
         self._yields = (0, 0, 0)
         """Completions used, their valid records, and the sum of squares (the yield's spread)."""
+        self._estimate = YieldEstimate()
+        """The yield judged from when requests come back too (the first ones back are the short ones)."""
 
     # -- what the scheduler asks -------------------------------------------------------------
 
@@ -196,7 +206,8 @@ class TabularJobs:
         The first completions back are the short ones (fewer records), so an early yield is an
         underestimate; until ``FIRM_YIELD`` completions are in, what is out at once is capped at
         twice the completions used plus what went before any yield (a short first completion
-        must not send a small job's prompts many times over). Then the whole rest goes out at once (the
+        must not send a small job's prompts many times over), and until a server's worth of completions
+        is back, at most ``YOUNG_QUEUE`` times its capacity. Then the whole rest goes out at once (the
         window holds back what the server cannot run yet), with ``HEDGE`` of the job beyond it.
         """
         if self.done:
@@ -205,9 +216,11 @@ class TabularJobs:
         if self.valid == 0:
             wanted = self.expected_prompts_left()
         else:
-            wanted = int(self._prompts_left_at_most() * (1 + self.hedge) + self.hedge * self.used)
+            wanted = int(self._prompts_left_at_most(outstanding) * (1 + self.hedge) + self.hedge * self.used)
         if self.used < FIRM_YIELD:
             wanted = min(wanted, 2 * self.used + self._before_yield())
+        if 0 < self.used < capacity:
+            wanted = min(wanted, YOUNG_QUEUE * capacity)
         return max(0, wanted - outstanding)
 
     def _before_yield(self) -> int:
@@ -232,14 +245,34 @@ class TabularJobs:
         per_prompt = self.valid / self.used
         return max(1, math.ceil(remaining / per_prompt))
 
-    def _prompts_left_at_most(self) -> int:
-        """Completions still needed at a yield two standard errors above the one seen: what is
-        surely needed, so a yield read off a few completions does not send too much."""
+    def _prompts_left_at_most(self, outstanding: int) -> int:
+        """Completions still needed, those out included, at a yield two standard errors above the one
+        seen: what is surely needed, so a yield read off a few completions does not send too much.
+
+        The yield is the larger of the plain mean and ``YieldEstimate``'s, which also counts the
+        prompts still out (the long ones); those are expected to bring what completions that took
+        as long brought, so that the prompts out do not look short of the target when they are not.
+        """
         n, total, squares = self._yields
         mean = total / n
         error = math.sqrt(max(0.0, squares / n - mean * mean) / n)
-        per_prompt = max(self.valid / self.used, 1e-9) + 2 * error
-        return max(1, math.ceil((self.target - self.valid) / per_prompt))
+        now = self._clock()
+        seen = self._estimate.mean(now)
+        per_prompt = max(self.valid / self.used, seen or 0.0, 1e-9) + 2 * error
+        remaining = self.target - self.valid
+        credit = self._out_credit(outstanding, per_prompt, now) if seen is not None else outstanding * per_prompt
+        if credit >= remaining:  # the prompts out cover it: as many of them as it takes
+            return max(1, math.ceil(outstanding * remaining / credit))
+        return outstanding + math.ceil((remaining - credit) / per_prompt)
+
+    def _out_credit(self, outstanding: int, per_prompt: float, now: float) -> float:
+        """Records the ``outstanding`` prompts are expected to bring: those the estimate knows of by how
+        long they have been out (at least ``per_prompt`` each), any others at ``per_prompt``."""
+        known = self._estimate.out
+        aged = self._estimate.in_flight_credit(now, per_prompt)
+        if known > outstanding:
+            return aged * outstanding / known
+        return aged + (outstanding - known) * per_prompt
 
     def next_job(self, prompts: int) -> Job:
         """Small jobs until the first completions are in (a small request returns sooner, with the
@@ -249,12 +282,14 @@ class TabularJobs:
         if self.tail_jobs:
             least = 1 if self._capacity >= LARGE_SERVER else TAIL_JOB_PROMPTS
             prompts = min(prompts, max(least, self.expected_prompts_left() // self.tail_jobs))
-        return Job(prompts=[self.prompt] * prompts, params=self.params)
+        job = Job(prompts=[self.prompt] * prompts, params=self.params)
+        self._estimate.sent(id(job), prompts, self._clock())
+        return job
 
     def complete(self, job: Job, completions: Sequence[Completion]) -> None:
         if self.log is not None:
             log_completions(self.log, completions)  # kept before used: a crash from here on loses nothing used
-        self._use(completions)
+        self._estimate.returned(id(job), self._use(completions), self._clock())
 
     def replay(self, entries: Iterable[Logged]) -> None:
         """Use an earlier run's completions (the journal's) again, exactly as they were used then."""
@@ -265,16 +300,20 @@ class TabularJobs:
         finally:
             self.log = log
 
-    def _use(self, completions: Sequence[Completion]) -> None:
+    def _use(self, completions: Sequence[Completion]) -> int:
+        """Process completions until the job is done; the valid records they had."""
+        records = 0
         for c in completions:
             if self.done:
-                return
+                break
             response = self._open.process(self._open.num_prompts, c.text, c.finish_reason, c.tokens)
             n, total, squares = self._yields
             k = len(response.valid_records)
             self._yields = (n + 1, total + k, squares + k * k)
+            records += k
             if self._open.num_prompts >= self._open_size or self.valid >= self.target:
                 self._close()
+        return records
 
     # -- batches ---------------------------------------------------------------------------
 

@@ -285,7 +285,9 @@ class Scheduler:
                 self.stats.window_samples.append(self._gate.limit)
                 steady = self._gate.limit == before
                 interval = min(interval * 2, self.load_interval * STEADY_BACKOFF) if steady else self.load_interval
-                if self.window.starting and not steady:  # doubling: the next reading may double again
+                if self.window.starting and (not steady or not self.window.capacity):
+                    # doubling, the next reading may double again; or nothing seen running yet, and the
+                    # next reading tells the server's size to the job's start (accounting's young queue)
                     interval = self.load_interval / START_SPEEDUP
                 self._wake.set()
             await self._pause(interval)

