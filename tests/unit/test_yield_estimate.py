@@ -105,3 +105,26 @@ def test_prompts_out_that_cover_what_is_left_bring_no_more_than_the_hedge() -> N
         source.complete(job, [records(4)])  # 240 back: 960 records, 40 to go, the 20 out bring 80
     now[0] = 1.2
     assert source.demand(outstanding=len(out)) == 0
+
+
+def test_the_credit_is_the_sum_over_every_prompt_out_however_the_calls_interleave() -> None:
+    """The credit of prompts sent before the current tick is kept between calls; it must stay what
+    summing every request still out by its own age gives."""
+    rng = random.Random(9)
+    estimate, out, now = YieldEstimate(), {}, 0.0
+    for key in range(2000):
+        now += rng.choice([0.0, 0.0, 0.001, 0.02, 0.07])
+        if out and rng.random() < 0.4:
+            gone = rng.choice(sorted(out))
+            estimate.returned(gone, rng.randint(0, 12), now)
+            del out[gone]
+        else:
+            out[key] = rng.randint(1, 25)
+            estimate.sent(key, out[key], now)
+        at_least = rng.choice([0.0, 3.0])
+        credit = estimate.in_flight_credit(now, at_least)
+        if estimate.mean(now) is not None:
+            fresh = YieldEstimate.__new__(YieldEstimate)
+            fresh.__dict__.update(estimate.__dict__, _earlier=None)
+            assert credit == pytest.approx(fresh.in_flight_credit(now, at_least))
+        assert estimate.out == sum(out.values())

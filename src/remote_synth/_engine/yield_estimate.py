@@ -83,7 +83,12 @@ class YieldEstimate:
         self._records = [0.0] * BINS
         """Their valid records, by latency bin."""
         self._returned = 0
-        self._fit: tuple[tuple[int, float], _Fit | None] | None = None
+        self._fit_key: tuple[int, int] | None = None
+        """(prompts back, tick) when the fit was made."""
+        self._fit: _Fit | None = None
+        self._earlier: tuple[tuple[int, int] | None, float, float] | None = None
+        """(fit key, ``at_least``, credit of the prompts sent before the current tick): those change
+        only when prompts come back or the tick moves, both of which change the fit key."""
 
     def sent(self, key: Hashable, prompts: int, now: float) -> None:
         self._out[key] = (prompts, now)
@@ -111,24 +116,29 @@ class YieldEstimate:
         return fit.mean if fit else None
 
     def in_flight_credit(self, now: float, at_least: float = 0.0) -> float:
-        """Records the prompts still out are expected to bring, each by how long it has been out
-        (and at least ``at_least`` each)."""
+        """Records the prompts still out are expected to bring, each by how long it has been out, in
+        ``TICK``s (and at least ``at_least`` each)."""
         fit = self._fitted(now)
         if fit is None:
             return 0.0
-        return sum(prompts * max(at_least, fit.credit(now - tick * TICK)) for tick, prompts in self._sent_at.items())
+        current = _tick(now)
+        if self._earlier is None or self._earlier[:2] != (self._fit_key, at_least):
+            earlier = sum(prompts * max(at_least, fit.credit((current - tick) * TICK))
+                          for tick, prompts in self._sent_at.items() if tick != current)  # fmt: skip
+            self._earlier = (self._fit_key, at_least, earlier)
+        return self._earlier[2] + self._sent_at.get(current, 0) * max(at_least, fit.credit(0.0))
 
     def _fitted(self, now: float) -> _Fit | None:
         """The fit, made again once more prompts are back or a ``TICK`` has passed."""
         key = (self._returned, _tick(now))
-        if self._fit is None or self._fit[0] != key:
-            self._fit = (key, self._fit_at(now) if self._returned else None)
-        return self._fit[1]
+        if self._fit_key != key:
+            self._fit_key, self._fit = key, self._fit_at(now) if self._returned else None
+        return self._fit
 
     def _fit_at(self, now: float) -> _Fit:
         censored = [0] * BINS
         for tick, prompts in self._sent_at.items():
-            censored[_bin(now - tick * TICK)] += prompts
+            censored[_bin((_tick(now) - tick) * TICK)] += prompts
         tail_yield = self._tail_yield()
         # Kaplan-Meier by bin: of the prompts still at risk at a bin, the share that come back in it.
         at_risk = sum(self._count) + sum(censored)
