@@ -19,10 +19,16 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from remote_synth import RemoteBackend, RemoteSettings, RunDirectory
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_generation import OVERSHOOT, ours  # noqa: E402
+
+from remote_synth import RunDirectory
 from remote_synth._engine import accounting
 from remote_synth._engine.yield_estimate import YieldEstimate
 from remote_synth._server import VllmServer, launch_settings
@@ -42,16 +48,6 @@ def start_policy(on: bool) -> Iterator[None]:
         accounting.YOUNG_QUEUE, YieldEstimate.mean = young, mean  # type: ignore[method-assign]
 
 
-def one_job(run: RunDirectory, server: VllmServer, records: int) -> tuple[float, float]:
-    settings = RemoteSettings(base_url=server.base_url, api_key=server.api_key)
-    with RemoteBackend(run, {"num_records": records}, settings=settings) as backend:
-        results = backend.generate()
-    stats = backend.engine_stats
-    assert stats is not None
-    overshoot = (stats.prompts_sent - results.num_prompts) / results.num_prompts
-    return overshoot, results.num_valid_records / results.elapsed_time
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--records", type=int, default=2000)
@@ -60,11 +56,12 @@ def main() -> None:
     run = RunDirectory.open(ensure_demo_run())
     runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
     with VllmServer(launch_settings(run)) as server:
-        one_job(run, server, 200)  # warm-up
+        ours(run, server, 200)  # warm-up
         for round_ in range(args.rounds):
             for on in (True, False) if round_ % 2 == 0 else (False, True):
                 with start_policy(on):
-                    overshoot, rate = one_job(run, server, args.records)
+                    rate = ours(run, server, args.records)
+                overshoot = OVERSHOOT[-1]
                 runs[on].append((overshoot, rate))
                 print(f"round {round_ + 1}, policy {'on' if on else 'off'}: overshoot {overshoot:.1%}, "
                       f"{rate:.0f} records/s", flush=True)  # fmt: skip
