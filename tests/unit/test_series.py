@@ -12,7 +12,8 @@ import httpx
 import pandas as pd
 import pytest
 from checks import journal_then_resume
-from fakes.vllm_core import VllmCore, as_httpx
+from fakes.prompt_vllm import PromptVllm, last_record
+from fakes.vllm_core import VllmCore
 
 from remote_synth import GenerationStatus, RemoteBackend, RemoteSettings
 from remote_synth.demo.layout import write_run_dir
@@ -71,25 +72,15 @@ def next_records(count: int = 4) -> Continuation:
     return write
 
 
-class SeriesVllm:
+class SeriesVllm(PromptVllm):
     """vLLM's routes; each completion continues the last record of its prompt with ``model``."""
 
     def __init__(self, model: Continuation) -> None:
+        super().__init__(VllmCore(prompt_tokens=40))
         self.model = model
-        self.bodies: list[dict] = []
-        self.core = VllmCore(prompt_tokens=40)
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        shared = self.core.route(request.method, request.url.path, request.content)
-        if shared is not None:
-            return as_httpx(shared)
-        body = json.loads(request.content)
-        self.bodies.append(body)
-        texts = [self._continue(p) for p in body["prompt"]]
-        return httpx.Response(200, json={"choices": [{"index": i, "text": t} for i, t in enumerate(texts)]})
-
-    def _continue(self, prompt: str) -> str:
-        last = json.loads(prompt.rstrip("\n").rsplit("\n", 1)[-1].split("[/INST]")[-1])
+    def complete(self, prompt: str, index: int) -> str:
+        last = last_record(prompt.split("[/INST]")[-1])
         hour = int((datetime.strptime(last["t"], FMT) - START).total_seconds() // 3600)
         return self.model(last["device"], hour)
 
@@ -196,8 +187,8 @@ def test_a_table_without_groups_and_times_of_day_ends_at_num_records(tmp_path: P
                         generation={"num_records": 8}, initial_prefill={"0": first})  # fmt: skip
 
     class Clock(SeriesVllm):
-        def _continue(self, prompt: str) -> str:
-            last = json.loads(prompt.rstrip("\n").rsplit("\n", 1)[-1].split("[/INST]")[-1])
+        def complete(self, prompt: str, index: int) -> str:
+            last = last_record(prompt.split("[/INST]")[-1])
             hour = int(last["t"][:2])
             return "".join(json.dumps({"t": f"{(hour + i) % 24:02d}:00", "v": 1}) + "\n" for i in (1, 2))
 

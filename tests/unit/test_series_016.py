@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 from checks import journal_then_resume
-from fakes.vllm_core import VllmCore, as_httpx, byte_ids, byte_text
+from fakes.prompt_vllm import PromptVllm, after_last_bos, last_record
+from fakes.vllm_core import VllmCore, byte_ids, byte_text
 
 from remote_synth import GenerationStatus, RemoteBackend, RemoteSettings, RunDirError
 from remote_synth.demo.layout import write_run_dir
@@ -66,32 +67,25 @@ def well_behaved(count: int = 3, spacing: str = ", ") -> Writer:
     return write
 
 
-class TokenSeriesVllm:
+class TokenSeriesVllm(PromptVllm):
     """vLLM taking token-id prompts: decodes each, and continues its context after the last BOS."""
 
     def __init__(self, writer: Writer) -> None:
+        super().__init__(VllmCore(prompt_tokens=40, byte_tokens=True))
         self.writer = writer
-        self.bodies: list[dict] = []
         self.tokenized: list[str] = []
-        self.core = VllmCore(prompt_tokens=40, byte_tokens=True)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/tokenize" and json.loads(request.content).get("add_special_tokens") is False:
             self.tokenized.append(json.loads(request.content)["prompt"])
-        shared = self.core.route(request.method, request.url.path, request.content)
-        if shared is not None:
-            return as_httpx(shared)
-        body = json.loads(request.content)
-        self.bodies.append(body)
-        texts = [self._continue(p) for p in body["prompt"]]
-        return httpx.Response(200, json={"choices": [{"index": i, "text": t} for i, t in enumerate(texts)]})
+        return super().__call__(request)
 
-    def _continue(self, ids: list[int]) -> str:
-        context = byte_text(ids[len(ids) - ids[::-1].index(BOS) :])
+    def complete(self, ids: list[int], index: int) -> str:
+        context = after_last_bos(ids, BOS)
         if context.endswith(',"'):  # the partial first record
             device, time = re.match(r'\{"device":"(\w+)","t":"([^"]+)","$', context).groups()  # type: ignore[union-attr]
             return self.writer(device, hours(time), context)
-        last = json.loads(context.rstrip("\n").rsplit("\n", 1)[-1])
+        last = last_record(context)
         return self.writer(last["device"], hours(last["t"]) + 1, "")
 
 
@@ -156,12 +150,12 @@ def test_typed_groups_a_record_of_another_type_is_another_group(tmp_path: Path) 
         return "\n".join(lines) + "\n"
 
     class IntFake(TokenSeriesVllm):
-        def _continue(self, ids: list[int]) -> str:
-            context = byte_text(ids[len(ids) - ids[::-1].index(BOS) :])
+        def complete(self, ids: list[int], index: int) -> str:
+            context = after_last_bos(ids, BOS)
             if context.endswith(',"'):
                 device, time = re.match(r'\{"device":(\d+),"t":"([^"]+)","$', context).groups()  # type: ignore[union-attr]
                 return self.writer(device, hours(time), context)
-            last = json.loads(context.rstrip("\n").rsplit("\n", 1)[-1])
+            last = last_record(context)
             return self.writer(str(last["device"]), hours(last["t"]) + 1, "")
 
     fake = IntFake(writer)

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 from checks import journal_then_resume
-from fakes.vllm_core import VllmCore, as_httpx, byte_text
+from fakes.prompt_vllm import PromptVllm, after_last_bos, last_record
+from fakes.vllm_core import VllmCore, byte_text
 
 from remote_synth import GenerationStatus, RemoteBackend, RemoteSettings, RunDirError
 from remote_synth.demo.layout import write_run_dir
@@ -90,31 +91,23 @@ def to_the_end(count: int = 2) -> Writer:
     return write
 
 
-class FlexibleVllm:
+class FlexibleVllm(PromptVllm):
     """vLLM on token-id prompts that continues each group from its context after the last BOS."""
 
+    finish_reason = "stop"
+    tokens_each = 10
+
     def __init__(self, writer: Writer) -> None:
+        super().__init__(VllmCore(prompt_tokens=40, byte_tokens=True))
         self.writer = writer
-        self.bodies: list[dict] = []
-        self.core = VllmCore(prompt_tokens=40, byte_tokens=True)
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        shared = self.core.route(request.method, request.url.path, request.content)
-        if shared is not None:
-            return as_httpx(shared)
-        body = json.loads(request.content)
-        self.bodies.append(body)
-        texts = [self._continue(p, i) for i, p in enumerate(body["prompt"])]
-        choices = [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)]
-        return httpx.Response(200, json={"choices": choices, "usage": {"completion_tokens": 10 * len(texts)}})
-
-    def _continue(self, ids: list[int], sample: int) -> str:
-        context = byte_text(ids[len(ids) - ids[::-1].index(BOS) :])
+    def complete(self, ids: list[int], sample: int) -> str:
+        context = after_last_bos(ids, BOS)
         if context.endswith(',"'):  # the partial first record
             found = re.match(r'\{(?:"device":"(\w+)",)?"_time_idx":(\d+),"$', context)
             assert found is not None, context
             return self.writer(found.group(1) or "", int(found.group(2)), sample, context)
-        last = json.loads(context.rstrip("\n").rsplit("\n", 1)[-1])
+        last = last_record(context)
         return self.writer(last.get("device", ""), last["_time_idx"] + 1, sample, "")
 
 
