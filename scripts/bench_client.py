@@ -7,8 +7,10 @@ transport, JSON, validation, NSS batch accounting, the final DataFrame), against
 an in-process server that answers at once from canned completions: every second
 spent is the client's. Two tables: bench_processor's 10-column one (10 lines per
 completion, ~80 % valid) and the simulator's 2-column one (~5 lines, ~95 % valid).
-Goals: >= 50,000 records/s, and the time per record at the largest size within
-1.25x of the smallest (nothing grows with the job).
+Goals (issue 18): >= 50,000 records/s at the largest size (1M), and the time per
+record there within 1.25x of the smallest (nothing grows with the job). Small jobs
+run slower per record: near the end a request carries few prompts (TAIL_JOBS), and
+a request costs the client about as much as a dozen records.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ class InstantServer(httpx.AsyncBaseTransport):
     adapter = "nss-adapter"
 
     def __init__(self, texts: list[str]) -> None:
-        self._texts = texts
+        # Each choice is encoded once: a real server encodes its answers in its own process, so
+        # encoding them here for every request would charge the client for the server's work.
+        self._choices = [json.dumps(t) for t in texts]
         self._next = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -56,8 +60,10 @@ class InstantServer(httpx.AsyncBaseTransport):
             return httpx.Response(404)
         count = len(json.loads(await request.aread())["prompt"])
         first, self._next = self._next, self._next + count
-        picked = [self._texts[i % len(self._texts)] for i in range(first, first + count)]
-        return httpx.Response(200, json={"choices": [{"index": i, "text": t} for i, t in enumerate(picked)]})
+        choices = self._choices
+        picked = (choices[i % len(choices)] for i in range(first, first + count))
+        body = '{"choices":[' + ",".join(f'{{"index":{i},"text":{t}}}' for i, t in enumerate(picked)) + "]}"
+        return httpx.Response(200, content=body.encode(), headers={"content-type": "application/json"})
 
 
 def rate(run: Path, sim: InstantServer, records: int) -> tuple[float, int]:
@@ -94,8 +100,8 @@ def main() -> None:
             results.append((size, per_second))
             print(f"  {size:>9} records: {per_second:>9,.0f} valid records/s ({prompts} completions)")
         (small, small_rate), (large, large_rate) = results[0], results[-1]
-        print(f"  slowest rate: {min(r for _, r in results):,.0f} records/s (goal >= 50,000); time per record "
-              f"at {large:,} / at {small:,}: {small_rate / large_rate:.2f}x (goal <= 1.25x)")  # fmt: skip
+        print(f"  at {large:,}: {large_rate:,.0f} records/s (goal >= 50,000; slowest size {min(r for _, r in results):,.0f});"
+              f" time per record at {large:,} / at {small:,}: {small_rate / large_rate:.2f}x (goal <= 1.25x)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from jsonschema.exceptions import best_match
 from strategies import record_schemas, schema_and_records, training_text, value_for
 
 from remote_synth.nss import RecordValidator, extract_records
-from remote_synth.nss.records import sanitize_text
+from remote_synth.nss.records import _quick_object, sanitize_text
 
 NSS_PATTERN = re.compile(r"{.+?}(?=\n|$)")
 
@@ -225,3 +225,97 @@ def test_summary_mode_does_not_quote_huge_values() -> None:
     big = "7" * 400
     message, category = RecordValidator({"properties": {"b": {}}}, detailed_errors=False).parse(f'{{"b":{big}}}')
     assert category == "Float Conversion" and big not in message and "'b'" in message
+
+
+# -- the orjson fast path: whatever it parses, json parses to the very same value ---------------
+
+NUMBER = r"-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,24})?([eE][+-]?[0-9]{1,3})?"
+number_literals = st.from_regex(NUMBER, fullmatch=True) | st.sampled_from(
+    ["1e400", "-1e400", "9223372036854775807", "9223372036854775808", "-9223372036854775808",
+     "-9223372036854775809", "18446744073709551615", "18446744073709551616", "2.4703282292062328e-324",
+     "1.7976931348623157e308", "1.7976931348623159e308", "NaN", "Infinity", "-0", "-0.0"]
+)  # fmt: skip
+string_literals = st.text(max_size=6).map(json.dumps) | st.sampled_from(
+    ['"\\ud800"', '"\\udc00x"', '"\\u0000"', '"a\tb"', '"\\/"', '"\\""', '"é"', "'x'"]
+)
+literals = number_literals | string_literals | st.sampled_from(["true", "false", "null", "[]", "{}", "[1,", "tru"])
+
+
+@st.composite
+def json_texts(draw: st.DrawFn) -> str:
+    def value(depth: int) -> str:
+        kind = draw(st.integers(0, 9 if depth < 2 else 7))
+        if kind == 8:
+            return "[" + ",".join(value(depth + 1) for _ in range(draw(st.integers(0, 3)))) + "]"
+        if kind == 9:
+            return obj(depth + 1)
+        return draw(literals)
+
+    def obj(depth: int) -> str:
+        keys = draw(st.lists(st.sampled_from(["a", "b", "c", "é"]), max_size=4))
+        sep = draw(st.sampled_from([",", ", ", ",,", ""]))
+        return "{" + sep.join(f'"{k}":{value(depth)}' for k in keys) + "}"
+
+    return obj(0) + draw(st.sampled_from(["", "", "", " ", "}", "x", '{"a":1}']))
+
+
+def same_json(a: object, b: object) -> bool:
+    """Equal, with the same types at every depth and the same key order (1 != 1.0, 0.0 != -0.0)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        assert isinstance(b, dict)
+        return list(a) == list(b) and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        assert isinstance(b, list)
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return repr(a) == repr(b)
+    return a == b
+
+
+@settings(max_examples=3000, deadline=None)
+@given(json_texts())
+def test_what_orjson_parses_json_parses_to_the_same_record(raw: str) -> None:
+    quick = _quick_object(raw)
+    if quick is not None:
+        assert same_json(quick, json.loads(raw))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(number_literals)
+def test_orjson_reads_every_number_as_json_does_or_not_at_all(literal: str) -> None:
+    raw = f'{{"a":{literal},"b":[{literal}]}}'
+    quick = _quick_object(raw)
+    if quick is not None:
+        assert same_json(quick, json.loads(raw))
+
+
+ABC = {
+    "type": "object",
+    "properties": {
+        "a": {"type": "integer", "minimum": -(2**62)},
+        "b": {"type": ["number", "null"], "maximum": 1e300},
+        "c": {"type": "string", "maxLength": 3},
+        "é": {"type": "array"},
+    },
+    "required": ["a"],
+}
+
+
+@settings(max_examples=1500, deadline=None)
+@given(json_texts())
+def test_a_record_gets_the_same_verdict_with_or_without_orjson(raw: str) -> None:
+    validator = RecordValidator(ABC)
+    fast = validator.parse(raw)
+    exact = validator._parse_exact(raw)
+    assert same_json(fast, exact) if isinstance(fast, dict) else fast == exact
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ['{"a":123456789012345678901234567890}', '{"a":[-9223372036854775809]}', '{"a":1e400}', '{"a":NaN}',
+     '{"a":"\\ud800"}', '{"a":1} ', '{"a":{"b":18446744073709551616}}'],
+)  # fmt: skip
+def test_what_orjson_would_read_otherwise_is_left_to_json(raw: str) -> None:
+    assert _quick_object(raw) is None

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import email.utils
 import html
+import json
 import logging
 import re
 import ssl
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field, ValidationError
 
@@ -289,7 +291,7 @@ class InferenceClient:
         if response.status_code >= 400:
             raise _status_error(method, path, response)
         try:
-            data = response.json()
+            data = _decode_json(response.content)
         except ValueError:
             raise MalformedResponseError(
                 f"{method} {path}: the server's answer is not JSON (cut off?)", endpoint=f"{method} {path}"
@@ -299,6 +301,20 @@ class InferenceClient:
                 f"{method} {path}: unexpected answer shape ({type(data).__name__})", endpoint=f"{method} {path}"
             )
         return data
+
+
+def _decode_json(content: bytes) -> Any:
+    """``json.loads(content)``, as ``Response.json()`` does, at orjson's speed where orjson can read it.
+
+    A completions answer is mostly JSON escaped inside strings, which ``json`` decodes at a fifth of
+    orjson's speed: a fifth of the client's time per request. orjson reads UTF-8 only, and refuses
+    NaN, infinities and lone surrogates; ``json`` reads those as it always did. Ints beyond 64 bits
+    (orjson: a float) do not occur in an answer's fields.
+    """
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return json.loads(content)
 
 
 MAX_BODY_BYTES = 256 * 2**20
