@@ -13,6 +13,7 @@ from fakes.sim_vllm import SCHEMA, SimulatedVllm
 
 from remote_synth import GenerationStatus
 from remote_synth._engine import Gate, Progress, Scheduler, TabularJobs, WindowPolicy, WindowSettings
+from remote_synth._engine.accounting import YOUNG_SHARE
 from remote_synth._exceptions import BadRequestError
 from remote_synth._transport import InferenceClient, RetryPolicy, ServerLoad
 from remote_synth._transport.types import completions_body
@@ -64,9 +65,25 @@ def test_slow_start_grows_until_a_queue_then_cuts_by_the_excess_and_holds() -> N
     assert not policy.starting
     # the same queue seen again before the cut took effect is not counted twice
     assert policy.observe(ServerLoad(running=165, waiting=60), in_flight=200) == 190
-    # once in flight has come down, a queue below the allowance: grow by a step (no more slow start)
-    assert policy.observe(ServerLoad(running=190, waiting=0), in_flight=190) == 215
+    # once in flight has come down, a queue below the allowance and no idle slot: grow by a step
+    assert policy.observe(ServerLoad(running=200, waiting=0), in_flight=190) == 215
     assert policy.observe(ServerLoad(running=205, waiting=10), in_flight=215) == 240
+
+
+def test_after_a_cut_slots_the_server_runs_nothing_in_are_taken_back_at_once() -> None:
+    """Prompts in flight may be finished ones waiting for a slower sibling's request: when the queue
+    is gone, the hold ends whatever is in flight, and the window grows by the idle slots too."""
+    policy = WindowPolicy(WindowSettings(initial=256, maximum=10_000, step=25, queue_fraction=0.25))
+    assert policy.observe(ServerLoad(running=256, waiting=0), in_flight=256) == 512
+    assert policy.observe(ServerLoad(running=256, waiting=230), in_flight=490) == 490 - 166  # 230 - 64
+    assert policy.holding
+    # the queue is still there, less of it: the cut has not taken effect, hold
+    assert policy.observe(ServerLoad(running=256, waiting=140), in_flight=470) == 324
+    # the queue is gone but 340 are still out (252 of them done, held by siblings): 168 slots idle
+    assert policy.observe(ServerLoad(running=88, waiting=0), in_flight=340) == 324 + 25 + 168
+    assert not policy.holding
+    # a steady server with no idle slot grows by its queue allowance only
+    assert policy.observe(ServerLoad(running=256, waiting=10), in_flight=500) == 517 + 64 - 10
 
 
 def test_on_a_shared_server_each_job_cuts_and_grows_by_its_own_part_of_the_load() -> None:
@@ -194,13 +211,24 @@ def test_a_short_first_completion_does_not_send_a_small_job_many_times_over() ->
 def test_until_a_servers_worth_is_back_no_more_than_twice_its_capacity_is_out() -> None:
     """The first completions back are the short ones: a yield read off them must not send the whole
     job into the queue of a server seen running 100 sequences (a window can misread it as free)."""
-    source = jobs(target=10_000, prior_yield=10)
-    source.complete(source.next_job(20), [_completion(FIVE)] * 20)  # a firm yield: 1,980 prompts to go
-    assert source.demand(outstanding=0) > 2000  # the size of the server unknown: the whole rest
+    source = jobs(target=1500, prior_yield=10)
+    source.complete(source.next_job(20), [_completion(FIVE)] * 20)  # a firm yield: 280 prompts to go
+    assert source.demand(outstanding=0) > 280  # the size of the server unknown: the whole rest
     assert source.demand(outstanding=0, capacity=100) == 200
     assert source.demand(outstanding=150, capacity=100) == 50
     source.complete(source.next_job(80), [_completion(FIVE)] * 80)  # 100 back: a server's worth
-    assert source.demand(outstanding=0, capacity=100) == source.demand(outstanding=0) > 1800
+    assert source.demand(outstanding=0, capacity=100) == source.demand(outstanding=0) > 180
+
+
+def test_a_job_many_times_the_servers_size_sends_half_its_need_at_once() -> None:
+    """Half of the need a low early yield gives is surely needed: a large job does not double its way
+    up to a large server (whose size the first readings do not show yet)."""
+    source = jobs(target=10_000, prior_yield=10)
+    source.complete(source.next_job(20), [_completion(FIVE)] * 20)  # 1,980 prompts to go
+    whole = source.demand(outstanding=0)
+    assert whole > 1980
+    assert source.demand(outstanding=0, capacity=100) == int(YOUNG_SHARE * whole)
+    assert source.demand(outstanding=0, capacity=100) < whole * 0.55
 
 
 @pytest.mark.parametrize("per_completion", [1, 3, 5, 12])
@@ -508,6 +536,36 @@ def test_until_anything_is_seen_running_readings_come_soon() -> None:
 
     sched = Scheduler(Client("http://x"), "m", WindowPolicy(WindowSettings(initial=16, step=4)), load_interval=1.0,
                       sleep=sleep, prompts_per_request=4)  # fmt: skip
+    run(scenario())
+
+
+def test_while_a_cut_is_held_readings_do_not_back_off() -> None:
+    """A hold defers the decision to the next reading (has the cut taken effect?): it is no steady
+    state, so the readings keep the load interval instead of spacing out."""
+    slept: list[float] = []
+
+    class Client(InferenceClient):
+        async def load(self) -> ServerLoad | None:
+            return ServerLoad(running=64, waiting=40)  # the queue the cut is meant to drain, still there
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 3:
+            await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        watcher = asyncio.create_task(sched._watch_load())
+        await until(lambda: len(slept) == 3)
+        assert slept == [1.0, 1.0, 1.0]
+        assert window.holding and window.limit == 40
+        watcher.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await watcher
+
+    window = WindowPolicy(WindowSettings(initial=64, step=4))
+    assert window.observe(ServerLoad(running=64, waiting=40), in_flight=104) == 64 - (40 - 16)
+    sched = Scheduler(Client("http://x"), "m", window, load_interval=1.0, sleep=sleep, prompts_per_request=4)
+    sched._gate.take(104)  # what went out before the cut is still out
     run(scenario())
 
 

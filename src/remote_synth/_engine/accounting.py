@@ -14,7 +14,8 @@ How much to send ahead is the demand: with a yield of ``y`` valid records per
 completion so far, ``ceil(remaining / y)`` prompts, less those already out, and
 never more out than twice the completions used plus the open batch (early
 estimates lean low: short completions come back first), nor, until a server's
-worth of completions is back, more than twice what the server was seen running.
+worth of completions is back, more than twice what the server was seen running (or half the
+need, when that is more: a job many times the server's size fills it at once).
 The yield is also judged with the requests still out (``YieldEstimate``): on a
 real server the long completions bring the most records and come back last.
 Before any record has been accepted there is no yield: what 10 records a completion
@@ -62,6 +63,10 @@ YOUNG_QUEUE = 2
 """Until as many completions are back as the server runs at once, no more than this many times what it
 was seen running is out: a yield read off the first (short) completions must not send a whole job
 into the server's queue (a window that misread an API server busy sending as a free one had 4x)."""
+YOUNG_SHARE = 0.5
+"""... unless that is less than this share of what the job is judged to need still: the first yields
+read low (on a real server by a fifth to a third), so half of the need they give is surely needed, and
+a job many times the server's size fills it at once instead of doubling towards it."""
 TAIL_JOBS = 1000
 """Near the end a job carries at most 1/1000 of what is left, so that few completions wait in a
 request for a slow sibling ..."""
@@ -207,7 +212,7 @@ class TabularJobs:
         underestimate; until ``FIRM_YIELD`` completions are in, what is out at once is capped at
         twice the completions used plus what went before any yield (a short first completion
         must not send a small job's prompts many times over), and until a server's worth of completions
-        is back, at most ``YOUNG_QUEUE`` times its capacity. Then the whole rest goes out at once (the
+        is back, at most ``YOUNG_QUEUE`` times its capacity or ``YOUNG_SHARE`` of the need, the more. Then the whole rest goes out at once (the
         window holds back what the server cannot run yet), with ``HEDGE`` of the job beyond it.
         """
         if self.done:
@@ -220,7 +225,7 @@ class TabularJobs:
         if self.used < FIRM_YIELD:
             wanted = min(wanted, 2 * self.used + self._before_yield())
         if 0 < self.used < capacity:
-            wanted = min(wanted, YOUNG_QUEUE * capacity)
+            wanted = min(wanted, max(YOUNG_QUEUE * capacity, int(YOUNG_SHARE * wanted)))
         return max(0, wanted - outstanding)
 
     def _before_yield(self) -> int:

@@ -283,7 +283,7 @@ class Scheduler:
                     logger.info("the server publishes no vLLM metrics: a fixed window of %d prompts", self._gate.limit)
                     return
                 self.stats.window_samples.append(self._gate.limit)
-                steady = self._gate.limit == before
+                steady = self._gate.limit == before and not self.window.holding  # a hold is no steady state
                 interval = min(interval * 2, self.load_interval * STEADY_BACKOFF) if steady else self.load_interval
                 if self.window.starting and (not steady or not self.window.capacity):
                     # doubling, the next reading may double again; or nothing seen running yet, and the

@@ -50,10 +50,15 @@ class WindowPolicy:
 
     - Metrics, no queue, and we use the whole window: grow (doubling until the
       first queue is seen, read five times as often meanwhile, so that the server's
-      capacity is found within about a completion time; then one ``step`` at a time).
+      capacity is found within about a completion time; then by the queue allowance
+      left and the slots the server was seen running but runs nothing in now, at
+      least one ``step``).
     - Metrics, a queue deeper than the allowance: cut the window by the excess,
-      then hold until what is in flight has come down to the new limit (one
-      decision per round trip, or the same queue would be counted twice).
+      then hold until what is in flight has come down to the new limit or the
+      queue to the allowance (one decision per round trip, or the same queue would
+      be counted twice; what is in flight includes finished prompts whose request
+      waits for a slower sibling, so it may stay above the limit with the server
+      half idle).
     - 429, 503 or 529: halve.
     - No metrics (a gateway): the initial window is the window; after a halving it
       grows back by ``step`` per window's worth of completed prompts.
@@ -76,9 +81,10 @@ class WindowPolicy:
             return self.limit
         s = self.settings
         allowance = max(s.step, math.ceil(s.queue_fraction * load.running))
-        # Hold until the cut has taken effect. Below one request's worth it has as soon as one
-        # request is out (the gate always lets one through), or the hold would never end.
-        if self._cut_pending and in_flight > max(self.limit, s.step):
+        # Hold until the cut has taken effect: what is in flight has come down to it (below one
+        # request's worth, as soon as one request is out: the gate always lets one through), or the
+        # server's queue has (what is in flight may be finished prompts a slower sibling holds).
+        if self._cut_pending and in_flight > max(self.limit, s.step) and load.waiting > allowance:
             return self.limit
         self._cut_pending = False
         # On a shared server the queue is everyone's: each job cuts (and grows) by its part of it,
@@ -89,7 +95,10 @@ class WindowPolicy:
             self._cut_pending = True
             self.limit = self._bounded(min(self.limit, in_flight) - math.ceil((load.waiting - allowance) * mine))
         elif load.waiting < allowance and in_flight + s.step > self.limit:
-            free = int((allowance - load.waiting) * mine)
+            # Room in the queue, and slots the server has been seen to run but runs nothing in now
+            # (our prompts in flight may be finished ones waiting for a slower sibling's request).
+            idle = max(0, int(self._capacity) - load.running)
+            free = int((allowance - load.waiting + idle) * mine)
             grown = self.limit * 2 if self._slow_start else self.limit + max(s.step, free)
             self.limit = self._bounded(grown)
         self._capacity = max(self._capacity, load.running)
@@ -101,6 +110,11 @@ class WindowPolicy:
     def capacity(self) -> int:
         """The most sequences seen running at once (0: no metrics): how large the server is."""
         return int(self._capacity)
+
+    @property
+    def holding(self) -> bool:
+        """A cut waits for what is in flight to come down to it: the next reading decides again."""
+        return self._cut_pending
 
     @property
     def starting(self) -> bool:
