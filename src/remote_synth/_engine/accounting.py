@@ -212,8 +212,9 @@ class TabularJobs:
         underestimate; until ``FIRM_YIELD`` completions are in, what is out at once is capped at
         twice the completions used plus what went before any yield (a short first completion
         must not send a small job's prompts many times over), and until a server's worth of completions
-        is back, at most ``YOUNG_QUEUE`` times its capacity or ``YOUNG_SHARE`` of the need, the more. Then the whole rest goes out at once (the
-        window holds back what the server cannot run yet), with ``HEDGE`` of the job beyond it.
+        is back, at most ``YOUNG_QUEUE`` times its capacity or ``YOUNG_SHARE`` of the need, whichever is
+        more. Then the whole rest goes out at once (the window holds back what the server cannot run
+        yet), with ``HEDGE`` of the job beyond it.
         """
         if self.done:
             return 0

