@@ -191,7 +191,8 @@ def test_demand_uses_the_observed_yield_and_no_more_than_the_first_batch_before_
     assert [jobs(target=1000, first_job=1).next_job(25).size for _ in range(2)] == [1, 1]  # small until a yield
     source.complete(source.next_job(2), [_completion(FIVE), _completion(FIVE)])  # 5 per completion
     assert source.expected_prompts_left() == 198  # 990 remaining / 5
-    assert source.demand(outstanding=0) == 2 * 2 + 100  # but out at once: twice the evidence + the open batch
+    assert source.demand(outstanding=0) == 100  # but out at once: what went before the yield, until 10 are back
+    assert source.demand(outstanding=98) == 2  # a completion back is replaced
     assert source.demand(outstanding=150) == 0
     source.complete(source.next_job(60), [_completion(FIVE)] * 60)
     # 62 completions: the yield is firm; 690 remaining / 5 = 138, plus the hedge (3.5 % of the job)
@@ -201,11 +202,14 @@ def test_demand_uses_the_observed_yield_and_no_more_than_the_first_batch_before_
 
 def test_a_short_first_completion_does_not_send_a_small_job_many_times_over() -> None:
     """A 200-record job: 20 prompts before any yield; a first completion of one record says 199 more
-    are needed, but until 10 completions are in, no more than twice those used plus the 20 is out."""
+    are needed, but until 10 completions are in, no more than the 20 is out (each one back replaced)."""
     source = jobs(target=200, prior_yield=10)
     assert source.demand(outstanding=0) == 20
     source.complete(source.next_job(1), [_completion('{"n":1,"c":"x"}\n')])
-    assert source.demand(outstanding=19) == 2 * 1 + 20 - 19
+    assert source.demand(outstanding=19) == 1
+    for _ in range(9):  # ten back, all of one record: now the yield is firm, and the job is sized from it
+        source.complete(source.next_job(1), [_completion('{"n":1,"c":"x"}\n')])
+    assert source.demand(outstanding=10) > 100
 
 
 def test_until_a_servers_worth_is_back_no_more_than_twice_its_capacity_is_out() -> None:

@@ -12,8 +12,8 @@ condition; what arrives after that is discarded, and counts nowhere.
 
 How much to send ahead is the demand: with a yield of ``y`` valid records per
 completion so far, ``ceil(remaining / y)`` prompts, less those already out, and
-never more out than twice the completions used plus the open batch (early
-estimates lean low: short completions come back first), nor, until a server's
+until ``FIRM_YIELD`` completions are back no more out than went before the yield
+(a completion back is replaced: a yield read off a few is noise), nor, until a server's
 worth of completions is back, more than twice what the server was seen running (or half the
 need, when that is more: a job many times the server's size fills it at once).
 The yield is also judged with the requests still out (``YieldEstimate``): on a
@@ -54,7 +54,9 @@ PRIOR_YIELD = 10
 """Before any completion is back, what is sent assumes no more than this many valid records a
 completion (a 200-record job sends 20 prompts, not NSS's first 100: most would be cancelled)."""
 FIRM_YIELD = 10
-"""Completions after which the yield is trusted to size the whole rest of the job at once."""
+"""Completions after which the yield is trusted to size the whole rest of the job at once; before,
+what is out stays at what went before the yield (a 1,000-record job's 100 prompts, each one back
+replaced: sized from a few noisy yields, its last prompts had overshot by up to 11 %)."""
 HEDGE = 0.035
 """Beyond the need, this share of the job's prompts stays in flight, so the job ends on its
 fastest completions, not its slowest (those still out at the target are cancelled: vLLM aborts
@@ -210,8 +212,8 @@ class TabularJobs:
 
         The first completions back are the short ones (fewer records), so an early yield is an
         underestimate; until ``FIRM_YIELD`` completions are in, what is out at once is capped at
-        twice the completions used plus what went before any yield (a short first completion
-        must not send a small job's prompts many times over), and until a server's worth of completions
+        what went before any yield (a short first completion must not send a small job's prompts
+        many times over, nor a few noisy yields its last ones), and until a server's worth of completions
         is back, at most ``YOUNG_QUEUE`` times its capacity or ``YOUNG_SHARE`` of the need, whichever is
         more. Then the whole rest goes out at once (the window holds back what the server cannot run
         yet), with ``HEDGE`` of the job beyond it.
@@ -224,7 +226,7 @@ class TabularJobs:
         else:
             wanted = int(self._prompts_left_at_most(outstanding) * (1 + self.hedge) + self.hedge * self.used)
         if self.used < FIRM_YIELD:
-            wanted = min(wanted, 2 * self.used + self._before_yield())
+            wanted = min(wanted, self._before_yield())
         if 0 < self.used < capacity:
             wanted = min(wanted, max(YOUNG_QUEUE * capacity, int(YOUNG_SHARE * wanted)))
         return max(0, wanted - outstanding)
