@@ -165,10 +165,10 @@ class RecordValidator:
         if self._fast is not None and type(record) is dict and self._fast(record):
             # Every property passed; a closed record's bounded ones hold no NaN, infinity or huge int.
             closed = len(record) == self._closed_size
-            if _holds_non_finite([record[k] for k in self._unbounded] if closed else record.values()):
+            if _holds_float_beyond([record[k] for k in self._unbounded] if closed else record.values(), math.inf):
                 return NOT_JSON_VALUE
             error = self._float_overflow(record)
-        elif type(record) is dict and _holds_non_finite(record.values()):
+        elif type(record) is dict and _holds_float_beyond(record.values(), math.inf):
             return NOT_JSON_VALUE
         else:
             error = self.check(record)
@@ -428,34 +428,22 @@ def _quick_object(raw: str) -> dict[str, Any] | None:
         record = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    return None if _holds_large_float(record.values()) else record
+    return None if _holds_float_beyond(record.values(), _ORJSON_INT) else record
 
 
-def _holds_large_float(values: Iterable[Any]) -> bool:
-    """Whether a float of magnitude 2**63 or more is among ``values``, at any depth."""
+def _holds_float_beyond(values: Iterable[Any], limit: float) -> bool:
+    """Whether a float not strictly between -``limit`` and ``limit`` is among ``values``, at any depth.
+
+    With ``limit`` infinite: a NaN or an infinity (NSS 0.1.16 ``is_json_value``); with 2**63: a float
+    that orjson may have read from an int beyond 64 bits (NaN fails every comparison, so it counts)."""
     for value in values:
         kind = type(value)
         if kind is float:
-            if not -_ORJSON_INT < value < _ORJSON_INT:
+            if not -limit < value < limit:
                 return True
         elif kind is dict:
-            if _holds_large_float(value.values()):
+            if _holds_float_beyond(value.values(), limit):
                 return True
-        elif kind is list and _holds_large_float(value):
-            return True
-    return False
-
-
-def _holds_non_finite(values: Iterable[Any]) -> bool:
-    """Whether a NaN or an infinity is among ``values``, at any depth (NSS 0.1.16 ``is_json_value``)."""
-    for value in values:
-        kind = type(value)
-        if kind is float:
-            if not math.isfinite(value):
-                return True
-        elif kind is dict:
-            if _holds_non_finite(value.values()):
-                return True
-        elif kind is list and _holds_non_finite(value):
+        elif kind is list and _holds_float_beyond(value, limit):
             return True
     return False
