@@ -12,7 +12,8 @@ close``), unless ``plan(n, method, path)`` names a fault for the ``n``-th reques
   version (or the base model) under the name asked for.
 
 ``outage(seconds)`` closes the listening socket (connections are refused) and opens it
-again on the same port afterwards. Runs its own event loop on a thread.
+again on the same port afterwards; ``stall(seconds)`` holds the proxy's event loop. Runs its own
+event loop on a thread.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.AbstractServer | None = None
         self._http: httpx.AsyncClient | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -62,6 +64,11 @@ class FaultProxy:
         """Refuse connections for ``seconds`` (from another thread; returns at once)."""
         asyncio.run_coroutine_threadsafe(self._outage(seconds), self._loop)
 
+    def stall(self, seconds: float) -> None:
+        """Hold the proxy's event loop for ``seconds``, as a stalled server (from another thread;
+        returns at once): new connections wait, accepted by the kernel, in the listener's backlog."""
+        self._loop.call_soon_threadsafe(time.sleep, seconds)
+
     async def _open(self) -> None:
         self._http = httpx.AsyncClient(base_url=self.upstream, timeout=900)
         await self._listen()
@@ -72,26 +79,57 @@ class FaultProxy:
 
     async def _close(self) -> None:
         """Stop listening, then end the connections still open (a client killed mid-request leaves
-        its handler waiting): left to the collector once the loop is closed, they would warn."""
-        if self._server is not None:
-            self._server.close()
-        handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in handlers:
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
+        its handler waiting): left to the collector once the loop is closed, they would warn.
+
+        Rounds repeat until none of our tasks (handlers, an outage) is left: a handler can start
+        after the first round's cancellations. The tasks httpx starts end with the handler that
+        started them."""
+        await self._stop_listening()
+        while True:
+            await asyncio.sleep(0)
+            pending = [task for task in self._tasks if not task.done()]
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if self._http is not None:
             await self._http.aclose()
         await asyncio.sleep(0)  # the closed transports' connection_lost callbacks
 
     async def _outage(self, seconds: float) -> None:
         assert self._server is not None
+        self._own_task()
         started = time.monotonic()
-        self._server.close()
+        await self._stop_listening()
         await asyncio.sleep(seconds)
         await self._listen()
         self.outages.append((started, time.monotonic()))
 
+    async def _stop_listening(self) -> None:
+        """Stop accepting, let the connections accepted already reach their handlers, then close.
+
+        A connection is accepted in one turn of the loop and given its transport in a later one;
+        on Python 3.11 a transport made after ``Server.close()`` fails (``Server._attach`` asserts
+        the server is open) and its socket is dropped unclosed. So the listener leaves the loop's
+        selector first, and the server closes once those turns have run."""
+        if self._server is None:
+            return
+        loop = asyncio.get_running_loop()
+        for sock in self._server.sockets:
+            loop.remove_reader(sock.fileno())
+        for _ in range(3):  # accept → transport → connection_made → the handler's first step
+            await asyncio.sleep(0)
+        self._server.close()
+
+    def _own_task(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._own_task()
         try:
             method, path, headers, body = await _read_request(reader)
             self.requests += 1
@@ -99,7 +137,9 @@ class FaultProxy:
             await self._answer(writer, fault, method, path, headers, body)
         except (asyncio.IncompleteReadError, ValueError, ConnectionError, httpx.HTTPError):
             pass
-        finally:  # also when cancelled by _close
+        except asyncio.CancelledError:
+            pass  # by _close; the task is the connection's own and nothing awaits it (asyncio would log it)
+        finally:
             writer.close()
 
     async def _answer(self, writer: asyncio.StreamWriter, fault: Fault | None, method: str, path: str,
