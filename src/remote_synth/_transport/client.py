@@ -19,6 +19,7 @@ import logging
 import re
 import ssl
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from .._exceptions import (
     ServerOverloadedError,
 )
 from .._urls import redact_url
+from .lanes import Lanes
 from .models import ServedModel, parse_models
 from .replicas import ANSWERED, Replica, ReplicaSet
 from .retry import RetryPolicy
@@ -131,22 +133,43 @@ class InferenceClient:
         headers = dict(self.headers)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        # Idle connections expire before the server's keep-alive (uvicorn, and so vLLM: 5 s) closes
-        # them, or a reused connection can be closed under a request (a spurious connection error).
-        limits = httpx.Limits(
-            max_connections=self.max_concurrency,
-            max_keepalive_connections=self.max_concurrency,
-            keepalive_expiry=KEEPALIVE_EXPIRY,
-        )
+        if self.transport is None and _env_proxies():  # httpx's own pool, which routes by them
+            return httpx.AsyncClient(
+                base_url=url,
+                headers=headers,
+                timeout=self.timeouts.httpx(),
+                limits=self._limits(self.max_concurrency),
+                verify=self._verify(),
+                event_hooks={"request": [_stamp_request_id]},
+            )
         return httpx.AsyncClient(
             base_url=url,
             headers=headers,
             timeout=self.timeouts.httpx(),
-            limits=limits,
-            transport=self.transport,
+            transport=self.transport or self._lanes(),
             event_hooks={"request": [_stamp_request_id]},
-            verify=ssl.create_default_context(cafile=str(self.ca_bundle)) if self.ca_bundle is not None else True,
         )
+
+    def _lanes(self) -> Lanes:
+        """``max_concurrency`` connections in small pools (``lanes.py``: httpcore's cost per request
+        grows with its pool). Idle connections expire before the server's keep-alive (uvicorn, and so
+        vLLM: 5 s) closes them, or a reused connection can be closed under a request (a spurious
+        connection error)."""
+        verify = httpx.create_ssl_context(self._verify())  # one for all lanes: each costs milliseconds
+
+        def lane(size: int) -> httpx.AsyncBaseTransport:
+            return httpx.AsyncHTTPTransport(verify=verify, limits=self._limits(size))
+
+        return Lanes(self.max_concurrency, lane)
+
+    @staticmethod
+    def _limits(connections: int) -> httpx.Limits:
+        return httpx.Limits(
+            max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=KEEPALIVE_EXPIRY
+        )
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.ca_bundle)) if self.ca_bundle is not None else True
 
     async def aclose(self) -> None:
         await self._replicas.aclose()
@@ -339,6 +362,13 @@ async def _bounded(
         raise APITimeoutError(f"{what}: no complete answer within {deadline:g} s", endpoint=what) from None
     headers = [(k, v) for k, v in response.headers.multi_items() if k not in ("content-encoding", "content-length")]
     return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=response.request)
+
+
+def _env_proxies() -> bool:
+    """Whether the environment names an HTTP proxy, as httpx reads it (``HTTP_PROXY``, ``HTTPS_PROXY``,
+    ``ALL_PROXY``; ``NO_PROXY=*`` turns them off). httpx routes by them only in its own transport."""
+    found = urllib.request.getproxies()
+    return any(found.get(scheme) for scheme in ("http", "https", "all")) and found.get("no", "").strip() != "*"
 
 
 async def _stamp_request_id(request: httpx.Request) -> None:
