@@ -25,7 +25,6 @@ import time
 import httpx
 
 from remote_synth._transport import InferenceClient
-from remote_synth._transport.client import KEEPALIVE_EXPIRY
 
 ANSWER = b'{"model":"m","choices":[{"index":0,"text":"x","finish_reason":"stop"}]}'
 LATENCY = 0.02
@@ -62,9 +61,7 @@ def cpu() -> float:
 
 
 async def measure(url: str, in_flight: int, requests: int, lanes: bool) -> tuple[float, float]:
-    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight,
-                          keepalive_expiry=KEEPALIVE_EXPIRY)  # fmt: skip
-    transport = None if lanes else httpx.AsyncHTTPTransport(limits=limits)
+    transport = None if lanes else httpx.AsyncHTTPTransport(limits=InferenceClient._limits(in_flight))
     client = InferenceClient(url, max_concurrency=in_flight, transport=transport)
     body = {"model": "m", "prompt": ["P"], "n": 1}
     try:

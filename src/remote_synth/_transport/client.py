@@ -133,32 +133,29 @@ class InferenceClient:
         headers = dict(self.headers)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        if self.transport is None and _env_proxies():  # httpx's own pool, which routes by them
-            return httpx.AsyncClient(
-                base_url=url,
-                headers=headers,
-                timeout=self.timeouts.httpx(),
-                limits=self._limits(self.max_concurrency),
-                verify=self._verify(),
-                event_hooks={"request": [_stamp_request_id]},
-            )
+        verify = self._verify()
+        transport = self.transport
+        if transport is None and not _env_proxies():  # with a proxy, httpx's own pool: it routes by them
+            transport = self._lanes(verify)
         return httpx.AsyncClient(
             base_url=url,
             headers=headers,
             timeout=self.timeouts.httpx(),
-            transport=self.transport or self._lanes(),
+            limits=self._limits(self.max_concurrency),  # httpx's own pool's, if it makes one
+            transport=transport,
             event_hooks={"request": [_stamp_request_id]},
+            verify=verify,
         )
 
-    def _lanes(self) -> Lanes:
+    def _lanes(self, verify: ssl.SSLContext | bool) -> Lanes:
         """``max_concurrency`` connections in small pools (``lanes.py``: httpcore's cost per request
         grows with its pool). Idle connections expire before the server's keep-alive (uvicorn, and so
         vLLM: 5 s) closes them, or a reused connection can be closed under a request (a spurious
         connection error)."""
-        verify = httpx.create_ssl_context(self._verify())  # one for all lanes: each costs milliseconds
+        context = httpx.create_ssl_context(verify)  # one for all lanes: each costs milliseconds
 
         def lane(size: int) -> httpx.AsyncBaseTransport:
-            return httpx.AsyncHTTPTransport(verify=verify, limits=self._limits(size))
+            return httpx.AsyncHTTPTransport(verify=context, limits=self._limits(size))
 
         return Lanes(self.max_concurrency, lane)
 

@@ -2,8 +2,8 @@
 
 httpcore 1.0's ``AsyncConnectionPool`` walks every pooled connection on each request's start and end
 (and, for each idle one, counts them all again and polls its socket), so its cost per request grows
-with the pool: against an instant server on 2 cores, a client with 256 requests in flight spent
-2.3x the CPU per request of one with 16 lanes of 16, and with 1,024 in flight 5.6x
+with the pool: against a server answering after 20 ms on 2 cores, a client with 256 requests in
+flight spent 1.7x the CPU per request of one with 16 lanes of 16, and with 1,024 in flight 3.7x
 (``scripts/bench_pool.py``). The fix upstream (encode/httpcore#1035) is not released; pydantic's
 httpx2 fork has it, but is a second HTTP stack. A request goes to the lane with the fewest requests
 in flight, counted until its response is closed, so no lane queues while another has room.
@@ -41,26 +41,21 @@ class Lanes(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         index = min(range(len(self._lanes)), key=self.in_flight.__getitem__)
         self.in_flight[index] += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.in_flight[index] -= 1
-
         try:
             response = await self._lanes[index].handle_async_request(request)
         except BaseException:
-            release()
+            self.in_flight[index] -= 1
             raise
         assert isinstance(response.stream, httpx.AsyncByteStream)
         return httpx.Response(
             status_code=response.status_code,
             headers=response.headers,
-            stream=_Released(response.stream, release),
+            stream=_Released(response.stream, lambda: self._release(index)),
             extensions=response.extensions,
         )
+
+    def _release(self, index: int) -> None:
+        self.in_flight[index] -= 1
 
     async def aclose(self) -> None:
         for lane in self._lanes:
@@ -68,18 +63,20 @@ class Lanes(httpx.AsyncBaseTransport):
 
 
 class _Released(httpx.AsyncByteStream):
-    """A response body that gives its lane's place back when closed."""
+    """A response body that gives its lane's place back when closed (once, however often closed)."""
 
     def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
         self._stream = stream
-        self._release = release
+        self._release: Callable[[], None] | None = release
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._stream:
             yield chunk
 
     async def aclose(self) -> None:
+        release, self._release = self._release, None
         try:
             await self._stream.aclose()
         finally:
-            self._release()
+            if release is not None:
+                release()
