@@ -128,3 +128,23 @@ def test_the_credit_is_the_sum_over_every_prompt_out_however_the_calls_interleav
             fresh.__dict__.update(estimate.__dict__, _earlier=None)
             assert credit == pytest.approx(fresh.in_flight_credit(now, at_least))
         assert estimate.out == sum(out.values())
+
+
+@pytest.mark.parametrize("start", [0.024, 0.026])
+def test_prompts_still_out_are_not_taken_for_ended_by_rounding(start: float) -> None:
+    """Ages are kept to a tick (0.05 s): the prompts still out were sent with those that came back, so they
+    have been out at least as long, and count as longer than any of them, wherever the tick falls."""
+    estimate = YieldEstimate()
+    for key in range(20):
+        estimate.sent(key, 1, start)
+    for key in range(10):
+        estimate.returned(key, 1, start + 0.1)
+    for key in (10, 11):
+        estimate.returned(key, 5, start + 0.36)
+    now = start + 0.36
+    # Kaplan-Meier: half back at 0.1 s, then 2 of the 10 still at risk at 0.36 s; the 8 out, beyond
+    # the longest seen, count at the yield of the longest bins holding ten or more ((10 x 1 + 2 x 5) / 12).
+    tail = 20 / 12
+    assert estimate.mean(now) == pytest.approx(0.5 * 1 + 0.1 * 5 + 0.4 * tail)
+    # Credited by their age (to the tick), they may have ended with those back at 0.36 s or after.
+    assert estimate.in_flight_credit(now) == pytest.approx(8 * (0.1 * 5 + 0.4 * tail) / 0.5)

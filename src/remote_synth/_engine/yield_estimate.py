@@ -138,7 +138,9 @@ class YieldEstimate:
     def _fit_at(self, now: float) -> _Fit:
         censored = [0] * BINS
         for tick, prompts in self._sent_at.items():
-            censored[_bin((_tick(now) - tick) * TICK)] += prompts
+            # The longest a prompt sent in that tick can have been out: a shorter age, rounded down,
+            # would let completions that came back after it seemed to end everything still out.
+            censored[_bin((_tick(now) - tick + 1) * TICK)] += prompts
         tail_yield = self._tail_yield()
         # Kaplan-Meier by bin: of the prompts still at risk at a bin, the share that come back in it.
         at_risk = sum(self._count) + sum(censored)
