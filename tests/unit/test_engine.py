@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,6 +36,7 @@ def jobs(
     tail_jobs: int = 0,
     batch_cap: int | None = None,
     prior_yield: float = 1.0,
+    most_records: int | None = None,
 ) -> TabularJobs:
     """A source whose jobs are as large as the scheduler asks (``first_job``: the cap before any completion;
     ``tail_jobs``: a job carries at most 1/tail_jobs of what is left; ``prior_yield``: records a
@@ -42,7 +44,8 @@ def jobs(
     batches = GenerationBatches(target_num_records=target, invalid_fraction_threshold=0.8, patience=3,
                                 max_num_prompts_per_batch=batch_cap)  # fmt: skip
     return TabularJobs(batches, TabularDataProcessor(SCHEMA), "P", {"max_tokens": 10}, target, on_batch=on_batch,
-                       first_job_prompts=first_job, tail_jobs=tail_jobs, prior_yield=prior_yield)  # fmt: skip
+                       first_job_prompts=first_job, tail_jobs=tail_jobs, prior_yield=prior_yield,
+                       most_records=most_records)  # fmt: skip
 
 
 def scheduler(transport: httpx.AsyncBaseTransport, window: int, *, ppr: int = 10, **kw: Any) -> Scheduler:
@@ -198,6 +201,48 @@ def test_demand_uses_the_observed_yield_and_no_more_than_the_first_batch_before_
     # 62 completions: the yield is firm; 690 remaining / 5 = 138, plus the hedge (3.5 % of the job)
     assert source.demand(outstanding=0) == int(138 * 1.035 + 0.035 * 62) == 144
     assert source.demand(outstanding=100) == 44
+
+
+def test_where_the_run_bounds_a_completions_records_the_whole_job_goes_before_a_yield() -> None:
+    """A table trained on examples of at most 10 records: 5,000 records need at least 500 prompts, all
+    surely needed, so all of them go before any yield, not NSS's first 100 (at most 1 record, as with
+    differential privacy: a prompt per record). Until 10 are back, no more than that is out."""
+    assert jobs(target=5000, prior_yield=10).demand(outstanding=0) == 100  # the run does not say
+    assert jobs(target=5000, prior_yield=10, most_records=10).demand(outstanding=0) == 500
+    assert jobs(target=1000, prior_yield=10, most_records=1).demand(outstanding=0) == 1000
+    assert jobs(target=60, prior_yield=10, most_records=10).demand(outstanding=0) == 10  # the probe at least
+    assert jobs(target=5, prior_yield=10, most_records=10).demand(outstanding=0) == 5  # a prompt per record at most
+    assert jobs(target=1000, prior_yield=10, most_records=50).demand(outstanding=0) == 100  # a weaker bound
+    source = jobs(target=5000, prior_yield=10, most_records=10, first_job=1)
+    assert source.next_job(25).size == 1 and source.expected_prompts_left() == 500
+    source.complete(source.next_job(1), [_completion(FIVE)])
+    assert source.demand(outstanding=499) == 1  # a completion back is replaced, no more
+
+
+@pytest.mark.parametrize(
+    ("data", "bound"),
+    [
+        ({"max_sequences_per_example": 10}, 10),  # NSS's "auto" for a table, as its config saves it
+        ({"max_sequences_per_example": 1}, 1),  # differential privacy
+        ({}, None),  # examples fill the context: no bound
+        ({"max_sequences_per_example": "auto"}, None),
+        ({"max_sequences_per_example": 0}, None),
+        ({"max_sequences_per_example": 10, "group_training_examples_by": "c"}, None),  # records of a group
+    ],
+)
+def test_the_bound_on_a_completions_records_is_an_ungrouped_tables_examples(
+    tmp_path: Path, data: dict[str, Any], bound: int | None
+) -> None:
+    from remote_synth._engine import run_kind
+    from remote_synth.demo.layout import write_run_dir
+    from remote_synth.nss import GenerateParameters, RunDirectory
+
+    run = RunDirectory.open(write_run_dir(tmp_path / "run", SCHEMA, base_model="base", data=data))
+    kind = run_kind(run, run.metadata, GenerateParameters.resolve(run.config.generation, {"num_records": 5000}))
+    assert getattr(kind, "most_records", "no such field") == bound
+    batches = GenerationBatches(target_num_records=5000, invalid_fraction_threshold=0.8, patience=3)
+    first = kind.jobs(batches, {}, on_batch=None, log=None).demand(outstanding=0)
+    assert first == (5000 // bound if bound else 100)
 
 
 def test_a_short_first_completion_does_not_send_a_small_job_many_times_over() -> None:

@@ -70,10 +70,10 @@ def test_the_first_back_are_short_and_the_rest_is_judged_by_the_longest_of_them(
     assert plain < estimate.in_flight_credit(0.5) / 80 <= longest
 
 
-def clocked_jobs(target: int, now: list[float]) -> TabularJobs:
+def clocked_jobs(target: int, now: list[float], most_records: int | None = None) -> TabularJobs:
     batches = GenerationBatches(target_num_records=target, invalid_fraction_threshold=0.8, patience=3)
     return TabularJobs(batches, TabularDataProcessor(SCHEMA), "P", {}, target, first_job_prompts=1,
-                       tail_jobs=0, clock=lambda: now[0])  # fmt: skip
+                       tail_jobs=0, most_records=most_records, clock=lambda: now[0])  # fmt: skip
 
 
 def test_a_job_is_not_sized_from_the_short_completions_that_come_back_first() -> None:
@@ -148,3 +148,53 @@ def test_prompts_still_out_are_not_taken_for_ended_by_rounding(start: float) -> 
     assert estimate.mean(now) == pytest.approx(0.5 * 1 + 0.1 * 5 + 0.4 * tail)
     # Credited by their age (to the tick), they may have ended with those back at 0.36 s or after.
     assert estimate.in_flight_credit(now) == pytest.approx(8 * (0.1 * 5 + 0.4 * tail) / 0.5)
+
+
+def returned_at(points: list[tuple[float, int]]) -> YieldEstimate:
+    """Requests of one prompt each, sent at 0 and back at each (latency, records)."""
+    estimate = YieldEstimate()
+    for key, (latency, n) in enumerate(points):
+        estimate.sent(key, 1, 0.0)
+        estimate.returned(key, n, latency)
+    return estimate
+
+
+def test_records_that_rise_with_latency_are_told_from_records_that_do_not() -> None:
+    rising = [(0.1 + 0.01 * i, 2 + i // 5) for i in range(20)]
+    assert returned_at(rising).follows_latency()
+    assert returned_at([(0.1 * i, 3 * i) for i in range(1, 5)]).follows_latency()  # exactly on a line
+    # no slope at all: as many records at either end, or latencies all alike, or too few points
+    assert not returned_at([(0.1 + 0.01 * i, 4 + (i % 2) * 2) for i in range(20) if i not in (0, 19)]).follows_latency()
+    assert not returned_at([(0.1 + 0.01 * i, 4 + (i % 4 in (0, 3)) * 2) for i in range(20)]).follows_latency()
+    assert not returned_at([(0.5, n) for n in range(20)]).follows_latency()
+    assert not returned_at(rising[:2]).follows_latency()
+    assert not returned_at([(0.1 + 0.01 * i, 9 - i // 5) for i in range(20)]).follows_latency()  # falling
+    # noise around a small rise: not enough to tell
+    rng = random.Random(3)
+    noisy = [(0.1 + 0.01 * i, 5 + (i > 10) + rng.choice((-3, 3))) for i in range(12)]
+    assert not returned_at(noisy).follows_latency()
+
+
+def test_a_wave_sized_at_the_bound_is_not_replaced_while_records_rise_with_latency() -> None:
+    """200 prompts out cover 2,000 records if a completion brings its 10 (the run's bound). The first 20
+    back are the short ones: 4-7 records, rising with latency. Until a server's worth is back, what is
+    sent in all stays within that wave and its hedge (or half the need): a completion back is not
+    replaced, or a one-wave job sends a second. Where records do not follow latency, what is out
+    keeps to the server's size and a quarter, as without the bound."""
+    now = [0.0]
+    source = clocked_jobs(2000, now, most_records=10)
+    out: list[Any] = [source.next_job(1) for _ in range(200)]
+    for i in range(20):
+        now[0] = 0.1 + 0.01 * i
+        source.complete(out.pop(0), [records(4 + i // 5)])
+    need = source.used + len(out) + source.demand(outstanding=len(out))  # the server's size unknown
+    assert need > 300  # judged from the short ones; half of it is less than the wave
+    more = source.demand(outstanding=len(out), capacity=200)
+    assert source.used + len(out) + more == int(200 * 1.035)  # the wave and its hedge
+
+    flat = clocked_jobs(2000, now, most_records=10)
+    out = [flat.next_job(1) for _ in range(200)]
+    for i in range(20):
+        now[0] = 0.1 + 0.01 * i
+        flat.complete(out.pop(0), [records(4)])
+    assert len(out) + flat.demand(outstanding=len(out), capacity=200) == 250

@@ -20,7 +20,8 @@ The yield is also judged with the requests still out (``YieldEstimate``): on a
 real server the long completions bring the most records and come back last.
 Before any record has been accepted there is no yield: what 10 records a completion
 would need is sent, at least NSS 0.1.16's 10-prompt probe (the first logical batch)
-and at most NSS's first 100 prompts, and a small target gets no more than one prompt
+and at most NSS's first 100 prompts (where the run bounds a completion's records, what
+the whole job needs at that bound), and a small target gets no more than one prompt
 per record it asks for. Until the first completions are back, jobs are one prompt
 each, so that the yield is known (and the window can open)
 after the fastest few.
@@ -50,7 +51,10 @@ logger = logging.getLogger("remote_synth.engine")
 FIRST_JOB_PROMPTS = 1
 """Prompts per job before any completion is back: a request returns when its slowest prompt does,
 and the yield (so the size of the job) is known from the first ``FIRM_YIELD`` completions. What
-goes out before a yield is small (``PRIOR_YIELD``: at most 100 prompts, 100 small requests)."""
+goes out before a yield is small (``PRIOR_YIELD``: at most 100 prompts, 100 small requests), unless
+the run bounds a completion's records (``most_records``): then it is the job at that bound, as much
+as the window lets out before the first completion is back (on a server of many slots, a job of a
+wave or two is its last wave, and a request of several prompts waits for the slowest)."""
 PRIOR_YIELD = 10
 """Before any completion is back, what is sent assumes no more than this many valid records a
 completion (a 200-record job sends 20 prompts, not NSS's first 100: most would be cancelled)."""
@@ -167,6 +171,7 @@ class TabularJobs:
         on_batch: Callable[[Progress], None] | None = None,
         first_job_prompts: int = FIRST_JOB_PROMPTS,
         prior_yield: float = PRIOR_YIELD,
+        most_records: int | None = None,
         hedge: float = HEDGE,
         tail_jobs: int = TAIL_JOBS,
         log: CompletionLog | None = None,
@@ -181,6 +186,13 @@ class TabularJobs:
         self.on_batch = on_batch
         self.first_job_prompts = first_job_prompts
         self.prior_yield = prior_yield
+        self.most_records = most_records
+        """The most valid records a completion holds, where the run says (an ungrouped table's
+        ``max_sequences_per_example``: the adapter learned examples of at most that many records, and
+        NSS 0.1.16 sizes ``max_tokens`` to the longest). Then what goes out before any yield is at
+        least what the whole job needs at that bound, all of it surely needed, even beyond NSS's
+        first 100 prompts: on a server of more slots than 100, a job of a wave or two had waited a
+        round trip on a fraction of them."""
         self.hedge = hedge
         self.tail_jobs = tail_jobs
         """A job carries at most 1/``tail_jobs`` of the prompts left (0: no such limit)."""
@@ -233,14 +245,36 @@ class TabularJobs:
         if self.used < FIRM_YIELD:
             wanted = min(wanted, self._before_yield())
         if 0 < self.used < capacity:
-            wanted = min(wanted, max(int(YOUNG_QUEUE * capacity), int(YOUNG_SHARE * wanted)))
+            wanted = min(wanted, self._young_limit(wanted, capacity))
         return max(0, wanted - outstanding)
+
+    def _young_limit(self, wanted: int, capacity: int) -> int:
+        """The most out until a server's worth of completions is back, ``wanted`` being the need judged.
+
+        What the server was seen running and a quarter, or half the need (``YOUNG_QUEUE``,
+        ``YOUNG_SHARE``). But when what went before the yield was the whole job at the most records a
+        completion holds and the records back rise with latency, that wave is no measure of the
+        server, and a completion back is not replaced: until then, all that is sent stays within
+        that wave and its hedge, or half the need, whichever is more (sized from the short first
+        completions, one- and two-wave jobs had sent a third more than they used).
+        """
+        wave = self._at_most_records(self.target)
+        if wave and wave >= self._before_yield() and self._estimate.follows_latency():
+            surely = max(int(wave * (1 + self.hedge)), int(YOUNG_SHARE * (self.used + wanted)))
+            return surely - self.used
+        return max(int(YOUNG_QUEUE * capacity), int(YOUNG_SHARE * wanted))
 
     def _before_yield(self) -> int:
         """What goes out before a yield is known: what ``prior_yield`` records a completion would
-        need for the whole target, at least NSS 0.1.16's probe, at most NSS's first 100 prompts."""
-        prior = max(INITIAL_PROBE_PROMPTS, math.ceil(self.target / self.prior_yield))
-        return min(MAX_NUM_PROMPTS_PER_BATCH, prior)
+        need for the whole target, at least NSS 0.1.16's probe, at most NSS's first 100 prompts; or
+        what it needs at the run's bound on a completion's records, if that is more."""
+        prior = min(MAX_NUM_PROMPTS_PER_BATCH, max(INITIAL_PROBE_PROMPTS, math.ceil(self.target / self.prior_yield)))
+        return max(prior, self._at_most_records(self.target))
+
+    def _at_most_records(self, records: int) -> int:
+        """Prompts that ``records`` surely need: as many as at the run's bound on a completion's records
+        (0 where the run does not bound them)."""
+        return math.ceil(records / self.most_records) if self.most_records else 0
 
     def expected_prompts_left(self) -> int:
         """Completions still needed to finish, at the yield seen so far (at least one).
@@ -254,7 +288,7 @@ class TabularJobs:
         if self.valid == 0:
             before_yield = max(self._open_size - self._open.num_prompts, MAX_NUM_PROMPTS_PER_BATCH - self.used)
             prior = max(INITIAL_PROBE_PROMPTS, math.ceil(remaining / self.prior_yield))
-            return max(1, min(before_yield, remaining, prior))
+            return max(1, min(before_yield, remaining, prior), min(remaining, self._at_most_records(remaining)))
         per_prompt = self.valid / self.used
         return max(1, math.ceil(remaining / per_prompt))
 

@@ -30,6 +30,9 @@ class TabularKind:
     detailed_errors: bool
     journal_keys: int = 0
     accepts_structured_generation: bool = True
+    most_records: int | None = None
+    """The most records a completion holds, where the run says (an ungrouped table's
+    ``max_sequences_per_example``; a group's records are not bounded by it)."""
 
     @classmethod
     def open(
@@ -57,7 +60,10 @@ class TabularKind:
             max_records_per_group=metadata.max_records_per_group,
         )
         prompt = build_prompt(run.columns, prompt_config.template, metadata.instruction)
-        return cls(processor, prompt, tuple(structured), run.columns, config, group_by is not None, detailed_errors)
+        most = run.config.max_sequences_per_example
+        most_records = most if group_by is None and most is not None and most >= 1 else None
+        return cls(processor, prompt, tuple(structured), run.columns, config, group_by is not None, detailed_errors,
+                   most_records=most_records)  # fmt: skip
 
     @property
     def structured_outputs(self) -> dict[str, Any] | None:
@@ -74,7 +80,8 @@ class TabularKind:
     ) -> TabularJobs:
         """Text prompts (``tokenize`` is not needed)."""
         return TabularJobs(batches, self.processor, self.prompt, body, self.config.num_records,
-                           detailed_errors=self.detailed_errors, on_batch=on_batch, log=log)  # fmt: skip
+                           detailed_errors=self.detailed_errors, on_batch=on_batch, log=log,
+                           most_records=self.most_records)  # fmt: skip
 
     def finish(self, batches: GenerationBatches, *, done: bool, elapsed: float) -> GenerateJobResults:
         """Complete at the target; ungrouped results are cut at it (a grouped run keeps whole groups)."""

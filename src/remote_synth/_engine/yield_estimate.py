@@ -36,6 +36,9 @@ out are grouped by when they were sent to this precision (so that a credit costs
 ticks a request stays out, whatever the number of requests)."""
 TAIL_SAMPLE = 10
 """The yield beyond the longest latency seen is the mean of at least this many of the longest completions."""
+FOLLOWS_T = 2.0
+"""Records are taken to follow latency when the slope of one over the other is this many standard errors
+above 0 (one-sided: about 2.5 % of jobs whose records do not follow it are taken for ones that do)."""
 
 
 def _tick(seconds: float) -> int:
@@ -83,6 +86,8 @@ class YieldEstimate:
         self._records = [0.0] * BINS
         """Their valid records, by latency bin."""
         self._returned = 0
+        self._line = (0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        """Requests back: their count, and the sums of latency, records a prompt, their squares and products."""
         self._fit_key: tuple[int, int] | None = None
         """(prompts back, tick) when the fit was made."""
         self._fit: _Fit | None = None
@@ -106,9 +111,32 @@ class YieldEstimate:
         if not self._sent_at[_tick(at)]:
             del self._sent_at[_tick(at)]
         b = _bin(now - at)
+        self._add_point(now - at, records / prompts)
         self._count[b] += prompts
         self._records[b] += records
         self._returned += prompts
+
+    def follows_latency(self) -> bool:
+        """Whether the requests back say that a prompt out longer brings more records: then the first
+        back, the short ones, understate the yield (on a real server a completion that writes more
+        runs longer; where records do not follow latency, the first yields are fair).
+
+        Least squares of records a prompt over latency, one point a request: the slope at least
+        ``FOLLOWS_T`` standard errors above 0. With fewer than three requests back, or latencies
+        all alike, no.
+        """
+        n, sx, sy, sxx, syy, sxy = self._line
+        if n < 3:
+            return False
+        vx, vy, cxy = sxx - sx * sx / n, syy - sy * sy / n, sxy - sx * sy / n
+        if vx <= 1e-12 * max(1.0, sxx) or cxy <= 0:
+            return False
+        residual = max(0.0, vy - cxy * cxy / vx) / (n - 2)
+        return residual == 0 or cxy / vx > FOLLOWS_T * math.sqrt(residual / vx)
+
+    def _add_point(self, x: float, y: float) -> None:
+        n, sx, sy, sxx, syy, sxy = self._line
+        self._line = (n + 1, sx + x, sy + y, sxx + x * x, syy + y * y, sxy + x * y)
 
     def mean(self, now: float) -> float | None:
         """Records a new prompt is expected to bring (None: nothing is back yet)."""
