@@ -228,6 +228,8 @@ def test_where_the_run_bounds_a_completions_records_the_whole_job_goes_before_a_
         ({"max_sequences_per_example": "auto"}, None),
         ({"max_sequences_per_example": 0}, None),
         ({"max_sequences_per_example": 10, "group_training_examples_by": "c"}, None),  # records of a group
+        ({"metadata": 10}, 10),  # the config does not say, the metadata training wrote does
+        ({"metadata": 10, "max_sequences_per_example": 4}, 4),
     ],
 )
 def test_the_bound_on_a_completions_records_is_an_ungrouped_tables_examples(
@@ -237,7 +239,12 @@ def test_the_bound_on_a_completions_records_is_an_ungrouped_tables_examples(
     from remote_synth.demo.layout import write_run_dir
     from remote_synth.nss import GenerateParameters, RunDirectory
 
-    run = RunDirectory.open(write_run_dir(tmp_path / "run", SCHEMA, base_model="base", data=data))
+    in_metadata = data.pop("metadata", None)
+    path = write_run_dir(tmp_path / "run", SCHEMA, base_model="base", data=data)
+    metadata_file = path / "train" / "adapter" / "metadata_v2.json"
+    saved = json.loads(metadata_file.read_text())
+    metadata_file.write_text(json.dumps({**saved, "max_sequences_per_example": in_metadata}))
+    run = RunDirectory.open(path)
     kind = run_kind(run, run.metadata, GenerateParameters.resolve(run.config.generation, {"num_records": 5000}))
     assert getattr(kind, "most_records", "no such field") == bound
     batches = GenerationBatches(target_num_records=5000, invalid_fraction_threshold=0.8, patience=3)

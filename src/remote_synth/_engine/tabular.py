@@ -60,8 +60,7 @@ class TabularKind:
             max_records_per_group=metadata.max_records_per_group,
         )
         prompt = build_prompt(run.columns, prompt_config.template, metadata.instruction)
-        most = run.config.max_sequences_per_example
-        most_records = most if group_by is None and most is not None and most >= 1 else None
+        most_records = None if group_by is not None else _records_bound(run, metadata)
         return cls(processor, prompt, tuple(structured), run.columns, config, group_by is not None, detailed_errors,
                    most_records=most_records)  # fmt: skip
 
@@ -89,3 +88,12 @@ class TabularKind:
         truncate = not self.grouped and batches.status is GenerationStatus.COMPLETE
         max_records = self.config.num_records if truncate else None
         return GenerateJobResults.from_batches(batches, max_records, self.columns, elapsed)
+
+
+def _records_bound(run: RunDirectory, metadata: ModelMetadata) -> int | None:
+    """The most records an ungrouped table's completion holds: ``max_sequences_per_example`` as the
+    config saves it, else as training wrote it to the metadata (None: examples fill the context)."""
+    for most in (run.config.max_sequences_per_example, metadata.max_sequences_per_example):
+        if isinstance(most, int) and most >= 1:
+            return most
+    return None
