@@ -196,7 +196,7 @@ def jobs_table(run: Path, mean: float, sigmas: tuple[float, ...]) -> None:
                 ratios[label].append(new.wall / best)
                 overshoots[label].append(new.overshoot)
         for label in bounded:
-            print(f"{label:>5} {slots:>5} {records:>8} {'':>7} {'':>7} {sum(ratios[label]) / 3:>5.2f}x "
+            print(f"{label:>5} {slots:>5} {records:>8} {'':>7} {'':>7} {sum(ratios[label]) / len(ratios[label]):>5.2f}x "
                   f"{max(overshoots[label]):>9.2%}")  # fmt: skip
 
 

@@ -236,6 +236,7 @@ def test_the_bound_on_a_completions_records_is_an_ungrouped_tables_examples(
     tmp_path: Path, data: dict[str, Any], bound: int | None
 ) -> None:
     from remote_synth._engine import run_kind
+    from remote_synth._engine.tabular import TabularKind
     from remote_synth.demo.layout import write_run_dir
     from remote_synth.nss import GenerateParameters, RunDirectory
 
@@ -246,7 +247,8 @@ def test_the_bound_on_a_completions_records_is_an_ungrouped_tables_examples(
     metadata_file.write_text(json.dumps({**saved, "max_sequences_per_example": in_metadata}))
     run = RunDirectory.open(path)
     kind = run_kind(run, run.metadata, GenerateParameters.resolve(run.config.generation, {"num_records": 5000}))
-    assert getattr(kind, "most_records", "no such field") == bound
+    assert isinstance(kind, TabularKind)
+    assert kind.most_records == bound
     batches = GenerationBatches(target_num_records=5000, invalid_fraction_threshold=0.8, patience=3)
     first = kind.jobs(batches, {}, on_batch=None, log=None).demand(outstanding=0)
     assert first == (5000 // bound if bound else 100)
