@@ -14,7 +14,8 @@ from fakes.sim_vllm import SCHEMA, SimulatedVllm
 
 from remote_synth import GenerationStatus
 from remote_synth._engine import Gate, Progress, Scheduler, TabularJobs, WindowPolicy, WindowSettings
-from remote_synth._engine.accounting import YOUNG_SHARE
+from remote_synth._engine.accounting import TAIL_JOB_PROMPTS, YOUNG_SHARE
+from remote_synth._engine.scheduler import JITTER, _jitter
 from remote_synth._exceptions import BadRequestError
 from remote_synth._transport import InferenceClient, RetryPolicy, ServerLoad
 from remote_synth._transport.types import completions_body
@@ -616,7 +617,7 @@ def test_while_a_cut_is_held_readings_do_not_back_off() -> None:
     async def scenario() -> None:
         watcher = asyncio.create_task(sched._watch_load())
         await until(lambda: len(slept) == 3)
-        assert slept == [1.0, 1.0, 1.0]
+        assert slept == [0.5, 1.5, 1.0]  # the load interval, times each pause's jitter
         assert window.holding and window.limit == 40
         watcher.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -624,9 +625,47 @@ def test_while_a_cut_is_held_readings_do_not_back_off() -> None:
 
     window = WindowPolicy(WindowSettings(initial=64, step=4))
     assert window.observe(ServerLoad(running=64, waiting=40), in_flight=104) == 64 - (40 - 16)
-    sched = Scheduler(Client("http://x"), "m", window, load_interval=1.0, sleep=sleep, prompts_per_request=4)
+    factors = iter([0.5, 1.5, 1.0])
+    sched = Scheduler(Client("http://x"), "m", window, load_interval=1.0, sleep=sleep, prompts_per_request=4,
+                      jitter=lambda: next(factors))  # fmt: skip
     sched._gate.take(104)  # what went out before the cut is still out
     run(scenario())
+
+
+def test_the_jitter_keeps_the_mean_pause_and_leaves_the_start_alone() -> None:
+    """Jobs sharing a server must not read it in lock step; on average a pause is still the interval."""
+    factors = [_jitter() for _ in range(4000)]
+    assert min(factors) >= 1 - JITTER and max(factors) <= 1 + JITTER
+    assert abs(sum(factors) / len(factors) - 1) < 0.02
+    assert max(factors) - min(factors) > JITTER  # spread, not one value
+    # while the window still doubles towards the server, readings keep their exact pace
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    sched = scheduler(HeldServer(), window=16, ppr=4, sleep=sleep, load_interval=1.0, jitter=lambda: 1.5)
+    assert sched.window.starting
+    run(sched._pause(1.0))
+    assert slept == [1.0]
+
+
+def test_a_window_below_a_full_request_still_sends_the_small_jobs_it_has_room_for() -> None:
+    """Near the end the tabular jobs are 5 prompts; a window cut to 12 on a shared server, one job out,
+    has room for another. Asked for room for a full request (10 here), it sent nothing more, and the
+    next cut, from what was in flight, took it lower still: one job out at a time, for good."""
+
+    async def scenario() -> list[int]:
+        server = HeldServer()
+        sched = scheduler(server, window=12, ppr=10)
+        source = jobs(target=10_000, tail_jobs=10**6)  # jobs of TAIL_JOB_PROMPTS near the end
+        sched._fill(source)
+        await until(lambda: len(server.pending) == 2)
+        sizes = [len(body["prompt"]) for body, _ in server.pending]
+        await sched._cancel_all()
+        return sizes
+
+    assert run(scenario()) == [TAIL_JOB_PROMPTS, TAIL_JOB_PROMPTS]  # 10 of 12 out: no room for a third
 
 
 def test_a_shared_server_is_not_grabbed_whole() -> None:

@@ -321,7 +321,7 @@ class TabularJobs:
             return aged * outstanding / known
         return aged + (outstanding - known) * per_prompt
 
-    def next_job(self, prompts: int) -> Job:
+    def job_size(self, prompts: int) -> int:
         """Small jobs until the first completions are in (a small request returns sooner, with the
         yield), and near the end (what is left is not held back by one slow completion)."""
         if self.used == 0:
@@ -329,6 +329,10 @@ class TabularJobs:
         if self.tail_jobs:
             least = 1 if self._capacity >= LARGE_SERVER else TAIL_JOB_PROMPTS
             prompts = min(prompts, max(least, self.expected_prompts_left() // self.tail_jobs))
+        return prompts
+
+    def next_job(self, prompts: int) -> Job:
+        prompts = self.job_size(prompts)
         job = Job(prompts=[self.prompt] * prompts, params=self.params)
         self._estimate.sent(id(job), prompts, self._clock())
         return job

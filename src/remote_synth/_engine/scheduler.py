@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -41,6 +42,16 @@ STEADY_BACKOFF = 8
 """While the window holds steady, load readings space out up to this many intervals."""
 START_SPEEDUP = 5
 """While the window doubles towards the server's capacity, readings come this many times as often."""
+JITTER = 0.5
+"""Once the window has found the server, each pause between readings is its length times a factor drawn
+from 1 ± this. Jobs sharing a server read it on clocks of the same period: unjittered, one whose
+readings fell just after the others' refills saw their queue every time and was cut, reading after
+reading, towards one request (four equal 20,000-record jobs on a simulated 128-slot server: the
+fastest had 1.8-2.4x the slowest's records/s)."""
+
+
+def _jitter() -> float:
+    return random.uniform(1 - JITTER, 1 + JITTER)
 
 
 @dataclass(frozen=True)
@@ -70,8 +81,12 @@ class JobSource(Protocol):
         """Prompts wanted beyond the ``outstanding`` ones already sent or being sent (``capacity``:
         the most sequences the server was seen running, 0 when unknown: how large it is)."""
 
+    def job_size(self, prompts: int) -> int:
+        """The size of the job ``next_job(prompts)`` would hand out now (at most ``prompts``): the
+        window is asked for room for that, not for the request the scheduler would have sent."""
+
     def next_job(self, prompts: int) -> Job:
-        """A job of (at most) ``prompts`` prompts."""
+        """A job of ``job_size(prompts)`` prompts."""
 
     def complete(self, job: Job, completions: Sequence[Completion]) -> None:
         """A job's completions, in prompt order, as soon as its request returns."""
@@ -121,6 +136,7 @@ class Scheduler:
         reregister: Callable[[], Awaitable[object]] | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = _jitter,
     ) -> None:
         if prompts_per_request < 1:
             raise ValueError("prompts_per_request must be at least 1")
@@ -136,6 +152,8 @@ class Scheduler:
         self._reregistering: asyncio.Future[object] | None = None
         self._sleep = sleep
         self._clock = clock
+        self._jitter = jitter
+        """A factor for each steady pause between readings (``JITTER``)."""
         self.stats = EngineStats()
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
@@ -177,9 +195,13 @@ class Scheduler:
     def _fill(self, source: JobSource) -> None:
         """Start jobs while the source wants prompts and the window has room for a request."""
         while not source.done:
-            size = min(self.prompts_per_request, source.demand(self.outstanding, self.window.capacity))
-            if size < 1:
+            wanted = min(self.prompts_per_request, source.demand(self.outstanding, self.window.capacity))
+            if wanted < 1:
                 return
+            # the room asked for is the job's own size: a source that sends small jobs (at the start, near
+            # the end, a time series' samples) would otherwise wait for a full request's room, and a
+            # window cut below that on a shared server would stay there, one small job out at a time
+            size = source.job_size(wanted)
             if size > self._gate.room() and self._gate.in_flight > 0:
                 self._full.set()
                 return
@@ -298,7 +320,7 @@ class Scheduler:
         time to take up what was sent, so its queue is not misread as a lasting one)."""
         self._full.clear()
         if not self.window.starting:
-            await self._sleep(interval)
+            await self._sleep(interval * self._jitter())
             return
         sleeping = asyncio.ensure_future(self._sleep(interval))
         filled = asyncio.ensure_future(self._full.wait())

@@ -267,10 +267,14 @@ class TimeseriesJobs:
         n = samples_per_prompt(len(self._active))
         return n * sum(1 for g in self._active if not g.in_flight)
 
+    def job_size(self, prompts: int) -> int:
+        """A group's samples (fewer while many groups are active), at most ``prompts``."""
+        return max(1, min(samples_per_prompt(len(self._active)), prompts))
+
     def next_job(self, prompts: int) -> Job:
         group = next(g for g in self._active if not g.in_flight)
         group.in_flight = True
-        count = max(1, min(samples_per_prompt(len(self._active)), prompts))
+        count = self.job_size(prompts)
         job = self.prompts.job(group, count, self.params)
         self._jobs[id(job)] = group
         return job
