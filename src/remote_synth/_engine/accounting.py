@@ -244,7 +244,9 @@ class TabularJobs:
             wanted = int(self._prompts_left_at_most(outstanding) * (1 + self.hedge) + self.hedge * self.used)
         if self.used < FIRM_YIELD:
             wanted = min(wanted, self._before_yield())
-        if 0 < self.used < capacity:
+        # young until a server's worth is back, and where the run bounds a completion's records, until the
+        # wave sized at that bound is: an API process busy admitting hundreds of requests shows few running
+        if 0 < self.used < max(capacity, self._at_most_records(self.target)):
             wanted = min(wanted, self._young_limit(wanted, capacity))
         return max(0, wanted - outstanding)
 
