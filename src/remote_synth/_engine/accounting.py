@@ -14,8 +14,9 @@ How much to send ahead is the demand: with a yield of ``y`` valid records per
 completion so far, ``ceil(remaining / y)`` prompts, less those already out, and
 until ``FIRM_YIELD`` completions are back no more out than went before the yield
 (a completion back is replaced: a yield read off a few is noise), nor, until a server's
-worth of completions is back, more than what the server was seen running and a quarter (or half the
-need, when that is more: a job many times the server's size fills it at once).
+worth of completions is back (where the run bounds a completion's records, at least the wave sized at
+that bound: a server busy admitting it shows few running), more than what the server was seen running
+and a quarter (or half the need, when that is more: a job many times the server's size fills it at once).
 The yield is also judged with the requests still out (``YieldEstimate``): on a
 real server the long completions bring the most records and come back last.
 Before any record has been accepted there is no yield: what 10 records a completion
