@@ -188,7 +188,7 @@ def test_a_wave_sized_at_the_bound_is_not_replaced_while_records_rise_with_laten
         now[0] = 0.1 + 0.01 * i
         source.complete(out.pop(0), [records(4 + i // 5)])
     # the need judged (before the young limit, which holds until the wave is back whatever the server shows)
-    need = source.used + int(source._prompts_left_at_most(len(out)) * (1 + source.hedge) + source.hedge * source.used)
+    need = source.used + source._judged_need(len(out))
     assert need > 300  # judged from the short ones; half of it is less than the wave
     more = source.demand(outstanding=len(out), capacity=200)
     assert source.used + len(out) + more == int(200 * 1.035)  # the wave and its hedge

@@ -239,15 +239,12 @@ class TabularJobs:
         if self.done:
             return 0
         self._capacity = capacity
-        if self.valid == 0:
-            wanted = self.expected_prompts_left()
-        else:
-            wanted = int(self._prompts_left_at_most(outstanding) * (1 + self.hedge) + self.hedge * self.used)
+        wanted = self.expected_prompts_left() if self.valid == 0 else self._judged_need(outstanding)
         if self.used < FIRM_YIELD:
             wanted = min(wanted, self._before_yield())
         # young until a server's worth is back, and where the run bounds a completion's records, until the
         # wave sized at that bound is: an API process busy admitting hundreds of requests shows few running
-        if 0 < self.used < max(capacity, self._at_most_records(self.target)):
+        if 0 < self.used < max(capacity, self._wave):
             wanted = min(wanted, self._young_limit(wanted, capacity))
         return max(0, wanted - outstanding)
 
@@ -261,7 +258,7 @@ class TabularJobs:
         that wave and its hedge, or half the need, whichever is more (sized from the short first
         completions, one- and two-wave jobs had sent a third more than they used).
         """
-        wave = self._at_most_records(self.target)
+        wave = self._wave
         if wave and wave >= self._before_yield() and self._estimate.follows_latency():
             surely = max(int(wave * (1 + self.hedge)), int(YOUNG_SHARE * (self.used + wanted)))
             return surely - self.used
@@ -272,7 +269,17 @@ class TabularJobs:
         need for the whole target, at least NSS 0.1.16's probe, at most NSS's first 100 prompts; or
         what it needs at the run's bound on a completion's records, if that is more."""
         prior = min(MAX_NUM_PROMPTS_PER_BATCH, max(INITIAL_PROBE_PROMPTS, math.ceil(self.target / self.prior_yield)))
-        return max(prior, self._at_most_records(self.target))
+        return max(prior, self._wave)
+
+    def _judged_need(self, outstanding: int) -> int:
+        """Prompts the job is judged to need in all from here, those out included, with the hedge:
+        what ``demand`` sends towards before the caps of a young yield."""
+        return int(self._prompts_left_at_most(outstanding) * (1 + self.hedge) + self.hedge * self.used)
+
+    @property
+    def _wave(self) -> int:
+        """What the whole target surely needs at the run's bound on a completion's records (0: no bound)."""
+        return self._at_most_records(self.target)
 
     def _at_most_records(self, records: int) -> int:
         """Prompts that ``records`` surely need: as many as at the run's bound on a completion's records
